@@ -1,0 +1,23 @@
+"""Datasets, image sources, splits and the dataset registry."""
+
+from mlrkit.data.base import (
+    DATASETS,
+    ArrayImageSource,
+    ImageSource,
+    MultiLabelDataset,
+    PathImageSource,
+    Split,
+    load_dataset,
+    split_train_val,
+)
+
+__all__ = [
+    "DATASETS",
+    "ArrayImageSource",
+    "ImageSource",
+    "MultiLabelDataset",
+    "PathImageSource",
+    "Split",
+    "load_dataset",
+    "split_train_val",
+]
