@@ -44,7 +44,8 @@ def load_features_npz(path: str | Path, name: str | None = None, description: st
         if not np.isin(y, (0, 1)).all():
             raise DataError(f"{path}: Y_{part} must hold only 0/1, found {np.unique(y)[:6].tolist()}")
     if arrays["X_train"].shape[1] != arrays["X_test"].shape[1]:
-        raise DataError(f"{path}: X_train has {arrays['X_train'].shape[1]} features, X_test {arrays['X_test'].shape[1]}")
+        d_train, d_test = arrays["X_train"].shape[1], arrays["X_test"].shape[1]
+        raise DataError(f"{path}: X_train has {d_train} features, X_test {d_test}")
     c = arrays["Y_train"].shape[1]
     if arrays["Y_test"].shape[1] != c:
         raise DataError(f"{path}: Y_train has {c} classes, Y_test {arrays['Y_test'].shape[1]}")

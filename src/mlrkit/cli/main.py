@@ -1,0 +1,64 @@
+"""``mlrkit <command>``: every command has ``--help`` with an example."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from mlrkit.errors import MlrkitError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def add_command(sub, name: str, help: str, example: str, handler: Handler) -> argparse.ArgumentParser:
+    """A sub-command whose ``--help`` ends with its example(s)."""
+    p = sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}", formatter_class=_Formatter)
+    p.set_defaults(handler=handler)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mlrkit import __version__
+    from mlrkit.cli import commands
+
+    parser = argparse.ArgumentParser(
+        prog="mlrkit",
+        description="Multi-label image recognition with missing labels (partial / single-positive).",
+        epilog="example:\n  mlrkit demo\n  mlrkit train --dataset yeast --method linear --loss an "
+        "--labels single-positive --seed 0 --epochs 20 --out runs/yeast-an",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"mlrkit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except MlrkitError as e:
+        if args.verbose:
+            raise
+        print(f"mlrkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mlrkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

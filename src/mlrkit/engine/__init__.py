@@ -1,0 +1,1 @@
+"""Training engine: run data preparation, loaders, checkpoints and the Trainer."""

@@ -1,0 +1,76 @@
+"""Batch iterators. Fixed features are sliced from in-memory tensors (no DataLoader overhead);
+shuffling uses a generator seeded from (run seed, epoch), so a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mlrkit.data import Split
+from mlrkit.utils import derive_seed
+
+Batch = dict[str, Tensor]
+
+
+class FeatureBatches:
+    """Batches of (inputs, observed, targets, index) from a split's features."""
+
+    def __init__(
+        self,
+        split: Split,
+        observed: np.ndarray | None,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        if split.features is None:
+            raise ValueError("split has no features")
+        self.x = torch.from_numpy(np.ascontiguousarray(split.features))
+        self.targets = torch.from_numpy(split.targets.astype(np.int8))
+        obs = observed if observed is not None else np.zeros_like(split.targets, dtype=np.int8)
+        self.observed = torch.from_numpy(np.ascontiguousarray(obs.astype(np.int8)))
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = len(self.x)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 17))
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield {
+                "inputs": self.x[idx],
+                "observed": self.observed[idx],
+                "targets": self.targets[idx],
+                "index": idx,
+            }
+
+
+def make_loader(method, split: Split, observed: np.ndarray | None, batch_size: int, *, train: bool, seed: int,
+                cfg=None):
+    """The loader a method needs for a split (features now; images are added by image methods)."""
+    if method.input_kind == "features":
+        return FeatureBatches(split, observed, batch_size, shuffle=train, seed=seed)
+    make = getattr(method, "make_loader", None)
+    if make is None:
+        raise ValueError(f"method {type(method).__name__} consumes {method.input_kind!r} but has no loader")
+    return make(split, observed, batch_size, train=train, seed=seed, cfg=cfg)

@@ -1,0 +1,106 @@
+"""Optimizers and schedules: parameter groups with a classifier lr multiplier, weight decay that
+skips biases and normalisation weights, per-step cosine / OneCycle schedules with linear warm-up."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mlrkit.config import TrainConfig
+from mlrkit.errors import ConfigError
+
+
+def param_groups(
+    model: nn.Module,
+    classifier_params: list[nn.Parameter],
+    cfg: TrainConfig,
+    extra: list[tuple[list[nn.Parameter], float]] = (),
+) -> list[dict]:
+    """Groups: (backbone | classifier) x (decay | no decay), plus ``extra`` (params, lr multiplier)."""
+    cls_ids = {id(p) for p in classifier_params}
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        is_cls = id(p) in cls_ids
+        decay = p.ndim > 1  # biases and norm weights are 1-D: no weight decay
+        groups.setdefault((is_cls, decay), []).append(p)
+    out = []
+    for (is_cls, decay), ps in groups.items():
+        mult = cfg.classifier_lr_mult if is_cls else 1.0
+        out.append({"params": ps, "lr": cfg.lr * mult, "lr_mult": mult,
+                    "weight_decay": cfg.weight_decay if decay else 0.0})
+    for ps, mult in extra:
+        ps = [p for p in ps if p.requires_grad]
+        if ps:
+            out.append({"params": ps, "lr": cfg.lr * mult, "lr_mult": mult, "weight_decay": 0.0})
+    if not out:
+        raise ConfigError("the model has no trainable parameter")
+    return out
+
+
+def build_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    name = cfg.optimizer.lower()
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    raise ConfigError(f"train.optimizer must be adam, adamw or sgd, got {cfg.optimizer!r}")
+
+
+def build_scheduler(
+    opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """A per-step schedule: ``none`` (constant after warm-up), ``cosine`` or ``onecycle``."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = cfg.warmup_epochs * steps_per_epoch
+    name = cfg.scheduler.lower()
+    if name == "onecycle":
+        max_lr = [g["lr"] for g in opt.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total)
+    if name not in ("none", "cosine"):
+        raise ConfigError(f"train.scheduler must be none, cosine or onecycle, got {cfg.scheduler!r}")
+    if name == "none" and warm == 0:
+        return None
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if name == "none":
+            return 1.0
+        t = (step - warm) / max(1, total - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point state (decay d): w_ema = d w_ema + (1-d) w."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.decay = d["decay"]
+        self.shadow = {k: v.clone() for k, v in d["shadow"].items()}
+
+    @torch.no_grad()
+    def swap_into(self, model: nn.Module) -> dict:
+        """Load EMA weights into ``model``; returns the originals so they can be restored."""
+        backup = {k: v.detach().clone() for k, v in model.state_dict().items() if k in self.shadow}
+        model.load_state_dict({**model.state_dict(), **self.shadow})
+        return backup

@@ -1,0 +1,350 @@
+"""The Trainer: fit on train, select on validation mAP, test the best checkpoint once.
+
+Run directory (DESIGN.md): ``config.yaml``, ``run.json``, ``metrics.jsonl`` (one line per
+epoch), ``last.pt``/``best.pt`` (atomic), ``results.json`` and ``plots/``. Every epoch's
+randomness (shuffling, dropout, augmentation) is seeded from (seed, epoch), so a run killed
+at any point and resumed with ``--resume`` ends with the same ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+import mlrkit
+from mlrkit import losses
+from mlrkit.config import RunConfig
+from mlrkit.engine.checkpoint import load_checkpoint, load_trainable_state, save_checkpoint, trainable_state_dict
+from mlrkit.engine.loaders import make_loader
+from mlrkit.engine.optim import EMA, build_optimizer, build_scheduler, param_groups
+from mlrkit.engine.run_data import RunData, prepare_run_data, task_info
+from mlrkit.errors import MlrkitError
+from mlrkit.methods import Method, TaskInfo, build_method
+from mlrkit.metrics import map_report, summary
+from mlrkit.utils import derive_seed, seed_everything, write_json
+
+log = logging.getLogger("mlrkit")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MlrkitError(f"train.device={name!r} but CUDA is not available")
+    return dev
+
+
+@dataclass
+class BuiltRun:
+    """A method, its model and loss, built for a task (shared by train, evaluate and predict)."""
+
+    method: Method
+    model: nn.Module
+    task: TaskInfo
+
+
+def build_for_task(cfg: RunConfig, task: TaskInfo) -> BuiltRun:
+    method = build_method(cfg.method.name, cfg.method.params)
+    if method.input_kind != task.input_kind and not (method.input_kind == "features" and task.feature_dim):
+        raise MlrkitError(
+            f"method {cfg.method.name!r} needs {method.input_kind}, the dataset gives {task.input_kind}"
+        )
+    task.input_kind = method.input_kind
+    return BuiltRun(method, method.build_model(task), task)
+
+
+@torch.no_grad()
+def predict_scores(
+    model: nn.Module, loader, device: torch.device, progress: bool = False, desc: str = ""
+) -> np.ndarray:
+    """Logits for every row of a (non-shuffled) loader, in order."""
+    model.eval()
+    out = []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        out.append(model(batch["inputs"].to(device)).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+class Trainer:
+    """Runs one configuration end to end in ``cfg.out``."""
+
+    def __init__(self, cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> None:
+        if not cfg.out:
+            raise MlrkitError("no output directory: pass --out RUN_DIR")
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.resume = resume
+        self.progress = cfg.train.progress and not quiet and sys.stderr.isatty()
+        self.verbose = not quiet
+        self.device = resolve_device(cfg.train.device)
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        t0 = time.perf_counter()
+        self.data: RunData = prepare_run_data(cfg)
+        self.timings: dict[str, float] = {"data_s": time.perf_counter() - t0}
+        method = build_method(cfg.method.name, cfg.method.params)
+        task = task_info(cfg, self.data.dataset, method.input_kind)
+        self.built = build_for_task(cfg, task)
+        self.method, self.model = self.built.method, self.built.model
+        self.method.init_from_train(self.model, self.data.train)
+        self.model.to(self.device)
+        self.loss = losses.build(cfg.loss.name, **cfg.loss.params).to(self.device)
+        self.loss.prepare(torch.from_numpy(self.data.observed_train).to(self.device))
+        tc = cfg.train
+        self.train_loader = make_loader(self.method, self.data.train, self.data.observed_train, tc.batch_size,
+                                        train=True, seed=cfg.seed, cfg=cfg)
+        self.val_loader = make_loader(self.method, self.data.val, None, max(tc.batch_size, 256), train=False,
+                                      seed=cfg.seed, cfg=cfg)
+        extra = [(list(self.loss.parameters()), getattr(self.loss, "lr_mult", tc.classifier_lr_mult))]
+        groups = param_groups(self.model, self.method.classifier_parameters(self.model), tc, extra)
+        self.optimizer = build_optimizer(groups, tc)
+        self.scheduler = build_scheduler(self.optimizer, tc, len(self.train_loader))
+        self.ema = EMA(self.model, tc.ema) if tc.ema > 0 else None
+        use_amp = tc.amp
+        self.autocast = (
+            (lambda: torch.autocast(self.device.type,
+                                    dtype=torch.bfloat16 if self.device.type == "cpu" else torch.float16))
+            if use_amp else nullcontext
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if use_amp and self.device.type == "cuda" else None
+
+    # ------------------------------------------------------------------ state
+    def _checkpoint(self, epoch: int, best_map: float, best_epoch: int) -> dict[str, Any]:
+        return {
+            "format": "mlrkit-checkpoint-1",
+            "epoch": epoch,  # epochs completed
+            "best_val_map": best_map,
+            "best_epoch": best_epoch,
+            "model": trainable_state_dict(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "loss": self.loss.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "task": self.built.task.as_dict(),
+            "config": self.cfg.to_dict(),
+            "observed_sha256": self.data.observed.sha256,
+        }
+
+    def _restore(self, ck: dict[str, Any]) -> tuple[int, float, int]:
+        if ck.get("observed_sha256") != self.data.observed.sha256:
+            raise MlrkitError("cannot resume: the observed labels differ from the checkpoint's")
+        load_trainable_state(self.model, ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if self.scheduler is not None and ck["scheduler"] is not None:
+            self.scheduler.load_state_dict(ck["scheduler"])
+        self.loss.load_state_dict(ck["loss"])
+        if self.ema is not None and ck.get("ema"):
+            self.ema.load_state_dict(ck["ema"])
+        if self.scaler is not None and ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
+        return int(ck["epoch"]), float(ck["best_val_map"]), int(ck["best_epoch"])
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        last = self.out / "last.pt"
+        if not self.resume and (last.exists() or (self.out / "results.json").exists()):
+            raise MlrkitError(f"{self.out} already holds a run; use --resume to continue it or another --out")
+        if self.resume:
+            saved = self.out / "config.yaml"
+            if saved.exists() and RunConfig.load(saved).to_dict() != cfg.to_dict():
+                raise MlrkitError(f"--resume: the configuration differs from {saved}")
+        self._setup()
+        cfg.save(self.out / "config.yaml")
+        self.data.observed.save(self.out / "observed_labels.npz")
+        start, best_map, best_epoch = 0, -1.0, -1
+        if self.resume and last.exists():
+            start, best_map, best_epoch = self._restore(load_checkpoint(last))
+            log.info("resuming %s after epoch %d", self.out, start)
+        self._truncate_metrics(start)
+        run_info = self._run_info()
+        write_json(self.out / "run.json", run_info)
+        t_train = time.perf_counter()
+        epoch_times = []
+        for epoch in range(start, cfg.train.epochs):
+            te = time.perf_counter()
+            torch.manual_seed(derive_seed(cfg.seed, epoch, 1))
+            train_loss = self._train_epoch(epoch)
+            val_map = self._validate()
+            epoch_times.append(time.perf_counter() - te)
+            improved = val_map > best_map
+            if improved:
+                best_map, best_epoch = val_map, epoch
+            row = {"epoch": epoch, "train_loss": train_loss, "val_map": val_map, "best_val_map": best_map,
+                   "lr": self.optimizer.param_groups[0]["lr"], "epoch_s": round(epoch_times[-1], 4)}
+            ck = self._checkpoint(epoch + 1, best_map, best_epoch)
+            if improved:
+                save_checkpoint(self.out / "best.pt", {**ck, "kind": "best"})
+            save_checkpoint(last, {**ck, "kind": "last"})
+            with open(self.out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            if self.verbose:
+                tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {train_loss:.4f}  val mAP {100 * val_map:.2f}"
+                           f"  best {100 * best_map:.2f} (epoch {best_epoch + 1})")
+        self.timings["train_s"] = time.perf_counter() - t_train
+        if epoch_times:
+            self.timings["epoch_s_mean"] = float(np.mean(epoch_times))
+        results = self._test_best(best_map, best_epoch)
+        run_info["timings"] = self.timings
+        run_info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json(self.out / "run.json", run_info)
+        return results
+
+    def _train_epoch(self, epoch: int) -> float:
+        self.model.train()
+        self.loss.on_epoch_start(epoch)
+        loader = self.train_loader
+        loader.set_epoch(epoch)
+        total, n = 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not self.progress)
+        for batch in bar:
+            x = batch["inputs"].to(self.device, non_blocking=True)
+            obs = batch["observed"].to(self.device, non_blocking=True)
+            idx = batch["index"].to(self.device, non_blocking=True)
+            with self.autocast():
+                logits = self.model(x)
+            loss = self.loss(logits.float(), obs, index=idx, epoch=epoch)
+            if not torch.isfinite(loss):
+                raise MlrkitError(f"loss became {loss.item()} at epoch {epoch + 1}; lower train.lr?")
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
+            if self.cfg.train.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            total += float(loss.detach()) * len(x)
+            n += len(x)
+            if self.progress:
+                bar.set_postfix(loss=f"{total / max(n, 1):.4f}", refresh=False)
+        self._end_epoch_hooks(epoch)
+        return total / max(n, 1)
+
+    def _end_epoch_hooks(self, epoch: int) -> None:
+        update = getattr(self.loss, "update_pseudo_labels", None)
+        if update is not None:
+            loader = make_loader(self.method, self.data.train, self.data.observed_train,
+                                 max(self.cfg.train.batch_size, 256), train=False, seed=self.cfg.seed, cfg=self.cfg)
+            scores = torch.from_numpy(predict_scores(self.model, loader, self.device)).to(self.device)
+            update(scores, epoch)
+        self.loss.on_epoch_end(epoch)
+
+    def _eval_model(self):
+        if self.ema is None:
+            return nullcontext()
+        return _EMASwap(self.ema, self.model)
+
+    def _validate(self) -> float:
+        with self._eval_model():
+            scores = predict_scores(self.model, self.val_loader, self.device)
+        return map_report(scores, self.data.val_targets, self.data.val_mask).map
+
+    def _test_best(self, best_map: float, best_epoch: int) -> dict[str, Any]:
+        best = self.out / "best.pt"
+        ck = load_checkpoint(best)
+        load_trainable_state(self.model, ck["model"])
+        if self.ema is not None and ck.get("ema"):
+            self.ema.load_state_dict(ck["ema"])
+        test_loader = make_loader(self.method, self.data.test, None, max(self.cfg.train.batch_size, 256),
+                                  train=False, seed=self.cfg.seed, cfg=self.cfg)
+        with self._eval_model():
+            scores = predict_scores(self.model, test_loader, self.device, self.progress, "test")
+        rep = map_report(scores, self.data.test.targets, self.data.test.known)
+        extra = summary(scores, self.data.test.targets, self.data.test.known)
+        results = {
+            "val_map": best_map,
+            "test_map": rep.map,
+            "best_epoch": best_epoch,
+            "per_class_ap": dict(zip(self.data.class_names, rep.per_class_ap)),
+            "n_classes_scored": rep.n_classes_scored,
+            "n_classes_skipped": rep.n_classes_skipped,
+            "test_metrics": {k: v for k, v in extra.items() if k not in ("map",)},
+            "observed_sha256": self.data.observed.sha256,
+            "dataset": self.data.dataset.name,
+            "method": self.cfg.method.name,
+            "loss": self.cfg.loss.name,
+            "labels": self.cfg.labels.protocol,
+            "seed": self.cfg.seed,
+        }
+        write_json(self.out / "results.json", results)
+        if self.verbose:
+            tqdm.write(f"test mAP {100 * rep.map:.2f} (best val mAP {100 * best_map:.2f}, epoch {best_epoch + 1})")
+        return results
+
+    def _truncate_metrics(self, start: int) -> None:
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        keep = [r for r in rows if json.loads(r)["epoch"] < start]
+        path.write_text("".join(r + "\n" for r in keep))
+
+    def _run_info(self) -> dict[str, Any]:
+        d = self.data
+        return {
+            "mlrkit": mlrkit.__version__,
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "platform": platform.platform(),
+            "device": str(self.device),
+            "device_name": (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
+                            else platform.processor()),
+            "threads": torch.get_num_threads(),
+            "command": sys.argv,
+            "seed": self.cfg.seed,
+            "labels_seed": self.cfg.labels_seed,
+            "split_seed": self.cfg.data.split_seed,
+            "observed_sha256": d.observed.sha256,
+            "observed_protocol": d.observed.protocol,
+            "n_train": len(d.train),
+            "n_val": len(d.val),
+            "n_test": len(d.test),
+            "skipped_images": d.skipped_images,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "timings": self.timings,
+        }
+
+
+class _EMASwap:
+    def __init__(self, ema: EMA, model: nn.Module) -> None:
+        self.ema, self.model = ema, model
+
+    def __enter__(self):
+        self.backup = self.ema.swap_into(self.model)
+
+    def __exit__(self, *exc):
+        self.model.load_state_dict({**self.model.state_dict(), **self.backup})
+
+
+def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` in ``cfg.out``; returns ``results.json``'s content."""
+    return Trainer(cfg, resume=resume, quiet=quiet).fit()

@@ -1,0 +1,80 @@
+"""The method interface and registry.
+
+A method turns a :class:`TaskInfo` (classes, input kind and size) and its hyper-parameters
+(the config's ``method`` section) into a model whose ``forward(inputs)`` returns logits
+[B, C]. It declares what it consumes (``"features"`` or ``"images"``), how to initialise from
+the training split (e.g. feature standardisation) and which parameters form the classifier
+(for the classifier learning-rate multiplier).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from mlrkit.errors import ConfigError
+from mlrkit.registry import Registry
+
+
+@dataclass
+class TaskInfo:
+    """What a model needs to know about the data; stored in checkpoints so predict needs no dataset."""
+
+    class_names: list[str]
+    input_kind: str  # "features" | "images"
+    feature_dim: int | None = None
+    image_size: int | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "class_names": self.class_names,
+            "input_kind": self.input_kind,
+            "feature_dim": self.feature_dim,
+            "image_size": self.image_size,
+            "extras": self.extras,
+        }
+
+
+class Method:
+    """Base class of a method. Subclasses set ``input_kind`` and implement :meth:`build_model`."""
+
+    input_kind: str = "features"
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+
+    def build_model(self, task: TaskInfo) -> nn.Module:
+        raise NotImplementedError
+
+    def init_from_train(self, model: nn.Module, train_split) -> None:
+        """One-off initialisation from the training split (e.g. standardisation statistics)."""
+
+    def classifier_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Parameters that get ``train.classifier_lr_mult`` (default: a ``classifier`` submodule)."""
+        head = getattr(model, "classifier", None)
+        return list(head.parameters()) if isinstance(head, nn.Module) else []
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def build_method(name: str, params: dict[str, Any] | None = None) -> Method:
+    """Instantiate a registered method; unknown hyper-parameters are a ConfigError listing valid ones."""
+    import mlrkit.methods.fixed_features  # noqa: F401 - registers linear/mlp
+
+    cls = METHODS.get(name)
+    params = dict(params or {})
+    sig = inspect.signature(cls.__init__).parameters
+    valid = [p for p in sig if p not in ("self", "params")]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ConfigError(f"method {name!r} has no hyper-parameter {unknown}; valid: {valid or 'none'}")
+    return cls(**params)

@@ -1,0 +1,1 @@
+"""Model building blocks: heads, standardisation, backbones and vision-language encoders."""
