@@ -1,0 +1,30 @@
+"""Shared fixtures: small real data written as feature files, quick run configurations."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def yeast_npz(tmp_path_factory) -> Path:
+    """The built-in real yeast data written as a ``features:`` file."""
+    from mlrkit.data.datasets.builtin import builtin_path
+
+    path = tmp_path_factory.mktemp("data") / "yeast_features.npz"
+    with np.load(builtin_path("yeast.npz")) as z:
+        np.savez(path, **{k: z[k] for k in z.files})
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m mlrkit ARGS`` in a subprocess (the real entry point)."""
+    return subprocess.run([sys.executable, "-m", "mlrkit", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
