@@ -34,6 +34,7 @@ class DataConfig:
     skip_bad_images: bool = False
     image_size: int = 448
     limit_train: int | None = None  # first N official-train rows (quick runs)
+    options: dict[str, Any] = field(default_factory=dict)  # adapter options, e.g. {difficult: unknown}
 
 
 @dataclass

@@ -49,10 +49,19 @@ def check_targets(targets: np.ndarray, what: str = "targets") -> np.ndarray:
     t = np.asarray(targets)
     if t.ndim != 2:
         raise DataError(f"{what} must be a 2-D [N, C] array, got shape {t.shape}")
-    if t.size and not np.isin(t, (0, 1)).all():
+    if t.size and not _only_01(t):
         bad = np.unique(t[~np.isin(t, (0, 1))])[:5]
         raise DataError(f"{what} must hold only 0/1, found {bad.tolist()}")
     return t.astype(np.uint8, copy=False)
+
+
+def _only_01(t: np.ndarray) -> bool:
+    """Cheap check for large matrices: min/max for integer and boolean types, isin otherwise."""
+    if t.dtype == bool:
+        return True
+    if t.dtype.kind in "ui":
+        return int(t.min()) >= 0 and int(t.max()) <= 1
+    return bool(np.isin(t, (0, 1)).all())
 
 
 def check_observed(observed: np.ndarray, what: str = "observed labels") -> np.ndarray:

@@ -58,8 +58,9 @@ class Registry(Generic[T]):
         except KeyError:
             close = difflib.get_close_matches(name, list(self._entries), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            plural = f"{self.kind}es" if self.kind.endswith("s") else f"{self.kind}s"  # loss -> losses
             raise MlrkitError(
-                f"unknown {self.kind} {name!r}{hint}; `mlrkit list {self.kind}s` shows all"
+                f"unknown {self.kind} {name!r}{hint}; `mlrkit list {plural}` shows all"
             ) from None
 
     def names(self) -> list[str]:

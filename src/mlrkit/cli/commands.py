@@ -25,6 +25,8 @@ def register(sub) -> None:
     p.add_argument("--labels", default="full", help="observation protocol, e.g. single-positive, partial:0.3")
     p.add_argument("--seed", type=int, default=0, help="observation seed")
     p.add_argument("--out", help="where to write the observed labels (.npz); omitted: statistics only")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="dataset adapter option, e.g. --option difficult=unknown (see docs/datasets.md)")
 
     p = add_command(sub, "train",
                     "train a method with a loss on observed labels; select on validation, test once",
@@ -139,10 +141,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from mlrkit.config import parse_set
     from mlrkit.data import load_dataset
     from mlrkit.labels import label_stats, observe
 
-    ds = load_dataset(args.dataset, args.root)
+    ds = load_dataset(args.dataset, args.root, **parse_set(args.option))
     tv = ds.trainval
     obs = observe(tv.targets, args.labels, args.seed, ds.name, ds.class_names, known=tv.known)
     print(f"dataset {ds.name}: {len(tv)} official-train images (validation = 20% of them), "

@@ -271,6 +271,13 @@ def load_dataset(spec: str, root: str | Path | None = None, **options) -> MultiL
         options["path"] = arg
     if root is not None:
         options["root"] = Path(root)
+    import inspect
+
+    params = inspect.signature(builder).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            raise MlrkitError(f"dataset {name!r} takes no option {unknown}; valid: {sorted(set(params) - {'root'})}")
     return builder(**options)
 
 
@@ -289,3 +296,33 @@ def require_root(name: str, root: Path | None, hint: str) -> Path:
 def with_features(ds: MultiLabelDataset, train: np.ndarray, test: np.ndarray) -> MultiLabelDataset:
     """A copy of ``ds`` whose splits carry the given features."""
     return replace(ds, trainval=replace(ds.trainval, features=train), test=replace(ds.test, features=test))
+
+
+def dataset_options(name: str, options: dict, defaults: dict) -> dict:
+    """Validate a dataset builder's ``**options`` against ``defaults``; returns defaults updated.
+
+    An unknown key is an error listing the known ones. A string value for a bool or int option
+    (as a command line gives it) is converted (``true/false/yes/no/1/0``; ``int(...)``).
+    """
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise MlrkitError(f"dataset {name!r}: unknown option(s) {unknown} (known: {sorted(defaults)})")
+    out = dict(defaults)
+    for key, value in options.items():
+        default = defaults[key]
+        if isinstance(default, bool) and isinstance(value, str):
+            low = value.strip().lower()
+            if low not in ("true", "false", "yes", "no", "1", "0"):
+                raise MlrkitError(f"dataset {name!r}: option {key} must be true or false, got {value!r}")
+            value = low in ("true", "yes", "1")
+        elif isinstance(default, bool) and not isinstance(value, bool):
+            raise MlrkitError(f"dataset {name!r}: option {key} must be true or false, got {value!r}")
+        elif isinstance(default, int) and not isinstance(default, bool):
+            try:
+                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                    raise ValueError
+                value = int(value)
+            except (TypeError, ValueError):
+                raise MlrkitError(f"dataset {name!r}: option {key} must be an integer, got {value!r}") from None
+        out[key] = value
+    return out

@@ -43,7 +43,7 @@ class RunData:
 
 def load_run_dataset(cfg: RunConfig) -> tuple[MultiLabelDataset, dict[str, list[str]]]:
     """The configured dataset, with unreadable images dropped when ``data.skip_bad_images``."""
-    ds = load_dataset(cfg.data.name, cfg.data.root)
+    ds = load_dataset(cfg.data.name, cfg.data.root, **cfg.data.options)
     if cfg.data.limit_train is not None:
         n = min(cfg.data.limit_train, len(ds.trainval))
         ds.trainval = ds.trainval.subset(np.arange(n))
@@ -87,12 +87,16 @@ def prepare_run_data(cfg: RunConfig) -> RunData:
     return RunData(ds, train, val, ds.test, observed, obs_train, val_targets, val_mask, skipped)
 
 
-def task_info(cfg: RunConfig, ds: MultiLabelDataset, input_kind: str) -> TaskInfo:
+def task_info(cfg: RunConfig, data: RunData, input_kind: str) -> TaskInfo:
     feature_dim = None
-    if ds.trainval.features is not None:
-        feature_dim = int(ds.trainval.features.shape[1])
+    if data.train.features is not None:
+        feature_dim = int(data.train.features.shape[1])
+    extras = {}
+    if data.dataset.trainval.features is None and feature_dim is not None:
+        extras["feature_encoder"] = "backbone"  # features made from images by a frozen backbone
     return TaskInfo(
-        class_names=list(ds.class_names),
+        extras=extras,
+        class_names=list(data.class_names),
         input_kind=input_kind,
         feature_dim=feature_dim,
         image_size=cfg.data.image_size,

@@ -25,6 +25,8 @@ def load_features_npz(path: str | Path, name: str | None = None, description: st
         z = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: a single array, not an .npz archive with X_train, Y_train, X_test, Y_test")
     with z:
         missing = [k for k in REQUIRED if k not in z.files]
         if missing:
