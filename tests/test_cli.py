@@ -81,8 +81,8 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys):
     probs = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
     assert ((probs >= 0) & (probs <= 1)).all()
     # the same rows through the library give the same probabilities (standardisation re-applied)
-    from mlrkit.engine.inference import load_run
     from mlrkit.data import Split
+    from mlrkit.engine.inference import load_run
 
     loaded = load_run(run)
     logits = loaded.scores(Split(targets=np.zeros((5, 14), np.uint8), ids=list("abcde"), features=x))

@@ -249,6 +249,14 @@ class ObservedLabels:
                 f"observed labels were made for dataset {self.dataset!r} with other ground truth "
                 f"(hash mismatch) - not for {dataset!r}; run `mlrkit prepare` again"
             )
+        o = self.observed
+        wrong = ((o == POSITIVE) & (targets == 0)) | ((o == NEGATIVE) & (targets == 1))
+        if known is not None:
+            wrong |= (o != UNKNOWN) & ~np.asarray(known, dtype=bool)
+        if wrong.any():
+            r, c = np.argwhere(wrong)[0]
+            raise DataError(f"observed labels contradict the ground truth at {int(wrong.sum())} entries "
+                            f"(first: row {r}, class {c})")
 
 
 def observe(

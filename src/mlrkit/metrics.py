@@ -39,7 +39,10 @@ def _as_inputs(scores, targets, mask=None) -> tuple[np.ndarray, np.ndarray, np.n
 
 def _to_numpy(x):
     if hasattr(x, "detach"):
-        return x.detach().float().cpu().numpy()
+        x = x.detach()
+        if x.is_floating_point() and x.element_size() < 4:
+            x = x.float()  # float16 / bfloat16 have no numpy equivalent; float32/64 keep their precision
+        return x.cpu().numpy()
     return x
 
 

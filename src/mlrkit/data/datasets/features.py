@@ -6,6 +6,7 @@ Optional ``class_names`` (array of strings). This is the format of the Mulan ben
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ def load_features_npz(path: str | Path, name: str | None = None, description: st
         raise DataError(f"features file not found: {path}")
     try:
         z = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: not a readable .npz file ({e})") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise DataError(f"{path}: a single array, not an .npz archive with X_train, Y_train, X_test, Y_test")
@@ -31,8 +32,12 @@ def load_features_npz(path: str | Path, name: str | None = None, description: st
         missing = [k for k in REQUIRED if k not in z.files]
         if missing:
             raise DataError(f"{path}: missing arrays {missing} (needs {list(REQUIRED)}, optional class_names)")
-        arrays = {k: z[k] for k in REQUIRED}
-        names = [str(s) for s in z["class_names"]] if "class_names" in z.files else None
+        try:
+            arrays = {k: z[k] for k in REQUIRED}
+            names = [str(s) for s in z["class_names"]] if "class_names" in z.files else None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise DataError(f"{path}: cannot read arrays ({e}); class_names must be a string array, "
+                            "not an object array") from None
     for part in ("train", "test"):
         x, y = arrays[f"X_{part}"], arrays[f"Y_{part}"]
         if x.ndim != 2 or y.ndim != 2 or len(x) != len(y):
