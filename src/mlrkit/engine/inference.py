@@ -115,16 +115,30 @@ def read_feature_inputs(paths: list[str | Path], dim: int) -> tuple[np.ndarray, 
 def predict_inputs(run: LoadedRun, inputs: list[str | Path]) -> tuple[list[str], np.ndarray]:
     """Probabilities [N, C] for input files (features for feature methods, images for image methods)."""
     task = run.built.task
+    if task.input_kind == "features" and task.extras.get("feature_encoder") == "backbone":
+        from mlrkit.engine.run_data import RunData
+        from mlrkit.methods.image import frozen_features
+
+        split = _image_split(inputs, task.num_classes)
+        holder = RunData.__new__(RunData)
+        holder.train = holder.val = holder.test = split
+        frozen_features(run.cfg, holder, device=run.device, progress=False)
+        logits = run.scores(split)
+        return split.ids, 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     if task.input_kind == "features":
         x, ids = read_feature_inputs(inputs, int(task.feature_dim or 0))
         split = Split(targets=np.zeros((len(x), task.num_classes), np.uint8), ids=ids, features=x)
     else:
-        from mlrkit.data import PathImageSource
-
-        for p in inputs:
-            if not Path(p).is_file():
-                raise DataError(f"input image not found: {p}")
-        split = Split(targets=np.zeros((len(inputs), task.num_classes), np.uint8), ids=[str(p) for p in inputs],
-                      images=PathImageSource(inputs))
+        split = _image_split(inputs, task.num_classes)
     logits = run.scores(split)
     return split.ids, 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+
+def _image_split(inputs: list[str | Path], num_classes: int) -> Split:
+    from mlrkit.data import PathImageSource
+
+    for p in inputs:
+        if not Path(p).is_file():
+            raise DataError(f"input image not found: {p}")
+    return Split(targets=np.zeros((len(inputs), num_classes), np.uint8), ids=[str(p) for p in inputs],
+                 images=PathImageSource(inputs))

@@ -56,12 +56,11 @@ class BuiltRun:
     task: TaskInfo
 
 
-def build_for_task(cfg: RunConfig, task: TaskInfo) -> BuiltRun:
-    method = build_method(cfg.method.name, cfg.method.params)
-    if method.input_kind != task.input_kind and not (method.input_kind == "features" and task.feature_dim):
-        raise MlrkitError(
-            f"method {cfg.method.name!r} needs {method.input_kind}, the dataset gives {task.input_kind}"
-        )
+def build_for_task(cfg: RunConfig, task: TaskInfo, method: Method | None = None) -> BuiltRun:
+    method = method or build_method(cfg)
+    if method.input_kind == "features" and task.feature_dim is None:
+        raise MlrkitError(f"method {cfg.method.name!r} needs features; the dataset has images only "
+                          "(set model.name to a backbone for frozen features)")
     task.input_kind = method.input_kind
     return BuiltRun(method, method.build_model(task), task)
 
@@ -98,14 +97,18 @@ class Trainer:
         t0 = time.perf_counter()
         self.data: RunData = prepare_run_data(cfg)
         self.timings: dict[str, float] = {"data_s": time.perf_counter() - t0}
-        method = build_method(cfg.method.name, cfg.method.params)
-        task = task_info(cfg, self.data.dataset, method.input_kind)
-        self.built = build_for_task(cfg, task)
+        method = build_method(cfg)
+        t0 = time.perf_counter()
+        method.prepare_data(self.data, device=self.device, progress=self.progress)
+        self.timings["prepare_data_s"] = time.perf_counter() - t0
+        task = task_info(cfg, self.data, method.input_kind)
+        self.built = build_for_task(cfg, task, method)
         self.method, self.model = self.built.method, self.built.model
-        self.method.init_from_train(self.model, self.data.train)
         self.model.to(self.device)
         self.loss = losses.build(cfg.loss.name, **cfg.loss.params).to(self.device)
         self.loss.prepare(torch.from_numpy(self.data.observed_train).to(self.device))
+        resuming = self.resume and (self.out / "last.pt").exists()
+        self.method.init_from_train(self.model, self.data, self.loss, device=self.device, resuming=resuming)
         tc = cfg.train
         self.train_loader = make_loader(self.method, self.data.train, self.data.observed_train, tc.batch_size,
                                         train=True, seed=cfg.seed, cfg=cfg)

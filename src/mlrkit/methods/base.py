@@ -50,12 +50,20 @@ class Method:
 
     def __init__(self, **params: Any) -> None:
         self.params = params
+        self.cfg = None  # the RunConfig, set by build_method
+
+    def prepare_data(self, data, *, device, progress: bool = True) -> None:
+        """Called once before the task is described: e.g. attach cached frozen-encoder features."""
 
     def build_model(self, task: TaskInfo) -> nn.Module:
         raise NotImplementedError
 
-    def init_from_train(self, model: nn.Module, train_split) -> None:
-        """One-off initialisation from the training split (e.g. standardisation statistics)."""
+    def init_from_train(self, model: nn.Module, data, loss, *, device, resuming: bool = False) -> None:
+        """One-off initialisation from the training data (e.g. standardisation statistics).
+
+        ``data`` is the run's :class:`~mlrkit.engine.run_data.RunData`; ``resuming`` is True when a
+        checkpoint will overwrite the state right after (expensive initialisations may skip).
+        """
 
     def classifier_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """Parameters that get ``train.classifier_lr_mult`` (default: a ``classifier`` submodule)."""
@@ -66,15 +74,19 @@ class Method:
 METHODS: Registry[type[Method]] = Registry("method")
 
 
-def build_method(name: str, params: dict[str, Any] | None = None) -> Method:
-    """Instantiate a registered method; unknown hyper-parameters are a ConfigError listing valid ones."""
+def build_method(cfg) -> Method:
+    """Instantiate the configured method (``cfg.method``); unknown hyper-parameters are a ConfigError."""
     import mlrkit.methods.fixed_features  # noqa: F401 - registers linear/mlp
+    import mlrkit.methods.image  # noqa: F401 - registers finetune
 
+    name = cfg.method.name
     cls = METHODS.get(name)
-    params = dict(params or {})
+    params = dict(cfg.method.params or {})
     sig = inspect.signature(cls.__init__).parameters
     valid = [p for p in sig if p not in ("self", "params")]
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise ConfigError(f"method {name!r} has no hyper-parameter {unknown}; valid: {valid or 'none'}")
-    return cls(**params)
+    method = cls(**params)
+    method.cfg = cfg
+    return method

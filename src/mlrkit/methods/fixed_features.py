@@ -21,14 +21,22 @@ class _FeatureMethod(Method):
         if task.feature_dim is None:
             raise MlrkitError(
                 f"method {type(self).__name__} works on features, but the dataset has none; "
-                "use a features dataset (e.g. scene, features:FILE.npz) or `mlrkit extract-features`"
+                "use a features dataset (e.g. scene, features:FILE.npz) or an image dataset with --set model.name=…"
             )
         return task.feature_dim
 
-    def init_from_train(self, model: nn.Module, train_split) -> None:
+    def init_from_train(self, model: nn.Module, data, loss, *, device, resuming: bool = False) -> None:
         norm = getattr(model, "norm", None)
         if isinstance(norm, Standardize):
-            norm.fit(train_split.features)
+            norm.fit(data.train.features)
+
+    def prepare_data(self, data, *, device, progress: bool = True) -> None:
+        """Image datasets: features of the frozen backbone ``model.name`` (Cole's linear_fixed_features)."""
+        if data.train.features is not None:
+            return
+        from mlrkit.methods.image import frozen_features
+
+        frozen_features(self.cfg, data, device=device, progress=progress)
 
 
 @METHODS.register("linear", "linear classifier on fixed features, standardised (Cole et al.'s linear probe)")

@@ -1,0 +1,158 @@
+"""Image methods: a backbone + linear classifier trained end to end (``finetune``), and frozen-backbone
+features for the fixed-feature methods (Cole et al.'s three training modes).
+
+* ``linear_fixed_features``: method ``linear``/``mlp`` on an image dataset; the frozen backbone
+  ``model.name`` is run once over every split (FeatureStore cache), then the head trains on features.
+* ``end_to_end``: method ``finetune``; backbone and classifier trained together
+  (Cole: classifier lr x10 via ``train.classifier_lr_mult``).
+* ``linear_init``: method ``finetune`` with ``linear_init_epochs > 0``: the classifier is first
+  trained on frozen features with the run's loss, then everything is fine-tuned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mlrkit.data.transforms import build_transform
+from mlrkit.engine.image_data import ImageBatches
+from mlrkit.errors import MlrkitError
+from mlrkit.methods.base import METHODS, Method, TaskInfo
+from mlrkit.models.backbones import Backbone, build_backbone
+from mlrkit.utils import derive_seed
+
+log = logging.getLogger("mlrkit")
+
+
+def backbone_from_config(cfg) -> Backbone:
+    """The backbone of ``cfg.model`` (name, weights, pretrained, and backbone kwargs)."""
+    m = dict(cfg.model.params)
+    name = cfg.model.name or "resnet50"
+    weights = m.pop("weights", None)
+    pretrained = bool(m.pop("pretrained", False))
+    return build_backbone(name, weights=weights, pretrained=pretrained, image_size=cfg.data.image_size, **m)
+
+
+def encoder_key(cfg) -> str:
+    """Identity of a frozen backbone for the FeatureStore: name, kwargs and a hash of the weights file."""
+    m = dict(cfg.model.params)
+    weights = m.pop("weights", None)
+    wh = "random-init"
+    if weights:
+        wh = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
+    elif m.get("pretrained"):
+        wh = "pretrained"
+    seed = cfg.seed if wh == "random-init" else "-"
+    return f"backbone:{cfg.model.name or 'resnet50'}|{sorted(m.items())}|weights:{wh}|seed:{seed}"
+
+
+def frozen_features(cfg, data, *, device, progress: bool = True) -> None:
+    """Attach frozen-backbone features to train/val/test of ``data`` (computed once, cached)."""
+    from mlrkit.features import FeatureStore
+
+    torch.manual_seed(derive_seed(cfg.seed, 99))  # random-init backbones are reproducible
+    bb = backbone_from_config(cfg).to(device).eval()
+    tf = build_transform(cfg.data.image_size, bb.mean, bb.std, train=False)
+    store = FeatureStore(cfg.extra.get("features", {}).get("cache_dir"))
+    key = encoder_key(cfg)
+    for name in ("train", "val", "test"):
+        split = getattr(data, name)
+        if split.images is None:
+            raise MlrkitError(f"the {name} split has neither features nor images")
+        feats = store.get(key, bb, split.images, tf, batch_size=max(cfg.train.batch_size, 64), device=device,
+                          num_workers=cfg.train.num_workers, progress=progress, desc=f"features ({name})")
+        split.features = np.asarray(feats, dtype=np.float32)
+
+
+class BackboneClassifier(nn.Module):
+    """logits = W · pool(backbone(x)) + b."""
+
+    def __init__(self, backbone: Backbone, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.classifier = nn.Linear(backbone.feature_dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.dropout(self.backbone(x)))
+
+
+class ImageMethod(Method):
+    """Base of methods that read images: transforms built from the model's own normalisation."""
+
+    input_kind = "images"
+
+    def __init__(self, flip: bool = True, randaugment: bool = False, cutout: float = 0.0) -> None:
+        super().__init__(flip=flip, randaugment=randaugment, cutout=cutout)
+        self.flip, self.randaugment, self.cutout = bool(flip), bool(randaugment), float(cutout)
+        self.mean = self.std = None
+
+    def transform(self, train: bool):
+        if self.mean is None:
+            raise RuntimeError("build_model() first: transforms follow the model's normalisation")
+        size = self.cfg.data.image_size
+        return build_transform(size, self.mean, self.std, train=train, flip=self.flip,
+                               randaugment=self.randaugment, cutout=self.cutout)
+
+    def make_loader(self, split, observed, batch_size: int, *, train: bool, seed: int, cfg=None):
+        tc = self.cfg.train
+        return ImageBatches(split, observed, self.transform(train), batch_size, shuffle=train, seed=seed,
+                            num_workers=tc.num_workers, pin_memory=torch.cuda.is_available())
+
+
+@METHODS.register("finetune", "backbone (model.name) + linear classifier trained end to end on images")
+class FinetuneMethod(ImageMethod):
+    """Cole et al.'s ``end_to_end`` (and ``linear_init`` with ``linear_init_epochs`` > 0)."""
+
+    def __init__(self, flip: bool = True, randaugment: bool = False, cutout: float = 0.0, dropout: float = 0.0,
+                 freeze_backbone: bool = False, linear_init_epochs: int = 0, linear_init_lr: float = 1e-3,
+                 linear_init_batch_size: int = 16) -> None:
+        super().__init__(flip=flip, randaugment=randaugment, cutout=cutout)
+        self.params.update(dropout=dropout, freeze_backbone=freeze_backbone, linear_init_epochs=linear_init_epochs,
+                           linear_init_lr=linear_init_lr, linear_init_batch_size=linear_init_batch_size)
+        self.dropout, self.freeze_backbone = float(dropout), bool(freeze_backbone)
+        self.linear_init_epochs, self.linear_init_lr = int(linear_init_epochs), float(linear_init_lr)
+        self.linear_init_batch_size = int(linear_init_batch_size)
+
+    def build_model(self, task: TaskInfo) -> nn.Module:
+        bb = backbone_from_config(self.cfg)
+        self.mean, self.std = bb.mean, bb.std
+        if self.freeze_backbone:
+            for p in bb.parameters():
+                p.requires_grad_(False)
+        return BackboneClassifier(bb, task.num_classes, self.dropout)
+
+    def init_from_train(self, model: nn.Module, data, loss, *, device, resuming: bool = False) -> None:
+        if self.linear_init_epochs <= 0 or resuming:
+            return
+        linear_init(model, data, loss, self, device=device)
+
+
+def linear_init(model: BackboneClassifier, data, loss, method: FinetuneMethod, *, device) -> None:
+    """Cole et al.'s linear_init: train the classifier alone on frozen features, with the run's loss."""
+    cfg = method.cfg
+    model.eval()
+    loader = method.make_loader(data.train, None, max(64, cfg.train.batch_size), train=False, seed=cfg.seed)
+    feats = []
+    with torch.no_grad():
+        for b in loader:
+            feats.append(model.backbone(b["inputs"].to(device)).float())
+    x = torch.cat(feats)
+    obs = torch.from_numpy(data.observed_train).to(device)
+    opt = torch.optim.Adam(model.classifier.parameters(), lr=method.linear_init_lr)
+    g = torch.Generator().manual_seed(derive_seed(cfg.seed, 7))
+    bs = method.linear_init_batch_size
+    for epoch in range(method.linear_init_epochs):
+        order = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), bs):
+            idx = order[i : i + bs]
+            l = loss(model.classifier(x[idx.to(device)]), obs[idx.to(device)], index=idx.to(device), epoch=epoch)
+            opt.zero_grad()
+            l.backward()
+            opt.step()
+    log.info("linear_init: classifier trained %d epochs on frozen features", method.linear_init_epochs)

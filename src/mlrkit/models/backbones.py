@@ -1,0 +1,178 @@
+"""Image backbones with their matching preprocessing (one registry; timm/torchvision names too).
+
+``build_backbone(name, weights=None, pretrained=False, image_size=None)`` returns a
+:class:`Backbone`: ``forward(x) -> [B, D]`` pooled features, ``forward_map(x) -> [B, D, h, w]``
+(for CNNs; CAM heads need it), ``feature_dim`` and ``mean``/``std`` of its input normalisation.
+
+* ``smallcnn``: a 4-block CNN for CPU tests and the fashion-mosaic benchmark (random init).
+* ``timm:<name>`` or a bare timm name (``resnet50``, ``convnext_xlarge``, ``vit_large_patch14_224``…).
+* ``tv:<name>``: a torchvision classification model (``tv:resnet50``).
+
+Weights: ``weights=PATH`` loads a local state dict (the classifier head is dropped; anything
+else that does not fit is an error). ``pretrained=True`` asks timm/torchvision to download —
+for users who are online; offline it fails with a message saying to pass ``weights=PATH``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from mlrkit.errors import MlrkitError
+from mlrkit.registry import Registry
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+BACKBONES: Registry = Registry("backbone")
+
+
+class Backbone(nn.Module):
+    """A feature extractor: pooled features and (for CNNs) the last feature map."""
+
+    feature_dim: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    has_map: bool = True
+
+    def forward_map(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_map(x).mean(dim=(2, 3))
+
+
+class SmallCNN(Backbone):
+    """Conv(3x3)-BN-ReLU blocks with 2x2 max-pooling between them; global average pooling."""
+
+    def __init__(self, width: int = 32, depth: int = 4) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 3
+        for i in range(depth):
+            c_out = width * 2 ** min(i, 3)
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            if i < depth - 1:
+                layers.append(nn.MaxPool2d(2))
+            c_in = c_out
+        self.body = nn.Sequential(*layers)
+        self.feature_dim = c_in
+        self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+    def forward_map(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+class TimmBackbone(Backbone):
+    def __init__(self, name: str, pretrained: bool, image_size: int | None) -> None:
+        super().__init__()
+        import timm
+
+        if name not in timm.list_models(pretrained=False) and name not in timm.list_models():
+            import difflib
+
+            close = difflib.get_close_matches(name, timm.list_models(), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise MlrkitError(f"unknown timm backbone {name!r}{hint}")
+        kwargs = {}
+        if image_size and ("vit" in name or "deit" in name or "swin" in name):
+            kwargs["img_size"] = image_size
+        try:
+            self.model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+        except Exception as e:  # noqa: BLE001 - hub/network failures come in many types
+            if pretrained:
+                raise MlrkitError(
+                    f"could not get pretrained weights for {name!r} ({type(e).__name__}: {e}); offline, download the "
+                    "weights elsewhere and pass --set model.weights=PATH"
+                ) from None
+            raise
+        cfg = timm.data.resolve_data_config({}, model=self.model)
+        self.mean, self.std = tuple(cfg["mean"]), tuple(cfg["std"])
+        self.feature_dim = int(self.model.num_features)
+        self.has_map = "vit" not in name and "deit" not in name
+
+    def forward_map(self, x: Tensor) -> Tensor:
+        f = self.model.forward_features(x)
+        if f.ndim == 4 and f.shape[1] != self.feature_dim and f.shape[-1] == self.feature_dim:
+            f = f.permute(0, 3, 1, 2)  # NHWC models (e.g. some convnext/swin variants)
+        if f.ndim != 4:
+            raise MlrkitError("this backbone has no spatial feature map (a ViT); CAM heads need a CNN")
+        return f
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+
+class TorchvisionBackbone(Backbone):
+    def __init__(self, name: str, pretrained: bool) -> None:
+        super().__init__()
+        import torchvision
+
+        try:
+            m = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
+        except ValueError as e:
+            raise MlrkitError(f"unknown torchvision backbone {name!r}: {e}") from None
+        except Exception as e:  # noqa: BLE001
+            raise MlrkitError(
+                f"could not get pretrained weights for tv:{name} ({e}); pass --set model.weights=PATH"
+            ) from None
+        if not hasattr(m, "fc"):
+            raise MlrkitError(f"tv:{name}: only ResNet-style torchvision models (with .fc) are supported")
+        self.feature_dim = int(m.fc.in_features)
+        m.fc = nn.Identity()
+        self.model = m
+
+    def forward_map(self, x: Tensor) -> Tensor:
+        m = self.model
+        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        return m.layer4(m.layer3(m.layer2(m.layer1(x))))
+
+
+@dataclass
+class BackboneSpec:
+    name: str
+    weights: str | None = None
+    pretrained: bool = False
+
+
+def build_backbone(name: str, weights: str | Path | None = None, pretrained: bool = False,
+                   image_size: int | None = None, **kwargs) -> Backbone:
+    """Build a backbone by name and load local ``weights`` if given (see module docstring)."""
+    if name == "smallcnn":
+        bb: Backbone = SmallCNN(**kwargs)
+    elif name.startswith("tv:"):
+        bb = TorchvisionBackbone(name[3:], pretrained)
+    else:
+        bb = TimmBackbone(name.removeprefix("timm:"), pretrained, image_size)
+    if weights:
+        load_backbone_weights(bb, weights)
+    return bb
+
+
+def load_backbone_weights(bb: Backbone, path: str | Path) -> None:
+    """Load a local state dict into a backbone; classifier-head keys are ignored, others must fit."""
+    path = Path(path)
+    if not path.is_file():
+        raise MlrkitError(f"backbone weights not found: {path}")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise MlrkitError(f"cannot read backbone weights {path}: {e}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    target = bb.model if hasattr(bb, "model") else bb
+    head = ("fc.", "head.", "classifier.", "head.fc.")
+    sd = {k.removeprefix("module."): v for k, v in sd.items() if not k.removeprefix("module.").startswith(head)}
+    missing, unexpected = target.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.startswith(head)]
+    if missing or unexpected:
+        raise MlrkitError(f"{path} does not fit the backbone: missing {missing[:4]}, unexpected {unexpected[:4]}")
+
+
+BACKBONES.add("smallcnn", SmallCNN, "4-block CNN (random init) for CPU tests and fashion-mosaic")
+BACKBONES.add("timm", TimmBackbone, "timm:<name> or a bare timm name: resnet50, convnext_xlarge, vit_large_patch14_224")
+BACKBONES.add("tv", TorchvisionBackbone, "tv:<name>: torchvision ResNets (tv:resnet50)")
