@@ -66,7 +66,7 @@ def frozen_features(cfg, data, *, device, progress: bool = True) -> None:
             raise MlrkitError(f"the {name} split has neither features nor images")
         feats = store.get(key, bb, split.images, tf, batch_size=max(cfg.train.batch_size, 64), device=device,
                           num_workers=cfg.train.num_workers, progress=progress, desc=f"features ({name})")
-        split.features = np.asarray(feats, dtype=np.float32)
+        split.features = np.array(feats, dtype=np.float32)  # in memory: heads index it every step
 
 
 class BackboneClassifier(nn.Module):
