@@ -58,6 +58,7 @@ class DataConfig:
     image_size: int = 448
     limit_train: int | None = None  # first N official-train rows (quick runs)
     options: dict[str, Any] = field(default_factory=dict)  # adapter options, e.g. {difficult: unknown}
+    expected_num_pos: float | None = None  # mean positives per image (EPR/ROLE's k), if known
 
 
 @dataclass

@@ -65,6 +65,19 @@ def build_for_task(cfg: RunConfig, task: TaskInfo, method: Method | None = None)
     return BuiltRun(method, method.build_model(task), task)
 
 
+def build_run_loss(cfg: RunConfig) -> losses.MultiLabelLoss:
+    """The configured loss; a dataset-level ``data.expected_num_pos`` feeds losses that take it (EPR, ROLE)."""
+    import inspect
+
+    import mlrkit.losses.zoo  # noqa: F401
+
+    params = dict(cfg.loss.params)
+    accepts = inspect.signature(losses.LOSSES.get(cfg.loss.name).__init__).parameters
+    if cfg.data.expected_num_pos is not None and "expected_num_pos" in accepts:
+        params.setdefault("expected_num_pos", cfg.data.expected_num_pos)
+    return losses.build(cfg.loss.name, **params)
+
+
 @torch.no_grad()
 def predict_scores(
     model: nn.Module, loader, device: torch.device, progress: bool = False, desc: str = ""
@@ -105,7 +118,7 @@ class Trainer:
         self.built = build_for_task(cfg, task, method)
         self.method, self.model = self.built.method, self.built.model
         self.model.to(self.device)
-        self.loss = losses.build(cfg.loss.name, **cfg.loss.params).to(self.device)
+        self.loss = build_run_loss(cfg).to(self.device)
         self.loss.prepare(torch.from_numpy(self.data.observed_train).to(self.device))
         resuming = self.resume and (self.out / "last.pt").exists()
         self.method.init_from_train(self.model, self.data, self.loss, device=self.device, resuming=resuming)
