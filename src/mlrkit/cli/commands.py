@@ -58,6 +58,20 @@ def register(sub) -> None:
     p.add_argument("--losses", default="", help="comma-separated losses (default: the demo's set)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
 
+    vl = sub.add_parser("vl", help="vision-language model tools (pretrain)", description="vision-language model tools")
+    vsub = vl.add_subparsers(dest="vl_command", metavar="VL_COMMAND")
+    p = add_command(vsub, "pretrain", "train the built-in mosaic-clip contrastively on fashion-mosaic captions",
+                    "mlrkit vl pretrain --steps 2400 --batch-size 256 --lr 1e-3 --seed 0 --out mosaic_clip_raw.pt",
+                    cmd_vl_pretrain)
+    p.add_argument("--steps", type=int, default=2400)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-limit", type=float, default=None, help="stop after this many minutes")
+    p.add_argument("--eval-every", type=int, default=200, help="zero-shot test mAP every N steps (0 = off)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="mosaic_clip_raw.pt", help="raw checkpoint to write")
+
     p = add_command(sub, "bench", "benchmarks: metrics, losses",
                     "mlrkit bench metrics\n  mlrkit bench losses --classes 1000", cmd_bench)
     p.add_argument("what", choices=["metrics", "losses"])
@@ -224,4 +238,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from mlrkit.bench import run_bench
 
     run_bench(args.what, args)
+    return 0
+
+
+def cmd_vl_pretrain(args: argparse.Namespace) -> int:
+    from mlrkit.pretraining import pretrain_mosaic_clip, save_pretrained
+
+    model, config, result, history = pretrain_mosaic_clip(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        time_limit_s=None if args.time_limit is None else 60 * args.time_limit,
+        eval_every=args.eval_every, device=args.device)
+    save_pretrained(model, config, args.out, result=result, history=history, command=sys.argv, seed=args.seed)
+    print(json.dumps({"out": args.out, "steps": result.steps, "seconds": round(result.seconds, 1),
+                      "zeroshot_test_map": result.zeroshot_map}))
     return 0

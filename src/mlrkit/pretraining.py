@@ -1,0 +1,221 @@
+"""Contrastive CLIP pre-training on fashion-mosaic (the built-in ``mosaic-clip``).
+
+Captions are generated from each mosaic's labels with several templates and a shuffled class
+order ("a photo of a sneaker, a bag and a shirt."); the model is an open_clip ``CLIP`` with a
+small ViT and a small text transformer, trained with the symmetric InfoNCE loss of Radford et
+al. (2021): L = ½ [CE(s·I·Tᵀ, diag) + CE(s·T·Iᵀ, diag)], s = exp(logit_scale).
+
+Images are normalised on tensors exactly as the model's own eval transform does (the mosaics
+are already at the model's resolution), so training and inference see the same inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from mlrkit.utils import derive_seed
+
+log = logging.getLogger("mlrkit")
+
+#: the mosaic-clip architecture (open_clip CLIP keyword config); ~7.7M parameters
+MOSAIC_CLIP_CONFIG: dict = {
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 56, "layers": 4, "width": 128, "head_width": 32, "patch_size": 7, "mlp_ratio": 4.0},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
+}
+
+CAPTION_TEMPLATES: tuple[str, ...] = (
+    "a photo of {}.",
+    "a picture of {}.",
+    "an image with {}.",
+    "{}.",
+)
+
+
+def _article(name: str) -> str:
+    return ("an " if name[:1].lower() in "aeiou" else "a ") + name
+
+
+def join_names(names: Sequence[str]) -> str:
+    """['bag', 'shirt', 'ankle boot'] -> 'a bag, a shirt and an ankle boot'."""
+    items = [_article(n) for n in names]
+    if len(items) == 1:
+        return items[0]
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def caption_for(labels: np.ndarray, class_names: Sequence[str], rng: np.random.Generator,
+                templates: Sequence[str] = CAPTION_TEMPLATES) -> str:
+    """One caption naming every present class, in random order, with a random template."""
+    present = [class_names[j].lower() for j in np.flatnonzero(labels)]
+    rng.shuffle(present)
+    return templates[int(rng.integers(len(templates)))].format(join_names(present))
+
+
+@dataclass
+class PretrainResult:
+    steps: int
+    seconds: float
+    final_loss: float
+    zeroshot_map: float | None
+
+
+def build_clip(config: dict, seed: int) -> nn.Module:
+    """An open_clip ``CLIP`` from a keyword config, initialised deterministically from ``seed``."""
+    import open_clip
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    torch.manual_seed(seed)
+    return open_clip.CLIP(
+        embed_dim=config["embed_dim"],
+        vision_cfg=CLIPVisionCfg(**config["vision_cfg"]),
+        text_cfg=CLIPTextCfg(**config["text_cfg"]),
+    )
+
+
+def images_to_tensor(batch_u8: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """uint8 [B, H, W] (grey) or [B, H, W, 3] -> normalised float [B, 3, H, W] (ToTensor + Normalize)."""
+    x = torch.from_numpy(np.ascontiguousarray(batch_u8)).float().div_(255.0)
+    x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def contrastive_loss(img: Tensor, txt: Tensor, logit_scale: Tensor) -> Tensor:
+    """Symmetric InfoNCE over normalised embeddings (CLIP eq.)."""
+    img = F.normalize(img, dim=-1)
+    txt = F.normalize(txt, dim=-1)
+    logits = logit_scale.exp().clamp(max=100) * img @ txt.t()
+    target = torch.arange(len(img), device=img.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def pretrain_mosaic_clip(
+    *,
+    steps: int = 2000,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    weight_decay: float = 0.1,
+    warmup: int = 100,
+    seed: int = 0,
+    config: dict | None = None,
+    time_limit_s: float | None = None,
+    eval_every: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+    limit_train: int | None = None,
+) -> tuple[nn.Module, dict, PretrainResult, list[dict]]:
+    """Train the mosaic CLIP; returns (model, config, result, history).
+
+    Token embeddings and norms/biases get no weight decay, so the rows of tokens that never
+    occur in a caption keep their seeded initial values (the compact checkpoint relies on it).
+    """
+    import open_clip
+
+    from mlrkit.data import load_dataset
+
+    config = config or MOSAIC_CLIP_CONFIG
+    ds = load_dataset("fashion-mosaic", **({"limit_train": limit_train} if limit_train else {}))
+    images = ds.trainval.images.array  # type: ignore[union-attr]
+    targets = ds.trainval.targets
+    names = ds.class_names
+    model = build_clip(config, seed).to(device)
+    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=config["text_cfg"]["context_length"])
+    mean = open_clip.OPENAI_DATASET_MEAN
+    std = open_clip.OPENAI_DATASET_STD
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "token_embedding" in n or "positional_embedding" in n
+         or "class_embedding" in n or "logit_scale" in n else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        t = (step - warmup) / max(1, steps - warmup)
+        return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    rng = np.random.default_rng(derive_seed(seed, 5))
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    loss_ema = None
+    bar = tqdm(range(steps), desc="mosaic-clip", disable=not progress)
+    step = 0
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        idx = rng.choice(len(images), size=batch_size, replace=False)
+        x = images_to_tensor(images[idx], mean, std)
+        flip = torch.from_numpy(rng.random(batch_size) < 0.5)
+        x[flip] = x[flip].flip(-1)
+        captions = [caption_for(targets[i], names, rng) for i in idx]
+        tok = tokenizer(captions)
+        model.train()
+        img = model.encode_image(x.to(device))
+        txt = model.encode_text(tok.to(device))
+        loss = contrastive_loss(img, txt, model.logit_scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        lv = float(loss.detach())
+        loss_ema = lv if loss_ema is None else 0.95 * loss_ema + 0.05 * lv
+        bar.set_postfix(loss=f"{loss_ema:.3f}", refresh=False)
+        if eval_every and (step + 1) % eval_every == 0:
+            zs = zeroshot_map(model, tokenizer, mean, std, device=device)
+            history.append({"step": step + 1, "loss": loss_ema, "zeroshot_test_map": zs,
+                            "seconds": time.perf_counter() - t0})
+            log.info("step %d loss %.3f zero-shot test mAP %.4f", step + 1, loss_ema, zs)
+        if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
+            log.info("time limit reached after %d steps", step + 1)
+            break
+    model.eval()
+    zs = zeroshot_map(model, tokenizer, mean, std, device=device)
+    result = PretrainResult(steps=step + 1, seconds=time.perf_counter() - t0, final_loss=float(loss_ema or 0),
+                            zeroshot_map=zs)
+    return model, config, result, history
+
+
+@torch.no_grad()
+def zeroshot_map(model: nn.Module, tokenizer, mean, std, *, device: str = "cpu", batch_size: int = 500) -> float:
+    """Zero-shot test mAP on fashion-mosaic with the prompt 'a photo of a {class}.'."""
+    from mlrkit.data import load_dataset
+    from mlrkit.metrics import mean_average_precision
+
+    ds = load_dataset("fashion-mosaic")
+    was = model.training
+    model.eval()
+    txt = F.normalize(model.encode_text(tokenizer([f"a photo of {_article(n.lower())}." for n in ds.class_names])
+                                        .to(device)), dim=-1)
+    arr = ds.test.images.array  # type: ignore[union-attr]
+    scores = []
+    for i in range(0, len(arr), batch_size):
+        img = F.normalize(model.encode_image(images_to_tensor(arr[i : i + batch_size], mean, std).to(device)), dim=-1)
+        scores.append((img @ txt.t()).cpu())
+    model.train(was)
+    return mean_average_precision(torch.cat(scores).numpy(), ds.test.targets)
+
+
+def save_pretrained(model: nn.Module, config: dict, path, *, result: PretrainResult, history: list[dict],
+                    command: list[str], seed: int) -> None:
+    """Save the raw pre-training output: config, fp32 state dict, result, history and the command."""
+    from dataclasses import asdict
+
+    from mlrkit.utils import atomic_write
+
+    payload = {"format": "mlrkit-mosaic-clip-raw-1", "config": config, "seed": seed,
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               "result": asdict(result), "history": history, "command": command}
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
