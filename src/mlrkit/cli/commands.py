@@ -15,7 +15,7 @@ def register(sub) -> None:
     p = add_command(sub, "list", "list registered datasets, protocols, losses or methods",
                     "mlrkit list losses", cmd_list)
     p.add_argument("kind", nargs="?", default="all",
-                   choices=["all", "datasets", "protocols", "losses", "methods"])
+                   choices=["all", "datasets", "protocols", "losses", "methods", "backbones", "vl-backends"])
 
     p = add_command(sub, "prepare",
                     "make observed labels from a protocol, save them with their SHA-256, print statistics",
@@ -138,12 +138,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     import mlrkit.data.datasets  # noqa: F401
     import mlrkit.losses.zoo  # noqa: F401
     import mlrkit.methods.fixed_features  # noqa: F401
+    import mlrkit.methods.image  # noqa: F401
     from mlrkit.data import DATASETS
     from mlrkit.labels import PROTOCOLS
     from mlrkit.losses import LOSSES
     from mlrkit.methods import METHODS
+    from mlrkit.models.backbones import BACKBONES
+    from mlrkit.vl import VL_BACKENDS
 
-    regs = {"datasets": DATASETS, "protocols": PROTOCOLS, "losses": LOSSES, "methods": METHODS}
+    regs = {"datasets": DATASETS, "protocols": PROTOCOLS, "losses": LOSSES, "methods": METHODS,
+            "backbones": BACKBONES, "vl-backends": VL_BACKENDS}
     kinds = list(regs) if args.kind == "all" else [args.kind]
     for kind in kinds:
         entries = regs[kind].list()
