@@ -232,12 +232,10 @@ class Trainer:
         total, n = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not self.progress)
         for batch in bar:
-            x = batch["inputs"].to(self.device, non_blocking=True)
-            obs = batch["observed"].to(self.device, non_blocking=True)
-            idx = batch["index"].to(self.device, non_blocking=True)
+            batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
             with self.autocast():
-                logits = self.model(x)
-            loss = self.loss(logits.float(), obs, index=idx, epoch=epoch)
+                loss = self.method.training_step(self.model, batch, self.loss, epoch)
+            x = batch["inputs"]
             if not torch.isfinite(loss):
                 raise MlrkitError(f"loss became {loss.item()} at epoch {epoch + 1}; lower train.lr?")
             self.optimizer.zero_grad(set_to_none=True)

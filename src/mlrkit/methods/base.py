@@ -65,6 +65,16 @@ class Method:
         checkpoint will overwrite the state right after (expensive initialisations may skip).
         """
 
+    def training_step(self, model: nn.Module, batch: dict, loss_fn, epoch: int):
+        """One step's loss. Default: ``loss_fn(model(inputs), observed, index=, epoch=)``.
+
+        Methods with several views or extra terms (SCPNet) override this; ``batch`` holds
+        ``inputs``, ``observed`` (int8), ``targets`` (never to be used for training), ``index``
+        (row in the training split) and whatever the method's loader adds.
+        """
+        logits = model(batch["inputs"])
+        return loss_fn(logits.float(), batch["observed"], index=batch["index"], epoch=epoch)
+
     def classifier_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """Parameters that get ``train.classifier_lr_mult`` (default: a ``classifier`` submodule)."""
         head = getattr(model, "classifier", None)
