@@ -89,6 +89,12 @@ class ModelConfig(OpenSection):
 
 
 @dataclass
+class VLConfig:
+    model: str = "mosaic-clip"  # a mlrkit.vl.load spec (--vl-model)
+    templates: str = "single"  # prompt templates for class-name text embeddings: single | ensemble
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 20
     batch_size: int = 32
@@ -118,6 +124,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    vl: VLConfig = field(default_factory=VLConfig)
     extra: dict[str, Any] = field(default_factory=dict)  # sections owned by methods (e.g. boostlu)
 
     @property
@@ -147,7 +154,7 @@ class RunConfig:
 
 
 # Extra top-level sections that methods may own (free-form; validated by the method).
-EXTRA_SECTIONS = ("boostlu", "vl", "prompt", "scpnet", "vlpl", "features", "negation")
+EXTRA_SECTIONS = ("boostlu", "prompt", "scpnet", "vlpl", "features", "negation")
 
 
 def _to_dict(obj: Any) -> Any:

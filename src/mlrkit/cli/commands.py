@@ -92,6 +92,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--out", help="run directory")
+    p.add_argument("--vl-model", help="vision-language model spec for CLIP-based methods (vl.model; "
+                   "default mosaic-clip), e.g. openclip:ViT-B-16@/models/vitb16.pt")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.optimizer=sgd --set loss.alpha=0.2")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
@@ -105,7 +107,8 @@ def train_config_from_args(args: argparse.Namespace):
     if args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
         saved = Path(args.out) / "config.yaml"
         cfg = RunConfig.load(saved)
-        given = [f for f in ("config", "dataset", "method", "loss", "labels", "seed", "epochs", "batch_size", "lr")
+        given = [f for f in ("config", "dataset", "method", "loss", "labels", "seed", "epochs", "batch_size", "lr",
+                             "vl_model")
                  if getattr(args, f, None) is not None] + (["--set"] if args.set else [])
         if given:
             from mlrkit.errors import ConfigError
@@ -120,6 +123,7 @@ def train_config_from_args(args: argparse.Namespace):
         "method": {"name": args.method} if args.method else None,
         "loss": {"name": args.loss} if args.loss else None,
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr},
+        "vl": {"model": args.vl_model},
     }
     return build_config(args.config, flags, args.set)
 
