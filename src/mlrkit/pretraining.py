@@ -115,6 +115,7 @@ def pretrain_mosaic_clip(
     device: str = "cpu",
     progress: bool = True,
     limit_train: int | None = None,
+    init: str | None = None,
 ) -> tuple[nn.Module, dict, PretrainResult, list[dict]]:
     """Train the mosaic CLIP; returns (model, config, result, history).
 
@@ -125,12 +126,18 @@ def pretrain_mosaic_clip(
 
     from mlrkit.data import load_dataset
 
+    previous: dict | None = None
+    if init is not None:
+        previous = torch.load(init, map_location="cpu", weights_only=False)
+        config = previous["config"]
     config = config or MOSAIC_CLIP_CONFIG
     ds = load_dataset("fashion-mosaic", **({"limit_train": limit_train} if limit_train else {}))
     images = ds.trainval.images.array  # type: ignore[union-attr]
     targets = ds.trainval.targets
     names = ds.class_names
     model = build_clip(config, seed).to(device)
+    if previous is not None:  # a further phase with its own warm-up + cosine schedule
+        model.load_state_dict(previous["state_dict"])
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=config["text_cfg"]["context_length"])
     mean = open_clip.OPENAI_DATASET_MEAN
     std = open_clip.OPENAI_DATASET_STD
@@ -147,7 +154,8 @@ def pretrain_mosaic_clip(
         t = (step - warmup) / max(1, steps - warmup)
         return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
-    rng = np.random.default_rng(derive_seed(seed, 5))
+    phase = 0 if previous is None else len(previous.get("phases", [previous.get("result", {})]))
+    rng = np.random.default_rng(derive_seed(seed, 5, phase))
     history: list[dict] = []
     t0 = time.perf_counter()
     loss_ema = None
@@ -208,14 +216,20 @@ def zeroshot_map(model: nn.Module, tokenizer, mean, std, *, device: str = "cpu",
 
 
 def save_pretrained(model: nn.Module, config: dict, path, *, result: PretrainResult, history: list[dict],
-                    command: list[str], seed: int) -> None:
+                    command: list[str], seed: int, init_payload: dict | None = None) -> None:
     """Save the raw pre-training output: config, fp32 state dict, result, history and the command."""
     from dataclasses import asdict
 
     from mlrkit.utils import atomic_write
 
+    phases = []
+    if init_payload is not None:
+        first = {"result": init_payload["result"], "command": init_payload["command"],
+                 "history": init_payload.get("history", [])}
+        phases = list(init_payload.get("phases") or [first])
+    phases.append({"result": asdict(result), "command": command, "history": history})
     payload = {"format": "mlrkit-mosaic-clip-raw-1", "config": config, "seed": seed,
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-               "result": asdict(result), "history": history, "command": command}
+               "result": asdict(result), "history": history, "command": command, "phases": phases}
     with atomic_write(path) as tmp:
         torch.save(payload, tmp)

@@ -16,7 +16,28 @@ def run_bench(what: str, args: argparse.Namespace) -> list[dict]:
     elif what == "losses":
         from mlrkit.bench.losses import bench_losses, format_table  # type: ignore[no-redef]
 
-        rows = bench_losses(batch=args.batch, classes=args.classes)
+        rows = bench_losses(batch=args.batch or 256, classes=args.classes or 1000)
+    elif what == "features":
+        from mlrkit.bench.features import bench_features, format_table  # type: ignore[no-redef]
+
+        rows = bench_features()
+    elif what == "prompts":
+        from mlrkit.bench.prompts import bench_prompts, format_table  # type: ignore[no-redef]
+
+        rows = bench_prompts(vl_spec=args.vl_model, image_size=args.image_size or 224, n_images=args.images,
+                             batch=args.batch or 16, methods=[m for m in args.methods.split(",") if m],
+                             repeats=args.repeats or 2)
+    elif what == "boostlu":
+        from mlrkit.bench.boostlu import bench_boostlu, format_table  # type: ignore[no-redef]
+
+        rows = bench_boostlu(batch=args.batch or 2, image_size=args.image_size or 448, classes=args.classes or 80,
+                             repeats=args.repeats or 10, threads=args.threads)
+    elif what == "boostlu-ablation":
+        from mlrkit.bench.boostlu import format_table, run_boostlu_ablation  # type: ignore[no-redef]
+
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+        over = {"train": {"epochs": args.epochs}} if args.epochs else None
+        rows = run_boostlu_ablation(args.out, seeds, overrides=over, threads=args.threads, quiet=False)
     else:  # argparse restricts the choices
         raise ValueError(what)
     print(format_table(rows))

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from mlrkit.cli.main import add_command
 
 
@@ -33,8 +35,27 @@ def register(sub) -> None:
                     "mlrkit train --dataset yeast --method linear --loss an --labels single-positive "
                     "--seed 0 --epochs 20 --out runs/yeast-an\n  "
                     "mlrkit train --config configs/demo/mlp.yaml --dataset scene --set train.lr=1e-3 --out runs/s\n  "
-                    "mlrkit train --out runs/yeast-an --resume", cmd_train)
+                    "mlrkit train --out runs/yeast-an --resume\n  "
+                    "mlrkit train --config configs/prompting/coco2014-dualcoop.yaml --vl-model openclip:RN101 "
+                    "--dry-run", cmd_train)
     add_train_flags(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="build data, method and model, print one JSON line (trainable_params, total_params...) "
+                   "and exit: nothing is trained or extracted")
+
+    p = add_command(sub, "sweep",
+                    "train methods over several label proportions; print the papers' table (CSV and Markdown too)",
+                    "mlrkit sweep --config configs/prompting/fashion-mosaic-dualcoop.yaml "
+                    "--methods dualcoop,positivecoop,negativecoop,baseline --labels partial:0.1,0.3,0.5,0.7,0.9 "
+                    "--out runs/sweep\n  "
+                    "mlrkit sweep --methods configs/prompting/voc2007-dualcoop.yaml,"
+                    "configs/prompting/voc2007-positivecoop.yaml --root /data/VOCdevkit "
+                    "--vl-model openclip:RN101@/models/RN101.pt --labels partial:0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9 "
+                    "--out runs/voc-sweep", cmd_sweep)
+    add_train_flags(p)
+    p.add_argument("--methods", help="comma-separated method names or recipe files (a name keeps the --config "
+                   "recipe but not its method hyper-parameters; default: --method / the recipe's method)")
+    p.add_argument("--seeds", help="comma-separated run seeds (default: --seed / the recipe's); cells average them")
 
     p = add_command(sub, "evaluate", "metrics (mAP, CF1/OF1, P@k/R@k) of a run's best checkpoint on val and test",
                     "mlrkit evaluate runs/yeast-an", cmd_evaluate)
@@ -58,6 +79,41 @@ def register(sub) -> None:
     p.add_argument("--losses", default="", help="comma-separated losses (default: the demo's set)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
 
+    p = add_command(sub, "pseudo-label",
+                    "VLPL pseudo-labels from a VL model's temperature softmax; precision/recall vs ground truth",
+                    "mlrkit pseudo-label --dataset fashion-mosaic --vl-model mosaic-clip --tau 0.03 --theta 0.3 "
+                    "--out pl.npz", cmd_pseudo_label)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--root")
+    p.add_argument("--vl-model", default="mosaic-clip")
+    p.add_argument("--templates", default="single", help="single | ensemble | name")
+    p.add_argument("--tau", type=float, default=0.03, help="softmax temperature")
+    p.add_argument("--theta", type=float, default=0.3, help="pseudo-positive threshold")
+    p.add_argument("--delta", type=float, default=0.0, help="fraction of lowest classes per image as negatives")
+    p.add_argument("--split", choices=["trainval", "test"], default="trainval",
+                   help="official training set (what training uses) or test set")
+    p.add_argument("--labels", help="observation protocol: quality is then also reported on the unknown entries")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write the pseudo-labels (.npz)")
+
+    p = add_command(sub, "extract-features",
+                    "run a frozen encoder once over a dataset's images (FeatureStore cache); optionally export "
+                    "a features:FILE.npz",
+                    "mlrkit extract-features --dataset fashion-mosaic --vl-model mosaic-clip --out fm-clip.npz\n  "
+                    "mlrkit extract-features --dataset voc2007 --root /data/VOCdevkit --backbone resnet50 "
+                    "--set model.weights=/models/r50.pth --out voc-r50.npz", cmd_extract_features)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--root")
+    enc = p.add_mutually_exclusive_group(required=True)
+    enc.add_argument("--vl-model", help="a VL image encoder (mlrkit list vl-backends)")
+    enc.add_argument("--backbone", help="an image backbone (mlrkit list backbones)")
+    p.add_argument("--dense", action="store_true", help="VL region/patch features [N, HW, D] (cache only)")
+    p.add_argument("--image-size", type=int, help="input resolution (default: the encoder's own / data.image_size)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0, help="seed of random-weight encoders")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", help="write X_train, Y_train, X_test, Y_test, class_names (pooled features)")
+
     vl = sub.add_parser("vl", help="vision-language model tools (pretrain)", description="vision-language model tools")
     vsub = vl.add_subparsers(dest="vl_command", metavar="VL_COMMAND")
     p = add_command(vsub, "pretrain", "train the built-in mosaic-clip contrastively on fashion-mosaic captions",
@@ -70,14 +126,64 @@ def register(sub) -> None:
     p.add_argument("--time-limit", type=float, default=None, help="stop after this many minutes")
     p.add_argument("--eval-every", type=int, default=200, help="zero-shot test mAP every N steps (0 = off)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--init", help="continue from a raw checkpoint of an earlier phase (new warm-up + cosine)")
     p.add_argument("--out", default="mosaic_clip_raw.pt", help="raw checkpoint to write")
 
-    p = add_command(sub, "bench", "benchmarks: metrics, losses",
-                    "mlrkit bench metrics\n  mlrkit bench losses --classes 1000", cmd_bench)
-    p.add_argument("what", choices=["metrics", "losses"])
+    p = add_command(sub, "bench", "benchmarks: metrics, losses, features (cached vs recomputed encoder), "
+                    "boostlu (inference cost), boostlu-ablation (fashion-mosaic table)",
+                    "mlrkit bench metrics\n  mlrkit bench losses --classes 1000\n  mlrkit bench features\n  "
+                    "mlrkit bench boostlu --batch 2 --repeats 10\n  "
+                    "mlrkit bench boostlu-ablation --seeds 0,1,2 --out runs/boostlu-ablation", cmd_bench)
+    p.add_argument("what", choices=["metrics", "losses", "features", "prompts", "boostlu", "boostlu-ablation"])
     p.add_argument("--json", help="also write the rows as JSON here")
-    p.add_argument("--classes", type=int, default=1000)
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--classes", type=int, default=None, help="number of classes (losses: 1000, boostlu: 80)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (losses: 256, prompts: 16)")
+    p.add_argument("--vl-model", default="openclip:RN50", help="prompts: VL model (random weights are fine)")
+    p.add_argument("--image-size", type=int, default=None, help="input resolution (prompts: 224, boostlu: 448)")
+    p.add_argument("--images", type=int, default=64, help="prompts: number of images")
+    p.add_argument("--methods", default="dualcoop,positivecoop,negativecoop,baseline", help="prompts: methods")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="prompts: alternating epochs per path, fastest kept (2); boostlu: interleaved forwards (10)")
+    p.add_argument("--out", default="runs/boostlu-ablation", help="boostlu-ablation: root of the run directories")
+    p.add_argument("--seeds", default="0", help="boostlu-ablation: comma-separated seeds")
+    p.add_argument("--epochs", type=int, default=None, help="boostlu-ablation: epochs (recipe: 5)")
+    p.add_argument("--threads", type=int, default=None, help="boostlu, boostlu-ablation: torch CPU threads")
+
+    an = sub.add_parser("analyze", help="analyses of models and runs", description="analyses of models and runs")
+    asub = an.add_subparsers(dest="analyze_command", metavar="ANALYSIS")
+    p = add_command(asub, "prompts",
+                    "cosine similarity of positive vs negative vs paraphrased class prompts in a VL text encoder "
+                    "(PositiveCoOp's 'why negative prompts fail')",
+                    "mlrkit analyze prompts --vl-model mosaic-clip --dataset fashion-mosaic", cmd_analyze_prompts)
+    p.add_argument("--vl-model", default="mosaic-clip", help="VL model spec")
+    p.add_argument("--dataset", required=True, help="dataset whose class names are used (VOC/COCO work without files)")
+    p.add_argument("--root", help="dataset directory")
+    p.add_argument("--positive", default="a photo of a {}.", help="positive template")
+    p.add_argument("--negative", default="a photo without a {}.", help="negative template")
+    p.add_argument("--reference", default="a picture of a {}.", help="second positive template (paraphrase)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random-weight VL models")
+    p.add_argument("--json", help="also write the report (with per-class values) as JSON here")
+    p = add_command(asub, "pointing",
+                    "CAM pointing game on a mosaic dataset (fashion-mosaic): does the CAM's arg-max fall in a "
+                    "tile of the class? With/without BoostLU, chance level, attribution on/off the object",
+                    "mlrkit analyze pointing runs/fm-llr runs/fm-full --json pointing.json", cmd_analyze_pointing)
+    p.add_argument("runs", nargs="+", help="run directories trained with --method cam")
+    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument("--limit", type=int, help="first N images of the split")
+    p.add_argument("--alpha", type=float, help="BoostLU alpha (default: each run's boostlu.alpha)")
+    p.add_argument("--json", help="also write the results as JSON here")
+
+    p = add_command(sub, "explain",
+                    "class activation maps of a `cam` run as PNG overlays, without and with BoostLU, and the "
+                    "attribution scores per class (scores.json)",
+                    "mlrkit explain runs/fm-llr mosaic1.png mosaic2.png --classes Bag,Sneaker --out explain/",
+                    cmd_explain)
+    p.add_argument("run", help="run directory trained with --method cam")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--classes", help="comma-separated class names or indices (default: the top-k predicted)")
+    p.add_argument("--top-k", type=int, default=3, help="classes shown per image when --classes is not given")
+    p.add_argument("--alpha", type=float, help="BoostLU alpha (default: the run's boostlu.alpha)")
+    p.add_argument("--out", default="explain", help="output directory (PNGs + scores.json)")
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -94,6 +200,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run directory")
     p.add_argument("--vl-model", help="vision-language model spec for CLIP-based methods (vl.model; "
                    "default mosaic-clip), e.g. openclip:ViT-B-16@/models/vitb16.pt")
+    p.add_argument("--cache-views", type=int, help="prompt methods: cached views per training image "
+                   "(features.cache_views; 1 = the evaluation view only)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.optimizer=sgd --set loss.alpha=0.2")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
@@ -108,7 +216,7 @@ def train_config_from_args(args: argparse.Namespace):
         saved = Path(args.out) / "config.yaml"
         cfg = RunConfig.load(saved)
         given = [f for f in ("config", "dataset", "method", "loss", "labels", "seed", "epochs", "batch_size", "lr",
-                             "vl_model")
+                             "vl_model", "cache_views")
                  if getattr(args, f, None) is not None] + (["--set"] if args.set else [])
         if given:
             from mlrkit.errors import ConfigError
@@ -124,6 +232,7 @@ def train_config_from_args(args: argparse.Namespace):
         "loss": {"name": args.loss} if args.loss else None,
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr},
         "vl": {"model": args.vl_model},
+        "features": {"cache_views": getattr(args, "cache_views", None)},
     }
     return build_config(args.config, flags, args.set)
 
@@ -132,6 +241,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mlrkit.engine.trainer import train
 
     cfg = train_config_from_args(args)
+    if getattr(args, "dry_run", False):
+        from mlrkit.methods.prompting import dry_run
+
+        print(json.dumps(dry_run(cfg)))
+        return 0
     results = train(cfg, resume=args.resume, quiet=args.quiet)
     print(json.dumps({"out": cfg.out, "val_map": results["val_map"], "test_map": results["test_map"],
                       "best_epoch": results["best_epoch"]}))
@@ -141,8 +255,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     import mlrkit.data.datasets  # noqa: F401
     import mlrkit.losses.zoo  # noqa: F401
+    import mlrkit.methods.cam  # noqa: F401
     import mlrkit.methods.fixed_features  # noqa: F401
     import mlrkit.methods.image  # noqa: F401
+    import mlrkit.methods.prompting  # noqa: F401
     from mlrkit.data import DATASETS
     from mlrkit.labels import PROTOCOLS
     from mlrkit.losses import LOSSES
@@ -197,8 +313,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mlrkit.engine.inference import evaluate_run
 
     res = evaluate_run(args.run, threshold=args.threshold, k=args.k)
+    from mlrkit.metrics_groups import evaluate_grouped, format_grouped
+
+    grouped = evaluate_grouped(args.run)  # OpenImages (or boostlu.groups): mAP per annotation-count group
     if args.json:
-        print(json.dumps(res, indent=2))
+        print(json.dumps({**res, "grouped_map": grouped} if grouped else res, indent=2))
         return 0
     keys = [k for k in res["test"] if k not in ("n_classes_scored", "n_classes_skipped")]
     print(f"{'split':<6}" + "".join(f"{k:>9}" for k in keys))
@@ -207,6 +326,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     skipped = res["test"]["n_classes_skipped"]
     if skipped:
         print(f"(test mAP averages {res['test']['n_classes_scored']} classes; {skipped} without a positive skipped)")
+    if grouped:
+        print(f"classes grouped by number of training annotations (Group 1: fewest):\n{format_grouped(grouped)}")
     return 0
 
 
@@ -255,8 +376,177 @@ def cmd_vl_pretrain(args: argparse.Namespace) -> int:
     model, config, result, history = pretrain_mosaic_clip(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         time_limit_s=None if args.time_limit is None else 60 * args.time_limit,
-        eval_every=args.eval_every, device=args.device)
-    save_pretrained(model, config, args.out, result=result, history=history, command=sys.argv, seed=args.seed)
+        eval_every=args.eval_every, device=args.device, init=args.init)
+    import torch
+
+    init_payload = torch.load(args.init, map_location="cpu", weights_only=False) if args.init else None
+    save_pretrained(model, config, args.out, result=result, history=history, command=sys.argv, seed=args.seed,
+                    init_payload=init_payload)
     print(json.dumps({"out": args.out, "steps": result.steps, "seconds": round(result.seconds, 1),
                       "zeroshot_test_map": result.zeroshot_map}))
+    return 0
+
+
+def cmd_pseudo_label(args: argparse.Namespace) -> int:
+    import torch
+
+    from mlrkit.config import build_config
+    from mlrkit.data import Split, load_dataset
+    from mlrkit.features import FeatureStore
+    from mlrkit.labels import make_observed
+    from mlrkit.methods.vl_methods import templates_of
+    from mlrkit.pseudo_labels import PseudoLabels, ids_sha256, pseudo_label_quality, vl_pseudo_labels
+    from mlrkit.vl import load
+    from mlrkit.vl.features import vl_image_features
+
+    cfg = build_config(flags={"vl": {"model": args.vl_model, "templates": args.templates}})
+    ds = load_dataset(args.dataset, args.root)
+    split: Split = ds.trainval if args.split == "trainval" else ds.test
+    if split.images is None:
+        from mlrkit.errors import MlrkitError
+
+        raise MlrkitError(f"dataset {ds.name!r} has no images: pseudo-labels need a VL image encoder")
+    model = load(args.vl_model, seed=args.seed).freeze()
+    feats = np.asarray(vl_image_features(model, split.images, store=FeatureStore(), seed=args.seed,
+                                         desc=f"{args.vl_model} features"), dtype=np.float32)
+    with torch.no_grad():
+        text = model.class_text_embeddings(ds.class_names, templates_of(cfg)).numpy()
+    f = feats / np.linalg.norm(feats, axis=1, keepdims=True).clip(1e-12)
+    labels = vl_pseudo_labels(f @ text.T, args.tau, args.theta, args.delta)
+    quality = {"all": pseudo_label_quality(labels, split.targets)}
+    if args.labels:
+        obs = make_observed(split.targets, args.labels, args.seed, known=split.known)
+        quality["unknown_in_observed"] = pseudo_label_quality(labels, split.targets, obs)
+    pl = PseudoLabels(labels=labels, vl_model=args.vl_model, tau=args.tau, theta=args.theta, delta=args.delta,
+                      templates=args.templates, dataset=ds.name, split=args.split, ids_sha256=ids_sha256(split.ids),
+                      quality=quality)
+    print(json.dumps({"dataset": ds.name, "split": args.split, "n_images": len(split), "quality": quality,
+                      "sha256": pl.sha256}, indent=2))
+    if args.out:
+        print(f"wrote {pl.save(args.out)}")
+    return 0
+
+
+def cmd_extract_features(args: argparse.Namespace) -> int:
+    import torch
+
+    from mlrkit.config import build_config
+    from mlrkit.data import load_dataset
+    from mlrkit.errors import MlrkitError
+    from mlrkit.features import FeatureStore
+
+    ds = load_dataset(args.dataset, args.root)
+    if not ds.has_images:
+        raise MlrkitError(f"dataset {ds.name!r} has no images to encode")
+    splits = {"train": ds.trainval, "test": ds.test}
+    store = FeatureStore()
+    out: dict = {}
+    if args.vl_model:
+        from mlrkit.vl import load
+        from mlrkit.vl.features import vl_image_features
+
+        model = load(args.vl_model, seed=args.seed).freeze()
+        for name, split in splits.items():
+            out[name] = vl_image_features(model, split.images, image_size=args.image_size, dense=args.dense,
+                                          store=store, batch_size=args.batch_size, seed=args.seed,
+                                          desc=f"{args.vl_model} ({name})")
+    else:
+        from mlrkit.methods.image import frozen_features
+
+        flags = {"seed": args.seed, "model": {"name": args.backbone},
+                 "data": {"image_size": args.image_size} if args.image_size else {},
+                 "train": {"batch_size": args.batch_size}}
+        cfg = build_config(flags=flags, sets=args.set)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        frozen_features(cfg, splits, device=device)
+        out = {name: split.features for name, split in splits.items()}
+    for name, arr in out.items():
+        print(f"{name}: {tuple(arr.shape)} features cached under {store.root}")
+    if args.out:
+        if args.dense:
+            raise MlrkitError("--out exports pooled features only (drop --dense)")
+        np.savez(args.out, X_train=np.asarray(out["train"], np.float32), Y_train=ds.trainval.targets,
+                 X_test=np.asarray(out["test"], np.float32), Y_test=ds.test.targets,
+                 class_names=np.array(ds.class_names))
+        print(f"wrote {args.out} (use it as --dataset features:{args.out})")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import copy
+
+    from mlrkit.config import build_config
+    from mlrkit.errors import ConfigError
+    from mlrkit.sweep import format_table, is_recipe, parse_labels_list, run_sweep, write_tables
+
+    if not args.out:
+        raise ConfigError("sweep needs --out DIR (one run directory per method and label proportion inside)")
+    if args.resume:
+        raise ConfigError("sweep resumes by itself (finished runs are reused, interrupted ones resumed): drop --resume")
+    base = build_config(args.config, {"method": {"name": args.method} if args.method else None}, args.set)
+    methods = [m.strip() for m in (args.methods or base.method.name).split(",") if m.strip()]
+    labels = parse_labels_list(args.labels or base.labels.protocol)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed if args.seed is not None
+                                                                          else base.seed]
+
+    def make_config(method: str, lab: str, seed: int):
+        ns = copy.copy(args)
+        if is_recipe(method):
+            ns.config, ns.method = method, None
+        else:
+            ns.method = method
+        ns.labels, ns.seed, ns.out, ns.resume = lab, seed, None, False
+        return train_config_from_args(ns)
+
+    runs = run_sweep(make_config, methods, labels, seeds, args.out, quiet=args.quiet,
+                     log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
+    table = write_tables(runs, args.out)
+    print(format_table(table))
+    print(f"(test mAP %, wrote {Path(args.out) / 'sweep.csv'} and sweep.md)")
+    return 0
+
+
+def cmd_analyze_prompts(args: argparse.Namespace) -> int:
+    from mlrkit.analysis.prompts import format_report, prompt_similarity
+    from mlrkit.methods.prompting import builtin_class_names
+    from mlrkit.utils import write_json
+    from mlrkit.vl import load
+
+    names = builtin_class_names(args.dataset)
+    if names is None or args.root:
+        from mlrkit.data import load_dataset
+
+        names = load_dataset(args.dataset, args.root).class_names
+    rep = prompt_similarity(load(args.vl_model, seed=args.seed), names, positive=args.positive,
+                            negative=args.negative, reference=args.reference)
+    rep["dataset"] = args.dataset
+    print(format_report(rep))
+    if args.json:
+        write_json(args.json, rep)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from mlrkit.explain import explain_images, format_report
+
+    classes = [c for c in args.classes.split(",") if c.strip()] if args.classes else None
+    report = explain_images(args.run, args.images, classes=classes, top_k=args.top_k, out_dir=args.out,
+                            alpha=args.alpha)
+    print(format_report(report))
+    print(f"wrote {Path(args.out) / 'scores.json'}")
+    return 0
+
+
+def cmd_analyze_pointing(args: argparse.Namespace) -> int:
+    from mlrkit.analysis.pointing import format_pointing, pointing_of_run
+
+    results = {r: pointing_of_run(r, split=args.split, limit=args.limit, alpha=args.alpha) for r in args.runs}
+    print(format_pointing(results))
+    print("chance: a uniformly random point; point(+B): arg-max of the upsampled CAM (with BoostLU) in a tile of "
+          "the class; on/off-obj: mean CAM in the class's tiles / the other tiles (positives); absent: mean CAM "
+          "of absent classes")
+    if args.json:
+        from mlrkit.utils import write_json
+
+        write_json(args.json, {r: res.as_dict() for r, res in results.items()})
     return 0

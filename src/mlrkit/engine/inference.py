@@ -115,14 +115,9 @@ def read_feature_inputs(paths: list[str | Path], dim: int) -> tuple[np.ndarray, 
 def predict_inputs(run: LoadedRun, inputs: list[str | Path]) -> tuple[list[str], np.ndarray]:
     """Probabilities [N, C] for input files (features for feature methods, images for image methods)."""
     task = run.built.task
-    if task.input_kind == "features" and task.extras.get("feature_encoder") == "backbone":
-        from mlrkit.engine.run_data import RunData
-        from mlrkit.methods.image import frozen_features
-
+    if task.input_kind == "features" and task.extras.get("feature_encoder"):
         split = _image_split(inputs, task.num_classes)
-        holder = RunData.__new__(RunData)
-        holder.train = holder.val = holder.test = split
-        frozen_features(run.cfg, holder, device=run.device, progress=False)
+        run.built.method.attach_features({"predict": split}, device=run.device, progress=False)
         logits = run.scores(split)
         return split.ids, 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     if task.input_kind == "features":

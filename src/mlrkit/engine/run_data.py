@@ -93,7 +93,7 @@ def task_info(cfg: RunConfig, data: RunData, input_kind: str) -> TaskInfo:
         feature_dim = int(data.train.features.shape[1])
     extras = {}
     if data.dataset.trainval.features is None and feature_dim is not None:
-        extras["feature_encoder"] = "backbone"  # features made from images by a frozen backbone
+        extras["feature_encoder"] = "frozen"  # features made from images by a frozen encoder
     return TaskInfo(
         extras=extras,
         class_names=list(data.class_names),

@@ -66,7 +66,8 @@ def build_for_task(cfg: RunConfig, task: TaskInfo, method: Method | None = None)
 
 
 def build_run_loss(cfg: RunConfig) -> losses.MultiLabelLoss:
-    """The configured loss; a dataset-level ``data.expected_num_pos`` feeds losses that take it (EPR, ROLE)."""
+    """The configured loss; ``data.expected_num_pos`` feeds losses that take it (EPR, ROLE) and the run's
+    length feeds schedules that span it (EM+APL's ``num_epochs``), unless set explicitly."""
     import inspect
 
     import mlrkit.losses.zoo  # noqa: F401
@@ -75,6 +76,8 @@ def build_run_loss(cfg: RunConfig) -> losses.MultiLabelLoss:
     accepts = inspect.signature(losses.LOSSES.get(cfg.loss.name).__init__).parameters
     if cfg.data.expected_num_pos is not None and "expected_num_pos" in accepts:
         params.setdefault("expected_num_pos", cfg.data.expected_num_pos)
+    if "num_epochs" in accepts:  # schedules that span the run (EM+APL)
+        params.setdefault("num_epochs", max(1, cfg.train.epochs))
     return losses.build(cfg.loss.name, **params)
 
 
@@ -128,9 +131,13 @@ class Trainer:
         self.val_loader = make_loader(self.method, self.data.val, None, max(tc.batch_size, 256), train=False,
                                       seed=cfg.seed, cfg=cfg)
         extra = [(list(self.loss.parameters()), getattr(self.loss, "lr_mult", tc.classifier_lr_mult))]
-        groups = param_groups(self.model, self.method.classifier_parameters(self.model), tc, extra)
-        self.optimizer = build_optimizer(groups, tc)
-        self.scheduler = build_scheduler(self.optimizer, tc, len(self.train_loader))
+        if tc.epochs == 0:  # evaluation only (e.g. zero-shot): nothing to optimise
+            self.optimizer = _NoOptimizer()
+            self.scheduler = None
+        else:
+            groups = param_groups(self.model, self.method.classifier_parameters(self.model), tc, extra)
+            self.optimizer = build_optimizer(groups, tc)
+            self.scheduler = build_scheduler(self.optimizer, tc, len(self.train_loader))
         self.ema = EMA(self.model, tc.ema) if tc.ema > 0 else None
         use_amp = tc.amp
         self.autocast = (
@@ -192,6 +199,7 @@ class Trainer:
             log.info("resuming %s after epoch %d", self.out, start)
         self._truncate_metrics(start)
         run_info = self._run_info()
+        run_info["method_info"] = self.method.run_info()
         write_json(self.out / "run.json", run_info)
         t_train = time.perf_counter()
         epoch_times = []
@@ -215,6 +223,11 @@ class Trainer:
             if self.verbose:
                 tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {train_loss:.4f}  val mAP {100 * val_map:.2f}"
                            f"  best {100 * best_map:.2f} (epoch {best_epoch + 1})")
+        if cfg.train.epochs == 0:
+            best_map, best_epoch = self._validate(), -1
+            ck = self._checkpoint(0, best_map, best_epoch)
+            save_checkpoint(self.out / "best.pt", {**ck, "kind": "best"})
+            save_checkpoint(last, {**ck, "kind": "last"})
         self.timings["train_s"] = time.perf_counter() - t_train
         if epoch_times:
             self.timings["epoch_s_mean"] = float(np.mean(epoch_times))
@@ -308,6 +321,11 @@ class Trainer:
             "labels": self.cfg.labels.protocol,
             "seed": self.cfg.seed,
         }
+        from mlrkit.metrics_groups import run_grouped_map
+
+        grouped = run_grouped_map(self.cfg, self.data, scores)  # OpenImages: mAP per annotation-count group
+        if grouped is not None:
+            results["grouped_map"] = grouped
         write_json(self.out / "results.json", results)
         if self.verbose:
             tqdm.write(f"test mAP {100 * rep.map:.2f} (best val mAP {100 * best_map:.2f}, epoch {best_epoch + 1})")
@@ -346,6 +364,18 @@ class Trainer:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "timings": self.timings,
         }
+
+
+class _NoOptimizer:
+    """Stands in for the optimizer of an evaluation-only run (``train.epochs: 0``)."""
+
+    param_groups = [{"lr": 0.0}]
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, d: dict) -> None:
+        pass
 
 
 class _EMASwap:

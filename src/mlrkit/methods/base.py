@@ -53,7 +53,19 @@ class Method:
         self.cfg = None  # the RunConfig, set by build_method
 
     def prepare_data(self, data, *, device, progress: bool = True) -> None:
-        """Called once before the task is described: e.g. attach cached frozen-encoder features."""
+        """Called once before the task is described: feature methods on image datasets get
+        frozen-encoder features attached (:meth:`attach_features`, cached in the FeatureStore)."""
+        if self.input_kind == "features" and data.train.features is None:
+            self.attach_features({"train": data.train, "val": data.val, "test": data.test},
+                                 device=device, progress=progress)
+
+    def attach_features(self, splits: dict, *, device, progress: bool = True) -> None:
+        """Set ``split.features`` for image splits (also used by ``predict`` on new images)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot make features from images")
+
+    def run_info(self) -> dict[str, Any]:
+        """Extra facts for ``run.json`` (e.g. pseudo-label quality)."""
+        return {}
 
     def build_model(self, task: TaskInfo) -> nn.Module:
         raise NotImplementedError
@@ -86,8 +98,11 @@ METHODS: Registry[type[Method]] = Registry("method")
 
 def build_method(cfg) -> Method:
     """Instantiate the configured method (``cfg.method``); unknown hyper-parameters are a ConfigError."""
+    import mlrkit.methods.cam  # noqa: F401 - registers cam (BoostLU)
     import mlrkit.methods.fixed_features  # noqa: F401 - registers linear/mlp
     import mlrkit.methods.image  # noqa: F401 - registers finetune
+    import mlrkit.methods.prompting  # noqa: F401 - registers dualcoop, positivecoop, negativecoop, baseline
+    import mlrkit.methods.vl_methods  # noqa: F401 - registers zeroshot, vlpl
 
     name = cfg.method.name
     cls = METHODS.get(name)

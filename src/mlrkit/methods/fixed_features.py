@@ -30,13 +30,11 @@ class _FeatureMethod(Method):
         if isinstance(norm, Standardize):
             norm.fit(data.train.features)
 
-    def prepare_data(self, data, *, device, progress: bool = True) -> None:
+    def attach_features(self, splits: dict, *, device, progress: bool = True) -> None:
         """Image datasets: features of the frozen backbone ``model.name`` (Cole's linear_fixed_features)."""
-        if data.train.features is not None:
-            return
         from mlrkit.methods.image import frozen_features
 
-        frozen_features(self.cfg, data, device=device, progress=progress)
+        frozen_features(self.cfg, splits, device=device, progress=progress)
 
 
 @METHODS.register("linear", "linear classifier on fixed features, standardised (Cole et al.'s linear probe)")

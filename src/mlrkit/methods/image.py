@@ -51,8 +51,8 @@ def encoder_key(cfg) -> str:
     return f"backbone:{cfg.model.name or 'resnet50'}|{sorted(m.items())}|weights:{wh}|seed:{seed}"
 
 
-def frozen_features(cfg, data, *, device, progress: bool = True) -> None:
-    """Attach frozen-backbone features to train/val/test of ``data`` (computed once, cached)."""
+def frozen_features(cfg, splits: dict, *, device, progress: bool = True) -> None:
+    """Attach frozen-backbone features to every split in ``splits`` (name -> Split; computed once, cached)."""
     from mlrkit.features import FeatureStore
 
     torch.manual_seed(derive_seed(cfg.seed, 99))  # random-init backbones are reproducible
@@ -60,8 +60,7 @@ def frozen_features(cfg, data, *, device, progress: bool = True) -> None:
     tf = build_transform(cfg.data.image_size, bb.mean, bb.std, train=False)
     store = FeatureStore(cfg.extra.get("features", {}).get("cache_dir"))
     key = encoder_key(cfg)
-    for name in ("train", "val", "test"):
-        split = getattr(data, name)
+    for name, split in splits.items():
         if split.images is None:
             raise MlrkitError(f"the {name} split has neither features nor images")
         feats = store.get(key, bb, split.images, tf, batch_size=max(cfg.train.batch_size, 64), device=device,
