@@ -255,10 +255,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     import mlrkit.data.datasets  # noqa: F401
     import mlrkit.losses.zoo  # noqa: F401
-    import mlrkit.methods.cam  # noqa: F401
-    import mlrkit.methods.fixed_features  # noqa: F401
-    import mlrkit.methods.image  # noqa: F401
-    import mlrkit.methods.prompting  # noqa: F401
+    from mlrkit.methods.base import register_all
+
+    register_all()
     from mlrkit.data import DATASETS
     from mlrkit.labels import PROTOCOLS
     from mlrkit.losses import LOSSES

@@ -96,13 +96,24 @@ class Method:
 METHODS: Registry[type[Method]] = Registry("method")
 
 
+METHOD_MODULES = ("fixed_features", "image", "vl_methods", "cam", "prompting", "scpnet")
+
+
+def register_all() -> None:
+    """Import every method module (each registers its methods in ``METHODS``)."""
+    from importlib import import_module
+
+    for mod in METHOD_MODULES:
+        try:
+            import_module(f"mlrkit.methods.{mod}")
+        except ModuleNotFoundError as e:  # a method family not written yet must not hide the others
+            if e.name != f"mlrkit.methods.{mod}":
+                raise
+
+
 def build_method(cfg) -> Method:
     """Instantiate the configured method (``cfg.method``); unknown hyper-parameters are a ConfigError."""
-    import mlrkit.methods.cam  # noqa: F401 - registers cam (BoostLU)
-    import mlrkit.methods.fixed_features  # noqa: F401 - registers linear/mlp
-    import mlrkit.methods.image  # noqa: F401 - registers finetune
-    import mlrkit.methods.prompting  # noqa: F401 - registers dualcoop, positivecoop, negativecoop, baseline
-    import mlrkit.methods.vl_methods  # noqa: F401 - registers zeroshot, vlpl
+    register_all()
 
     name = cfg.method.name
     cls = METHODS.get(name)
