@@ -48,6 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: join the group, rank 0 prints
+        from mlrkit.engine.distributed import init_distributed
+
+        env = init_distributed(getattr(args, "device", None) or "auto")
+        if not env.is_main:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of this process
     try:
         return int(args.handler(args) or 0)
     except MlrkitError as e:

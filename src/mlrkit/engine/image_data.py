@@ -38,10 +38,11 @@ class ImageBatches:
 
     def __init__(self, split: Split, observed: np.ndarray | None, transform: Callable, batch_size: int, *,
                  shuffle: bool, seed: int, num_workers: int = 0, pin_memory: bool = False,
-                 drop_last: bool = False) -> None:
+                 drop_last: bool = False, shard: tuple[int, int] = (0, 1)) -> None:
         self.dataset = ImageRows(split, observed, transform)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.num_workers, self.pin_memory, self.drop_last = num_workers, pin_memory, drop_last
+        self.rank, self.world = shard
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -51,13 +52,28 @@ class ImageBatches:
         n = len(self.dataset)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def global_batches(self) -> list[np.ndarray]:
+        """This epoch's global batches (row indices), the same on every rank."""
+        n = len(self.dataset)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 17))
+            order = torch.randperm(n, generator=g).numpy()
+        else:
+            order = np.arange(n)
+        return [order[b * self.batch_size : (b + 1) * self.batch_size] for b in range(len(self))]
+
     def __iter__(self) -> Iterator[dict]:
-        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 23))
+        from mlrkit.engine.distributed import rank_slice
+
+        batches = self.global_batches()
+        sizes = [len(b) for b in batches]
+        mine = [b[rank_slice(len(b), self.rank, self.world)].tolist() for b in batches]
+        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 23, self.rank))
         loader = DataLoader(
-            self.dataset, batch_size=self.batch_size, shuffle=self.shuffle, generator=g,
-            num_workers=self.num_workers, pin_memory=self.pin_memory, drop_last=self.drop_last,
-            persistent_workers=False,
+            self.dataset, batch_sampler=mine, generator=g, num_workers=self.num_workers,
+            pin_memory=self.pin_memory, persistent_workers=False,
         )
-        for batch in loader:
+        for batch, n_global in zip(loader, sizes):
             batch["index"] = torch.as_tensor(batch["index"])
+            batch["n_global"] = n_global
             yield batch

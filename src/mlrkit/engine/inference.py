@@ -32,13 +32,21 @@ class LoadedRun:
         return self.built.task.class_names
 
     def scores(self, split: Split, batch_size: int = 256) -> np.ndarray:
-        loader = make_loader(self.built.method, split, None, batch_size, train=False, seed=self.cfg.seed, cfg=self.cfg)
+        """Logits for every row; under torchrun each rank scores rows rank::world and all gather."""
+        from mlrkit.engine import distributed as ddp
+
         ema = self.checkpoint.get("ema")
-        if ema:
+        if ema and not getattr(self, "_ema_loaded", False):
             sd = self.built.model.state_dict()
             sd.update({k: v.to(sd[k].device) for k, v in ema["shadow"].items()})
             self.built.model.load_state_dict(sd)
-        return predict_scores(self.built.model, loader, self.device)
+            self._ema_loaded = True
+        env = ddp.current()
+        rows = np.arange(len(split))[env.rank :: env.world] if env.enabled else np.arange(len(split))
+        part = split.subset(rows) if env.enabled else split
+        loader = make_loader(self.built.method, part, None, batch_size, train=False, seed=self.cfg.seed, cfg=self.cfg)
+        local = predict_scores(self.built.model, loader, self.device)
+        return ddp.gather_rows(rows, local.astype(np.float32), len(split), env) if env.enabled else local
 
 
 def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> LoadedRun:
@@ -53,7 +61,11 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
                     image_size=t["image_size"], extras=t.get("extras", {}))
     built = build_for_task(cfg, task)
     load_trainable_state(built.model, ck["model"])
+    from mlrkit.engine.distributed import current
+
     dev = resolve_device(device)
+    if dev.type == "cuda" and current().enabled:
+        dev = torch.device("cuda", current().local_rank)
     built.model.to(dev)
     return LoadedRun(run_dir, cfg, built, dev, ck)
 

@@ -28,6 +28,7 @@ class FeatureBatches:
         shuffle: bool,
         seed: int = 0,
         drop_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if split.features is None:
             raise ValueError("split has no features")
@@ -39,6 +40,7 @@ class FeatureBatches:
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
+        self.rank, self.world = shard
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -55,9 +57,14 @@ class FeatureBatches:
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)
+        from mlrkit.engine.distributed import rank_slice
+
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            n_global = len(idx)
+            idx = idx[rank_slice(n_global, self.rank, self.world)]
             yield {
+                "n_global": n_global,
                 "inputs": self.x[idx],
                 "observed": self.observed[idx],
                 "targets": self.targets[idx],
@@ -66,11 +73,44 @@ class FeatureBatches:
 
 
 def make_loader(method, split: Split, observed: np.ndarray | None, batch_size: int, *, train: bool, seed: int,
-                cfg=None):
-    """The loader a method needs for a split (features now; images are added by image methods)."""
-    if method.input_kind == "features":
-        return FeatureBatches(split, observed, batch_size, shuffle=train, seed=seed)
+                cfg=None, shard: tuple[int, int] = (0, 1)):
+    """The loader a method needs for a split; ``shard=(rank, world)`` splits every global batch.
+
+    Loaders that cannot shard themselves (no ``shard`` argument) are wrapped so that each rank
+    keeps its slice of each global batch (correct, though every rank then loads the whole batch).
+    """
     make = getattr(method, "make_loader", None)
     if make is None:
-        raise ValueError(f"method {type(method).__name__} consumes {method.input_kind!r} but has no loader")
-    return make(split, observed, batch_size, train=train, seed=seed, cfg=cfg)
+        if method.input_kind != "features":
+            raise ValueError(f"method {type(method).__name__} consumes {method.input_kind!r} but has no loader")
+        return FeatureBatches(split, observed, batch_size, shuffle=train, seed=seed, shard=shard)
+    import inspect
+
+    if "shard" in inspect.signature(make).parameters:
+        return make(split, observed, batch_size, train=train, seed=seed, cfg=cfg, shard=shard)
+    loader = make(split, observed, batch_size, train=train, seed=seed, cfg=cfg)
+    return loader if shard[1] == 1 else ShardedBatches(loader, *shard)
+
+
+class ShardedBatches:
+    """Keeps rank's contiguous slice of every global batch of a loader that cannot shard itself."""
+
+    def __init__(self, loader, rank: int, world: int) -> None:
+        self.loader, self.rank, self.world = loader, rank, world
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        from mlrkit.engine.distributed import rank_slice
+
+        for batch in self.loader:
+            n = len(batch["index"])
+            sl = rank_slice(n, self.rank, self.world)
+            out = {k: (v[sl] if torch.is_tensor(v) and v.ndim and len(v) == n else v) for k, v in batch.items()}
+            out["n_global"] = n
+            yield out

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 import mlrkit
 from mlrkit import losses
 from mlrkit.config import RunConfig
+from mlrkit.engine import distributed as ddp
 from mlrkit.engine.checkpoint import load_checkpoint, load_trainable_state, save_checkpoint, trainable_state_dict
 from mlrkit.engine.loaders import make_loader
 from mlrkit.engine.optim import EMA, build_optimizer, build_scheduler, param_groups
@@ -103,8 +104,12 @@ class Trainer:
         self.out = Path(cfg.out)
         self.resume = resume
         self.progress = cfg.train.progress and not quiet and sys.stderr.isatty()
-        self.verbose = not quiet
+        self.env = ddp.init_distributed(cfg.train.device)
+        self.verbose = not quiet and self.env.is_main
+        self.progress = self.progress and self.env.is_main
         self.device = resolve_device(cfg.train.device)
+        if self.env.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.env.local_rank)
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -127,9 +132,8 @@ class Trainer:
         self.method.init_from_train(self.model, self.data, self.loss, device=self.device, resuming=resuming)
         tc = cfg.train
         self.train_loader = make_loader(self.method, self.data.train, self.data.observed_train, tc.batch_size,
-                                        train=True, seed=cfg.seed, cfg=cfg)
-        self.val_loader = make_loader(self.method, self.data.val, None, max(tc.batch_size, 256), train=False,
-                                      seed=cfg.seed, cfg=cfg)
+                                        train=True, seed=cfg.seed, cfg=cfg,
+                                        shard=(self.env.rank, self.env.world))
         extra = [(list(self.loss.parameters()), getattr(self.loss, "lr_mult", tc.classifier_lr_mult))]
         if tc.epochs == 0:  # evaluation only (e.g. zero-shot): nothing to optimise
             self.optimizer = _NoOptimizer()
@@ -138,6 +142,8 @@ class Trainer:
             groups = param_groups(self.model, self.method.classifier_parameters(self.model), tc, extra)
             self.optimizer = build_optimizer(groups, tc)
             self.scheduler = build_scheduler(self.optimizer, tc, len(self.train_loader))
+        self._synced_params = [p for p in self.model.parameters() if p.requires_grad] + \
+            [p for p in self.loss.parameters() if p.requires_grad]
         self.ema = EMA(self.model, tc.ema) if tc.ema > 0 else None
         use_amp = tc.amp
         self.autocast = (
@@ -182,7 +188,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
+        main = self.env.is_main
         last = self.out / "last.pt"
         if not self.resume and (last.exists() or (self.out / "results.json").exists()):
             raise MlrkitError(f"{self.out} already holds a run; use --resume to continue it or another --out")
@@ -190,17 +196,22 @@ class Trainer:
             saved = self.out / "config.yaml"
             if saved.exists() and RunConfig.load(saved).to_dict() != cfg.to_dict():
                 raise MlrkitError(f"--resume: the configuration differs from {saved}")
+        self.env.barrier()  # every rank has checked the directory before rank 0 writes into it
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
         self._setup()
-        cfg.save(self.out / "config.yaml")
-        self.data.observed.save(self.out / "observed_labels.npz")
+        if main:
+            cfg.save(self.out / "config.yaml")
+            self.data.observed.save(self.out / "observed_labels.npz")
         start, best_map, best_epoch = 0, -1.0, -1
         if self.resume and last.exists():
             start, best_map, best_epoch = self._restore(load_checkpoint(last))
             log.info("resuming %s after epoch %d", self.out, start)
-        self._truncate_metrics(start)
         run_info = self._run_info()
         run_info["method_info"] = self.method.run_info()
-        write_json(self.out / "run.json", run_info)
+        if main:
+            self._truncate_metrics(start)
+            write_json(self.out / "run.json", run_info)
         t_train = time.perf_counter()
         epoch_times = []
         for epoch in range(start, cfg.train.epochs):
@@ -214,27 +225,33 @@ class Trainer:
                 best_map, best_epoch = val_map, epoch
             row = {"epoch": epoch, "train_loss": train_loss, "val_map": val_map, "best_val_map": best_map,
                    "lr": self.optimizer.param_groups[0]["lr"], "epoch_s": round(epoch_times[-1], 4)}
-            ck = self._checkpoint(epoch + 1, best_map, best_epoch)
-            if improved:
-                save_checkpoint(self.out / "best.pt", {**ck, "kind": "best"})
-            save_checkpoint(last, {**ck, "kind": "last"})
-            with open(self.out / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            if main:
+                ck = self._checkpoint(epoch + 1, best_map, best_epoch)
+                if improved:
+                    save_checkpoint(self.out / "best.pt", {**ck, "kind": "best"})
+                save_checkpoint(last, {**ck, "kind": "last"})
+                with open(self.out / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+            self.env.barrier()
             if self.verbose:
                 tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {train_loss:.4f}  val mAP {100 * val_map:.2f}"
                            f"  best {100 * best_map:.2f} (epoch {best_epoch + 1})")
         if cfg.train.epochs == 0:
             best_map, best_epoch = self._validate(), -1
-            ck = self._checkpoint(0, best_map, best_epoch)
-            save_checkpoint(self.out / "best.pt", {**ck, "kind": "best"})
-            save_checkpoint(last, {**ck, "kind": "last"})
+            if main:
+                ck = self._checkpoint(0, best_map, best_epoch)
+                save_checkpoint(self.out / "best.pt", {**ck, "kind": "best"})
+                save_checkpoint(last, {**ck, "kind": "last"})
+            self.env.barrier()
         self.timings["train_s"] = time.perf_counter() - t_train
         if epoch_times:
             self.timings["epoch_s_mean"] = float(np.mean(epoch_times))
         results = self._test_best(best_map, best_epoch)
         run_info["timings"] = self.timings
         run_info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        write_json(self.out / "run.json", run_info)
+        if main:
+            write_json(self.out / "run.json", run_info)
+        self.env.barrier()
         return results
 
     def _train_epoch(self, epoch: int) -> float:
@@ -244,7 +261,9 @@ class Trainer:
         loader.set_epoch(epoch)
         total, n = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not self.progress)
+        env = self.env
         for batch in bar:
+            n_global = int(batch.pop("n_global", len(batch["index"])))
             batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
             with self.autocast():
                 loss = self.method.training_step(self.model, batch, self.loss, epoch)
@@ -252,11 +271,15 @@ class Trainer:
             if not torch.isfinite(loss):
                 raise MlrkitError(f"loss became {loss.item()} at epoch {epoch + 1}; lower train.lr?")
             self.optimizer.zero_grad(set_to_none=True)
+            # each rank's share of the global mean: averaged gradients then equal one process's
+            objective = loss * (len(x) * env.world / n_global) if env.enabled else loss
             if self.scaler is not None:
-                self.scaler.scale(loss).backward()
+                self.scaler.scale(objective).backward()
                 self.scaler.unscale_(self.optimizer)
             else:
-                loss.backward()
+                objective.backward()
+            if env.enabled:
+                ddp.average_gradients(self._synced_params, env)
             if self.cfg.train.grad_clip > 0:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
             if self.scaler is not None:
@@ -273,16 +296,35 @@ class Trainer:
             if self.progress:
                 bar.set_postfix(loss=f"{total / max(n, 1):.4f}", refresh=False)
         self._end_epoch_hooks(epoch)
+        if env.enabled:
+            t = torch.tensor([total, float(n)], dtype=torch.float64)
+            torch.distributed.all_reduce(t)
+            total, n = float(t[0]), int(t[1])
         return total / max(n, 1)
 
     def _end_epoch_hooks(self, epoch: int) -> None:
         update = getattr(self.loss, "update_pseudo_labels", None)
         if update is not None:
-            loader = make_loader(self.method, self.data.train, self.data.observed_train,
-                                 max(self.cfg.train.batch_size, 256), train=False, seed=self.cfg.seed, cfg=self.cfg)
-            scores = torch.from_numpy(predict_scores(self.model, loader, self.device)).to(self.device)
+            scores = torch.from_numpy(self.scores(self.data.train, self.data.observed_train)).to(self.device)
             update(scores, epoch)
         self.loss.on_epoch_end(epoch)
+        if self.env.enabled:
+            self.loss.sync_state(lambda t: ddp.all_reduce_max_(t, self.env))
+
+    def scores(self, split, observed=None, progress: bool = False, desc: str = "") -> np.ndarray:
+        """Logits of every row of ``split``; with several ranks each scores rows rank::world, then all gather."""
+        env = self.env
+        bs = max(self.cfg.train.batch_size, 256)
+        if not env.enabled:
+            loader = make_loader(self.method, split, observed, bs, train=False, seed=self.cfg.seed, cfg=self.cfg)
+            return predict_scores(self.model, loader, self.device, progress, desc)
+        rows = np.arange(len(split))[env.rank :: env.world]
+        part = split.subset(rows)
+        obs = None if observed is None else observed[rows]
+        loader = make_loader(self.method, part, obs, bs, train=False, seed=self.cfg.seed, cfg=self.cfg)
+        local = predict_scores(self.model, loader, self.device, progress, desc) if len(rows) else \
+            np.zeros((0, split.num_classes), np.float32)
+        return ddp.gather_rows(rows, local.astype(np.float32), len(split), env)
 
     def _eval_model(self):
         if self.ema is None:
@@ -291,7 +333,7 @@ class Trainer:
 
     def _validate(self) -> float:
         with self._eval_model():
-            scores = predict_scores(self.model, self.val_loader, self.device)
+            scores = self.scores(self.data.val)
         return map_report(scores, self.data.val_targets, self.data.val_mask).map
 
     def _test_best(self, best_map: float, best_epoch: int) -> dict[str, Any]:
@@ -300,10 +342,8 @@ class Trainer:
         load_trainable_state(self.model, ck["model"])
         if self.ema is not None and ck.get("ema"):
             self.ema.load_state_dict(ck["ema"])
-        test_loader = make_loader(self.method, self.data.test, None, max(self.cfg.train.batch_size, 256),
-                                  train=False, seed=self.cfg.seed, cfg=self.cfg)
         with self._eval_model():
-            scores = predict_scores(self.model, test_loader, self.device, self.progress, "test")
+            scores = self.scores(self.data.test, progress=self.progress, desc="test")
         rep = map_report(scores, self.data.test.targets, self.data.test.known)
         extra = summary(scores, self.data.test.targets, self.data.test.known)
         results = {
@@ -326,7 +366,8 @@ class Trainer:
         grouped = run_grouped_map(self.cfg, self.data, scores)  # OpenImages: mAP per annotation-count group
         if grouped is not None:
             results["grouped_map"] = grouped
-        write_json(self.out / "results.json", results)
+        if self.env.is_main:
+            write_json(self.out / "results.json", results)
         if self.verbose:
             tqdm.write(f"test mAP {100 * rep.map:.2f} (best val mAP {100 * best_map:.2f}, epoch {best_epoch + 1})")
         return results
@@ -351,6 +392,7 @@ class Trainer:
             "device_name": (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
                             else platform.processor()),
             "threads": torch.get_num_threads(),
+            "world_size": self.env.world,
             "command": sys.argv,
             "seed": self.cfg.seed,
             "labels_seed": self.cfg.labels_seed,

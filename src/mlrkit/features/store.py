@@ -73,43 +73,90 @@ class FeatureStore:
     ) -> np.ndarray:
         """Cached features of every image; extracts the missing rows (all, the first time).
 
-        ``stop_after`` (rows) interrupts extraction on purpose (tests of resumption).
+        Under ``torchrun`` each rank extracts rows ``rank::world`` into its own shard file
+        (resumable), then rank 0 merges the shards. ``stop_after`` (rows) interrupts extraction on
+        purpose (tests of resumption).
         """
+        from mlrkit.engine.distributed import current
+
+        env = current()
         d = self.entry_dir(encoder_key, images, transform)
         d.mkdir(parents=True, exist_ok=True)
-        meta_path, data_path, done_path = d / "meta.json", d / "features.npy", d / "done.npy"
+        data_path, done_path = d / "features.npy", d / "done.npy"
         n = len(images)
-        done = np.load(done_path) if done_path.exists() else np.zeros(n, dtype=bool)
-        if done.all() and data_path.exists():
+        if done_path.exists() and data_path.exists() and np.load(done_path).all():
             return np.load(data_path, mmap_mode="r")
-        todo = np.flatnonzero(~done)
-        ds = _Transformed(images, transform, todo)
-        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        arr = np.load(data_path, mmap_mode="r+") if data_path.exists() else None
         t0 = time.perf_counter()
+        if not env.enabled:
+            complete = self._extract(np.arange(n), data_path, done_path, encode, images, transform, batch_size,
+                                     device, num_workers, dtype, progress, desc, stop_after)
+        else:
+            rows = np.arange(n)[env.rank :: env.world]
+            tag = f"shard-{env.rank}-of-{env.world}"
+            mine = self._extract(rows, d / f"{tag}.npy", d / f"{tag}.done.npy", encode, images, transform,
+                                 batch_size, device, num_workers, dtype, progress and env.is_main, desc, stop_after)
+            flags = [None] * env.world
+            torch.distributed.all_gather_object(flags, mine)
+            complete = all(flags)
+            if complete and env.is_main:
+                self._merge(d, n, env.world, data_path, done_path)
+            env.barrier()
+        write_json(d / "meta.json", {"encoder": encoder_key, "transform": describe(transform), "n": n,
+                                     "dtype": np.dtype(dtype).str, "complete": bool(complete),
+                                     "seconds": time.perf_counter() - t0})
+        if not complete:
+            if stop_after is not None:
+                return np.load(data_path, mmap_mode="r") if data_path.exists() else np.zeros((0,))
+            raise RuntimeError(f"feature extraction in {d} ended incomplete")
+        return np.load(data_path, mmap_mode="r")
+
+    def _extract(self, rows: np.ndarray, data_path: Path, done_path: Path, encode, images, transform,
+                 batch_size: int, device, num_workers: int, dtype, progress: bool, desc: str,
+                 stop_after: int | None) -> bool:
+        """Fill ``data_path`` (one row per entry of ``rows``) where ``done_path`` says missing."""
+        m = len(rows)
+        done = np.load(done_path) if done_path.exists() else np.zeros(m, dtype=bool)
+        todo = np.flatnonzero(~done)
+        arr = np.load(data_path, mmap_mode="r+") if data_path.exists() else None
+        ds = _Transformed(images, transform, rows[todo])
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         pos = 0
         bar = tqdm(total=len(todo), desc=desc, disable=not progress, leave=False)
         with torch.no_grad():
             for x in loader:
                 feats = encode(x.to(device)).float().cpu().numpy()
                 if arr is None:
-                    arr = np.lib.format.open_memmap(data_path, mode="w+", dtype=dtype, shape=(n, *feats.shape[1:]))
-                rows = todo[pos : pos + len(feats)]
-                arr[rows] = feats.astype(dtype)
+                    arr = np.lib.format.open_memmap(data_path, mode="w+", dtype=dtype, shape=(m, *feats.shape[1:]))
+                local = todo[pos : pos + len(feats)]
+                arr[local] = feats.astype(dtype)
                 arr.flush()
-                done[rows] = True
+                done[local] = True
                 np.save(done_path, done)
                 pos += len(feats)
                 bar.update(len(feats))
                 if stop_after is not None and pos >= stop_after:
                     break
         bar.close()
-        write_json(meta_path, {"encoder": encoder_key, "transform": describe(transform), "n": n,
-                               "shape": list(arr.shape) if arr is not None else None, "dtype": np.dtype(dtype).str,
-                               "complete": bool(done.all()), "seconds": time.perf_counter() - t0})
-        if not done.all():
-            return np.load(data_path, mmap_mode="r") if stop_after is not None else self._incomplete(d)
-        return np.load(data_path, mmap_mode="r")
+        if m == 0:
+            np.save(done_path, done)
+        return bool(done.all())
+
+    @staticmethod
+    def _merge(d: Path, n: int, world: int, data_path: Path, done_path: Path) -> None:
+        """Rank 0: interleave the per-rank shards into the full array, then drop the shards."""
+        shards = [np.load(d / f"shard-{r}-of-{world}.npy", mmap_mode="r") for r in range(world)
+                  if (d / f"shard-{r}-of-{world}.npy").exists()]
+        ref = next(s for s in shards if len(s))
+        out = np.lib.format.open_memmap(data_path, mode="w+", dtype=ref.dtype, shape=(n, *ref.shape[1:]))
+        for r in range(world):
+            path = d / f"shard-{r}-of-{world}.npy"
+            if path.exists():
+                out[r::world] = np.load(path, mmap_mode="r")
+        out.flush()
+        np.save(done_path, np.ones(n, dtype=bool))
+        for r in range(world):
+            for suffix in (".npy", ".done.npy"):
+                (d / f"shard-{r}-of-{world}{suffix}").unlink(missing_ok=True)
 
     @staticmethod
     def _incomplete(d: Path) -> np.ndarray:

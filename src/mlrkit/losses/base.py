@@ -63,6 +63,13 @@ class MultiLabelLoss(nn.Module):
     def on_epoch_end(self, epoch: int) -> None:
         """Called by the trainer at the end of every epoch (0-based)."""
 
+    def sync_state(self, reduce_max) -> None:
+        """Distributed runs, at every epoch end: make index-keyed state identical on all ranks.
+
+        ``reduce_max(tensor)`` takes the element-wise max across ranks in place. Default: nothing
+        (stateless losses; state that every rank updates identically, e.g. from gathered scores).
+        """
+
     def loss_matrix(
         self, logits: Tensor, observed: Tensor, *, index: Tensor | None, epoch: int
     ) -> tuple[Tensor, Tensor | None]:

@@ -179,6 +179,10 @@ class LargeLossPermanentCorrection(ResizableStateMixin, _LargeLossModification):
         if b.numel():
             self.corrected[rows[b.to(rows.device)], c.to(rows.device)] = True
 
+    def sync_state(self, reduce_max) -> None:
+        """Distributed runs: each rank flipped entries of its own rows; the union is kept everywhere."""
+        reduce_max(self.corrected)
+
     def num_corrected(self) -> int:
         """How many entries have been flipped to positive so far."""
         return int(self.corrected.sum())

@@ -98,10 +98,11 @@ class ImageMethod(Method):
         return build_transform(size, self.mean, self.std, train=train, flip=self.flip,
                                randaugment=self.randaugment, cutout=self.cutout)
 
-    def make_loader(self, split, observed, batch_size: int, *, train: bool, seed: int, cfg=None):
+    def make_loader(self, split, observed, batch_size: int, *, train: bool, seed: int, cfg=None,
+                    shard: tuple[int, int] = (0, 1)):
         tc = self.cfg.train
         return ImageBatches(split, observed, self.transform(train), batch_size, shuffle=train, seed=seed,
-                            num_workers=tc.num_workers, pin_memory=torch.cuda.is_available())
+                            num_workers=tc.num_workers, pin_memory=torch.cuda.is_available(), shard=shard)
 
 
 @METHODS.register("finetune", "backbone (model.name) + linear classifier trained end to end on images")
