@@ -25,7 +25,9 @@ def run_bench(what: str, args: argparse.Namespace) -> list[dict]:
         from mlrkit.bench.prompts import bench_prompts, format_table  # type: ignore[no-redef]
 
         rows = bench_prompts(vl_spec=args.vl_model, image_size=args.image_size or 224, n_images=args.images,
-                             batch=args.batch or 16, methods=[m for m in args.methods.split(",") if m],
+                             batch=args.batch or 16,
+                             methods=[m for m in (args.methods or "dualcoop,positivecoop,negativecoop,baseline")
+                                      .split(",") if m],
                              repeats=args.repeats or 2)
     elif what == "boostlu":
         from mlrkit.bench.boostlu import bench_boostlu, format_table  # type: ignore[no-redef]
@@ -38,6 +40,21 @@ def run_bench(what: str, args: argparse.Namespace) -> list[dict]:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
         over = {"train": {"epochs": args.epochs}} if args.epochs else None
         rows = run_boostlu_ablation(args.out, seeds, overrides=over, threads=args.threads, quiet=False)
+    elif what == "scpnet":
+        from mlrkit.bench.scpnet import bench_scpnet, format_table  # type: ignore[no-redef]
+
+        rows = bench_scpnet(vl_spec=args.vl_model, image_size=args.image_size or 224, batch=args.batch or 8,
+                            classes=args.classes or 80, repeats=args.repeats or 5, threads=args.threads)
+    elif what in ("throughput", "classes"):
+        from mlrkit.bench.throughput import bench_classes, bench_throughput, format_table  # type: ignore[no-redef]
+
+        methods = [m for m in (args.methods or "").split(",") if m] or None
+        if what == "throughput":
+            rows = bench_throughput(methods, classes=args.classes or 80, batch=args.batch or 2,
+                                    steps=args.repeats or 3)
+        else:
+            rows = bench_classes(tuple(methods) if methods else bench_classes.__defaults__[0],
+                                 batch=args.batch or 2, steps=args.repeats or 1)
     else:  # argparse restricts the choices
         raise ValueError(what)
     print(format_table(rows))

@@ -130,18 +130,24 @@ def register(sub) -> None:
     p.add_argument("--out", default="mosaic_clip_raw.pt", help="raw checkpoint to write")
 
     p = add_command(sub, "bench", "benchmarks: metrics, losses, features (cached vs recomputed encoder), "
-                    "boostlu (inference cost), boostlu-ablation (fashion-mosaic table)",
+                    "boostlu (inference cost), boostlu-ablation (fashion-mosaic table), scpnet (step vs fine-tuning)",
                     "mlrkit bench metrics\n  mlrkit bench losses --classes 1000\n  mlrkit bench features\n  "
                     "mlrkit bench boostlu --batch 2 --repeats 10\n  "
-                    "mlrkit bench boostlu-ablation --seeds 0,1,2 --out runs/boostlu-ablation", cmd_bench)
-    p.add_argument("what", choices=["metrics", "losses", "features", "prompts", "boostlu", "boostlu-ablation"])
+                    "mlrkit bench boostlu-ablation --seeds 0,1,2 --out runs/boostlu-ablation\n  "
+                    "mlrkit bench scpnet --vl-model openclip:RN50 --batch 8\n  "
+                    "mlrkit bench throughput --batch 2   # every method, papers' backbones and resolutions\n  "
+                    "mlrkit bench classes --methods dualcoop,scpnet   # step time/memory vs number of classes",
+                    cmd_bench)
+    p.add_argument("what", choices=["metrics", "losses", "features", "prompts", "boostlu", "boostlu-ablation",
+                                    "scpnet", "throughput", "classes"])
     p.add_argument("--json", help="also write the rows as JSON here")
     p.add_argument("--classes", type=int, default=None, help="number of classes (losses: 1000, boostlu: 80)")
     p.add_argument("--batch", type=int, default=None, help="batch size (losses: 256, prompts: 16)")
     p.add_argument("--vl-model", default="openclip:RN50", help="prompts: VL model (random weights are fine)")
     p.add_argument("--image-size", type=int, default=None, help="input resolution (prompts: 224, boostlu: 448)")
     p.add_argument("--images", type=int, default=64, help="prompts: number of images")
-    p.add_argument("--methods", default="dualcoop,positivecoop,negativecoop,baseline", help="prompts: methods")
+    p.add_argument("--methods", default=None,
+                   help="prompts (default: the four prompt methods), throughput/classes (default: all): methods")
     p.add_argument("--repeats", type=int, default=None,
                    help="prompts: alternating epochs per path, fastest kept (2); boostlu: interleaved forwards (10)")
     p.add_argument("--out", default="runs/boostlu-ablation", help="boostlu-ablation: root of the run directories")
@@ -172,6 +178,21 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, help="first N images of the split")
     p.add_argument("--alpha", type=float, help="BoostLU alpha (default: each run's boostlu.alpha)")
     p.add_argument("--json", help="also write the results as JSON here")
+    p = add_command(asub, "prior",
+                    "SCPNet's structured semantic prior A* (CLIP text similarity, top-K, re-weighting s, softmax "
+                    "tau') of a VL model for a dataset's classes, drawn as a heatmap PNG",
+                    "mlrkit analyze prior --vl-model mosaic-clip --dataset fashion-mosaic --out prior.png",
+                    cmd_analyze_prior)
+    p.add_argument("--vl-model", default="mosaic-clip", help="VL model spec")
+    p.add_argument("--dataset", required=True, help="dataset whose class names are used (VOC/COCO work without files)")
+    p.add_argument("--root", help="dataset directory")
+    p.add_argument("--k", type=int, help="top-K per row, the class itself included (default: all classes)")
+    p.add_argument("--s", type=float, default=0.2, help="re-weighting: neighbours share s, the diagonal keeps 1-s")
+    p.add_argument("--tau", type=float, default=0.2, help="softmax temperature tau'")
+    p.add_argument("--template", default="a photo of a {}.", help="prompt template of the class text features")
+    p.add_argument("--seed", type=int, default=0, help="seed of random-weight VL models")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--json", help="also write the report (with the matrix) as JSON here")
 
     p = add_command(sub, "explain",
                     "class activation maps of a `cam` run as PNG overlays, without and with BoostLU, and the "
@@ -184,6 +205,10 @@ def register(sub) -> None:
     p.add_argument("--top-k", type=int, default=3, help="classes shown per image when --classes is not given")
     p.add_argument("--alpha", type=float, help="BoostLU alpha (default: the run's boostlu.alpha)")
     p.add_argument("--out", default="explain", help="output directory (PNGs + scores.json)")
+
+    from mlrkit.negation.cli import register_negation
+
+    register_negation(sub)
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -548,4 +573,27 @@ def cmd_analyze_pointing(args: argparse.Namespace) -> int:
         from mlrkit.utils import write_json
 
         write_json(args.json, {r: res.as_dict() for r, res in results.items()})
+    return 0
+
+
+def cmd_analyze_prior(args: argparse.Namespace) -> int:
+    from mlrkit.analysis.prior import draw_prior, format_prior, prior_report
+    from mlrkit.methods.prompting import builtin_class_names
+    from mlrkit.utils import write_json
+    from mlrkit.vl import load
+
+    names = builtin_class_names(args.dataset)
+    if names is None or args.root:
+        from mlrkit.data import load_dataset
+
+        names = load_dataset(args.dataset, args.root).class_names
+    vl = load(args.vl_model, seed=args.seed).freeze()
+    prior, rep = prior_report(vl, names, k=args.k, s=args.s, tau=args.tau, template=args.template, seed=args.seed)
+    rep["dataset"] = args.dataset
+    title = f"{args.vl_model} on {args.dataset}: A* (K={rep['k']}, s={args.s}, tau'={args.tau})"
+    path = draw_prior(prior.prior, names, args.out, title)
+    print(format_prior(rep))
+    print(f"wrote {path}")
+    if args.json:
+        write_json(args.json, rep)
     return 0

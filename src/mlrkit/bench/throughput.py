@@ -1,0 +1,213 @@
+"""``mlrkit bench throughput`` / ``mlrkit bench classes``: where the time and memory go.
+
+Every case runs in a fresh subprocess (so its peak memory is its own): the method is built exactly
+as ``mlrkit train`` builds it, with full-size random-weight backbones at the papers' resolutions
+(speed does not depend on the weights' values), and timed on synthetic input tensors of the right
+shape (timing only: no claim about quality is made from them).
+
+* training images/s: forward + loss + backward + optimizer step (median of ``steps`` after one
+  warm-up step);
+* inference images/s: forward from pixels, no gradient (prompt methods include their frozen CLIP
+  image encoder here, while their training step reads cached region features as ``mlrkit train``
+  does);
+* method overhead: the method's training step over the bare backbone's (forward + backward of the
+  pooled features), for methods that train a backbone (target ≤ 1.15× for those that only add a head);
+* peak memory: CUDA ``max_memory_allocated`` on a GPU, else the process's peak resident set size.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+import torch
+
+#: method -> (config flags, loss, image size, kind); the papers' backbones and resolutions
+CASES: dict[str, dict[str, Any]] = {
+    "finetune": {"flags": {"method": {"name": "finetune"}, "model": {"name": "resnet50"}}, "loss": "an",
+                 "size": 448, "kind": "backbone", "paper": "Cole et al.: ResNet-50, 448 px"},
+    "cam": {"flags": {"method": {"name": "cam"}, "model": {"name": "resnet50"}, "boostlu": {"train": True,
+                                                                                          "infer": True}},
+            "loss": "ll_r", "size": 448, "kind": "backbone", "paper": "BoostLU: ResNet-50, 448 px"},
+    "vlpl": {"flags": {"method": {"name": "vlpl"}, "model": {"name": "resnet50"}}, "loss": "vlpl", "size": 448,
+             "kind": "backbone", "paper": "VLPL: ResNet-50, 448 px (pseudo-labels computed once, not timed)"},
+    "dualcoop": {"flags": {"method": {"name": "dualcoop"}, "vl": {"model": "openclip:RN101"}}, "loss": "asl",
+                 "size": 448, "kind": "region", "paper": "DualCoOp: CLIP RN101, 448 px"},
+    "positivecoop": {"flags": {"method": {"name": "positivecoop"}, "vl": {"model": "openclip:RN101"}},
+                     "loss": "asl", "size": 448, "kind": "region", "paper": "PositiveCoOp: CLIP RN101, 448 px"},
+    "negativecoop": {"flags": {"method": {"name": "negativecoop"}, "vl": {"model": "openclip:RN101"}},
+                     "loss": "asl", "size": 448, "kind": "region", "paper": "NegativeCoOp: CLIP RN101, 448 px"},
+    "baseline": {"flags": {"method": {"name": "baseline"}, "vl": {"model": "openclip:RN101"}}, "loss": "asl",
+                 "size": 448, "kind": "region", "paper": "vision-only baseline: CLIP RN101, 448 px"},
+    "scpnet": {"flags": {"method": {"name": "scpnet"}, "vl": {"model": "openclip:RN50"}}, "loss": "splc",
+               "size": 224, "kind": "scpnet", "paper": "SCPNet: CLIP RN50, 224 px"},
+}
+
+
+def _min_times(fns: dict[str, Any], steps: int) -> dict[str, float]:
+    """Fastest of ``steps`` timed calls of each function, the functions alternating (a shared machine
+    slows both sides alike; the minimum is the least disturbed run). One warm-up call each."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for fn in fns.values():
+        fn()
+    sync()
+    best = {k: float("inf") for k in fns}
+    for _ in range(steps):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            sync()
+            best[k] = min(best[k], time.perf_counter() - t)
+    return best
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def run_case(name: str, classes: int = 80, batch: int = 2, steps: int = 2, device: str = "auto",
+             train_only: bool = False) -> dict[str, Any]:
+    """Time one method in this process (call through :func:`bench_throughput` for clean memory)."""
+    import warnings
+
+    from mlrkit.config import build_config
+    from mlrkit.engine.trainer import build_run_loss
+    from mlrkit.methods.base import TaskInfo, build_method
+
+    warnings.simplefilter("ignore")
+    case = CASES[name]
+    dev = torch.device("cuda" if (device == "auto" and torch.cuda.is_available()) else
+                       ("cpu" if device == "auto" else device))
+    size = case["size"]
+    flags = {**case["flags"], "data": {"image_size": size}, "loss": {"name": case["loss"]},
+             "train": {"batch_size": batch}}
+    cfg = build_config(flags=flags)
+    method = build_method(cfg)
+    task = TaskInfo(class_names=[f"class number {i}" for i in range(classes)], input_kind=method.input_kind,
+                    image_size=size)
+    torch.manual_seed(0)
+    model = method.build_model(task).to(dev)
+    loss = build_run_loss(cfg).to(dev)
+    g = torch.Generator().manual_seed(0)
+    targets = (torch.rand(batch, classes, generator=g) < 0.1).to(torch.int8)
+    observed = torch.where(targets == 1, 1, 0).to(torch.int8)
+    observed[:, 0] = 1
+    loss.prepare(observed)
+    if hasattr(loss, "set_pseudo_labels"):
+        loss.set_pseudo_labels(observed)
+    pixels = torch.randn(batch, 3, size, size, generator=g).to(dev)
+    index = torch.arange(batch, device=dev)
+    train_inputs = pixels
+    if case["kind"] == "region":
+        with torch.no_grad():
+            train_inputs = model.vl.encode_dense(pixels).float() if hasattr(model, "vl") else \
+                method.vl_model(dev).encode_dense(pixels).float()
+    params = [p for p in model.parameters() if p.requires_grad] + [p for p in loss.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-6)
+    batch_dict = {"inputs": train_inputs, "observed": observed.to(dev), "targets": targets.to(dev), "index": index}
+    if case["kind"] == "scpnet":
+        batch_dict["strong"] = pixels.flip(-1)
+
+    def train_step():
+        model.train()
+        out = method.training_step(model, batch_dict, loss, 1)
+        opt.zero_grad(set_to_none=True)
+        out.backward()
+        opt.step()
+
+    row: dict[str, Any] = {"method": name, "classes": classes, "batch": batch, "image_size": size,
+                           "setting": case["paper"], "trainable_params": sum(p.numel() for p in params),
+                           "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
+                           f"{platform.machine()} CPU ({torch.get_num_threads()} threads)"}
+    fns: dict[str, Any] = {"train": train_step}
+    if not train_only:
+        def infer():
+            model.eval()
+            with torch.no_grad():
+                model(pixels)
+
+        fns["infer"] = infer
+        bb = getattr(model, "backbone", None)
+        if case["kind"] == "backbone" and bb is not None:
+            def bare():
+                bb.train()
+                f = bb(pixels)
+                opt.zero_grad(set_to_none=True)
+                f.float().mean().backward()
+
+            fns["bare"] = bare
+    t = _min_times(fns, steps)
+    row["train_step_s"] = t["train"]
+    row["train_img_s"] = batch / t["train"]
+    if "infer" in t:
+        row["infer_img_s"] = batch / t["infer"]
+    if "bare" in t:
+        row["bare_backbone_step_s"] = t["bare"]
+        row["overhead_vs_backbone"] = t["train"] / t["bare"]
+    row["peak_memory_mb"] = _peak_mb(dev)
+    row["memory_kind"] = "cuda max allocated" if dev.type == "cuda" else "process peak RSS"
+    return row
+
+
+def bench_throughput(methods: list[str] | None = None, classes: int = 80, batch: int = 2, steps: int = 2,
+                     timeout: float = 900, train_only: bool = False) -> list[dict[str, Any]]:
+    """Each case in its own subprocess; a case that fails or times out is reported as such."""
+    rows = []
+    for name in methods or list(CASES):
+        cmd = [sys.executable, "-m", "mlrkit.bench.throughput", name, str(classes), str(batch), str(steps),
+               "1" if train_only else "0"]
+        t = time.perf_counter()
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            if r.returncode == 0:
+                rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+            else:
+                rows.append({"method": name, "classes": classes, "error": r.stderr.strip().splitlines()[-1][:200]})
+        except subprocess.TimeoutExpired:
+            rows.append({"method": name, "classes": classes,
+                         "error": f"not finished within {timeout:.0f} s ({time.perf_counter() - t:.0f} s)"})
+    return rows
+
+
+def bench_classes(methods: tuple[str, ...] = ("dualcoop", "positivecoop", "negativecoop", "baseline", "scpnet"),
+                  class_counts: tuple[int, ...] = (20, 80, 312, 1000, 5000), batch: int = 2, steps: int = 1,
+                  timeout: float = 600) -> list[dict[str, Any]]:
+    """Training step time and peak memory against the number of classes."""
+    rows = []
+    for name in methods:
+        for c in class_counts:
+            rows += bench_throughput([name], classes=c, batch=batch, steps=steps, timeout=timeout, train_only=True)
+            if "error" in rows[-1]:
+                break  # larger class counts would not finish either
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = ("| method | setting | classes | train img/s | infer img/s | overhead vs backbone | peak MB | "
+            "trainable params |")
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | | {r['classes']} | {r['error']} | | | | |")
+            continue
+        ov = f"{r['overhead_vs_backbone']:.2f}x" if "overhead_vs_backbone" in r else "-"
+        inf = f"{r['infer_img_s']:.2f}" if "infer_img_s" in r else "-"
+        lines.append(f"| {r['method']} | {r['setting']} | {r['classes']} | {r['train_img_s']:.2f} | {inf} | {ov} | "
+                     f"{r['peak_memory_mb']:.0f} | {r['trainable_params']:,} |")
+    dev = next((r["device"] for r in rows if "device" in r), "?")
+    lines.append(f"\ndevice: {dev}; batch {rows[0].get('batch', '?')}; memory: "
+                 f"{next((r['memory_kind'] for r in rows if 'memory_kind' in r), '?')}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    name, classes, batch, steps, train_only = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), \
+        sys.argv[5] == "1"
+    print(json.dumps(run_case(name, classes=classes, batch=batch, steps=steps, train_only=train_only)))
