@@ -246,11 +246,12 @@ def pointing_of_run(run_dir, split: str = "test", limit: int | None = None, batc
 
 def format_pointing(rows: dict[str, PointingResult]) -> str:
     """A text table: one row per run."""
-    head = (f"{'run':<28}{'pairs':>7}{'chance':>8}{'point':>8}{'point+B':>9}"
+    w = max([len("run"), *(len(str(n)) for n in rows)]) + 2
+    head = (f"{'run':<{w}}{'pairs':>7}{'chance':>8}{'point':>8}{'point+B':>9}"
             f"{'on-obj':>9}{'off-obj':>9}{'absent':>9}{'on+B':>9}{'off+B':>9}{'abs+B':>9}")
     lines = [head]
     for name, r in rows.items():
-        lines.append(f"{name:<28}{r.pairs:>7}{r.chance:>8.3f}{r.accuracy:>8.3f}{r.accuracy_boostlu:>9.3f}"
+        lines.append(f"{name:<{w}}{r.pairs:>7}{r.chance:>8.3f}{r.accuracy:>8.3f}{r.accuracy_boostlu:>9.3f}"
                      f"{r.on_object:>9.3f}{r.off_object:>9.3f}{r.absent:>9.3f}"
                      f"{r.on_object_boostlu:>9.3f}{r.off_object_boostlu:>9.3f}{r.absent_boostlu:>9.3f}")
     return "\n".join(lines)

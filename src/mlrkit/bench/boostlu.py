@@ -108,7 +108,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
              f"{'mode':<22}{'median ms':>11}{'min ms':>10}{'max ms':>10}{'x no-BoostLU median':>21}"]
     for r in rows:
         lines.append(f"{r['mode']:<22}{r['median_ms']:>11.2f}{r['min_ms']:>10.2f}{r['max_ms']:>10.2f}"
-                     f"{r['ratio']:>21.4f}")
+                     f"{r['ratio']:>21.4g}")
     return "\n".join(lines)
 
 

@@ -123,6 +123,9 @@ def build_method(cfg) -> Method:
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise ConfigError(f"method {name!r} has no hyper-parameter {unknown}; valid: {valid or 'none'}")
+    boost = cfg.extra.get("boostlu") or {}
+    if name != "cam" and isinstance(boost, dict) and (boost.get("train") or boost.get("infer")):
+        raise ConfigError(f"boostlu.train/infer act on a CAM head: use --method cam (got {name!r})")
     method = cls(**params)
     method.cfg = cfg
     return method
