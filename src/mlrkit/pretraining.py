@@ -233,3 +233,31 @@ def save_pretrained(model: nn.Module, config: dict, path, *, result: PretrainRes
                "result": asdict(result), "history": history, "command": command, "phases": phases}
     with atomic_write(path) as tmp:
         torch.save(payload, tmp)
+
+
+def export_mosaic_clip(raw_path, out_path) -> dict:
+    """Turn a raw pre-training checkpoint into the shipped format (fp16, sparse token table, JSON sidecar).
+
+    The metadata records every training phase's command, steps, time and zero-shot test mAP.
+    """
+    import open_clip
+
+    from mlrkit.vl import save_vl_checkpoint
+
+    raw = torch.load(raw_path, map_location="cpu", weights_only=False)
+    model = build_clip(raw["config"], raw["seed"])
+    model.load_state_dict(raw["state_dict"])
+    phases = raw.get("phases") or [{"result": raw["result"], "command": raw["command"], "history": raw["history"]}]
+    meta = {
+        "name": "mosaic-clip",
+        "trained_on": "mlrkit built-in fashion-mosaic training split (real Fashion-MNIST photos tiled 2x2)",
+        "captions": {"templates": list(CAPTION_TEMPLATES), "order": "present classes shuffled"},
+        "seed": raw["seed"],
+        "phases": [{"command": " ".join(p["command"][1:]) if p["command"] else "", **p["result"],
+                    "history": p.get("history", [])} for p in phases],
+        "zeroshot_test_map": raw["result"]["zeroshot_map"],
+        "prompt": "a photo of a {class}.",
+        "normalisation": {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)},
+    }
+    save_vl_checkpoint(model, out_path, raw["config"], metadata=meta, sparse_token_init_seed=raw["seed"])
+    return meta

@@ -129,6 +129,12 @@ def register(sub) -> None:
     p.add_argument("--init", help="continue from a raw checkpoint of an earlier phase (new warm-up + cosine)")
     p.add_argument("--out", default="mosaic_clip_raw.pt", help="raw checkpoint to write")
 
+    p = add_command(vsub, "export", "write a raw `vl pretrain` checkpoint in the shipped format (fp16, sparse "
+                    "token table, JSON sidecar)",
+                    "mlrkit vl export mosaic_clip_raw.pt --out src/mlrkit/builtin/mosaic_clip.pt", cmd_vl_export)
+    p.add_argument("raw", help="checkpoint written by `mlrkit vl pretrain`")
+    p.add_argument("--out", required=True, help="where to write (mosaic_clip.pt + mosaic_clip.json)")
+
     p = add_command(sub, "bench", "benchmarks: metrics, losses, features (cached vs recomputed encoder), "
                     "boostlu (inference cost), boostlu-ablation (fashion-mosaic table), scpnet (step vs fine-tuning)",
                     "mlrkit bench metrics\n  mlrkit bench losses --classes 1000\n  mlrkit bench features\n  "
@@ -596,4 +602,14 @@ def cmd_analyze_prior(args: argparse.Namespace) -> int:
     print(f"wrote {path}")
     if args.json:
         write_json(args.json, rep)
+    return 0
+
+
+def cmd_vl_export(args: argparse.Namespace) -> int:
+    from mlrkit.pretraining import export_mosaic_clip
+
+    meta = export_mosaic_clip(args.raw, args.out)
+    size = Path(args.out).stat().st_size
+    print(json.dumps({"out": args.out, "bytes": size, "zeroshot_test_map": meta["zeroshot_test_map"],
+                      "phases": len(meta["phases"])}))
     return 0

@@ -34,6 +34,7 @@ from mlrkit.registry import Registry
 from mlrkit.vl.checkpoint import (
     FORMAT,
     WeightsFile,
+    expand_sparse_tokens,
     fit_state_dict,
     read_weights,
     resolve_configs,
@@ -286,6 +287,7 @@ def load_vl_checkpoint(path: str | Path, *, spec: str | None = None, seed: int =
             is_ours = False
         config_path = side if is_ours else None
     model_cfg, pp = resolve_configs(weights, config_path)
+    expand_sparse_tokens(weights, model_cfg)
     spec = spec or f"openclip:{CUSTOM_ARCH}@{path}"
     clip = build_open_clip(model_cfg, seed=seed, name=spec)
     fit_state_dict(clip, weights.state_dict, source=str(path), arch="the architecture stored with it")

@@ -231,6 +231,7 @@ def save_vl_checkpoint(
     metadata: dict[str, Any] | None = None,
     half: bool = True,
     write_config: bool = True,
+    sparse_token_init_seed: int | None = None,
 ) -> Path:
     """Save a vision-language model in mlrkit's self-describing format (atomically).
 
@@ -247,6 +248,11 @@ def save_vl_checkpoint(
         preprocess_cfg: open_clip preprocessing config; defaults to the model's own, else open_clip's
             defaults at the vision tower's image size.
         metadata: JSON-serialisable provenance (training data, epochs, seed, ...).
+        sparse_token_init_seed: the seed the model was initialised with. When given, only the rows
+            of the token-embedding table that differ from that seeded initialisation are stored
+            (``token_embedding.rows`` / ``token_embedding.values``); the loader rebuilds the others
+            from the seed. Tokens that never occurred in training keep their initial values when the
+            table gets no weight decay, so a model trained on a small vocabulary ships in a few MB.
     """
     if isinstance(model, VisionLanguageModel):
         clip = model.clip
@@ -272,6 +278,17 @@ def save_vl_checkpoint(
         k: (v.detach().to("cpu", torch.float16) if half and v.is_floating_point() else v.detach().to("cpu")).clone()
         for k, v in clip.state_dict().items()
     }
+    if sparse_token_init_seed is not None:
+        from mlrkit.vl.backends import build_open_clip
+
+        init = build_open_clip(model_cfg, seed=int(sparse_token_init_seed), name="init").token_embedding.weight
+        trained = clip.token_embedding.weight.detach().cpu()
+        rows = torch.nonzero((trained != init).any(dim=1)).flatten()
+        state.pop("token_embedding.weight")
+        state["token_embedding.rows"] = rows.to(torch.int64)
+        state["token_embedding.values"] = trained[rows].to(torch.float16 if half else torch.float32)
+        metadata = {**metadata, "sparse_token_embedding": {"init_seed": int(sparse_token_init_seed),
+                                                           "stored_rows": int(len(rows))}}
     payload = {"format": FORMAT, "version": FORMAT_VERSION, "model_cfg": model_cfg,
                "preprocess_cfg": preprocess_cfg, "metadata": metadata, "state_dict": state}
     path = Path(path)
@@ -284,6 +301,24 @@ def save_vl_checkpoint(
             "preprocess_cfg": preprocess_cfg, "metadata": metadata,
         })
     return path
+
+
+def expand_sparse_tokens(weights: WeightsFile, model_cfg: dict[str, Any]) -> None:
+    """Rebuild ``token_embedding.weight`` of a file saved with ``sparse_token_init_seed`` (in place)."""
+    sd = weights.state_dict
+    if "token_embedding.rows" not in sd:
+        return
+    info = weights.metadata.get("sparse_token_embedding") or {}
+    if "init_seed" not in info:
+        raise MlrkitError(f"{weights.path}: sparse token embedding without its init_seed in the metadata")
+    from mlrkit.vl.backends import build_open_clip
+
+    dtype = sd["token_embedding.values"].dtype
+    table = build_open_clip(model_cfg, seed=int(info["init_seed"]), name="init").token_embedding.weight.detach()
+    table = table.to(dtype).clone()
+    rows = sd.pop("token_embedding.rows")
+    table[rows] = sd.pop("token_embedding.values")
+    sd["token_embedding.weight"] = table
 
 
 def write_vl_config(path: str | Path, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any] | None = None,
