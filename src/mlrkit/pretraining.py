@@ -57,9 +57,22 @@ def join_names(names: Sequence[str]) -> str:
 def caption_for(labels: np.ndarray, class_names: Sequence[str], rng: np.random.Generator,
                 templates: Sequence[str] = CAPTION_TEMPLATES) -> str:
     """One caption naming every present class, in random order, with a random template."""
-    present = [class_names[j].lower() for j in np.flatnonzero(labels)]
+    return caption_and_classes(labels, class_names, rng, templates)[0]
+
+
+def caption_and_classes(labels: np.ndarray, class_names: Sequence[str], rng: np.random.Generator,
+                        templates: Sequence[str] = CAPTION_TEMPLATES, subset_prob: float = 0.0
+                        ) -> tuple[str, np.ndarray]:
+    """A caption and the classes it names. With probability ``subset_prob`` it names a random
+    non-empty subset of the present classes (as real captions mention only some objects)."""
+    present = np.flatnonzero(labels)
+    if len(present) > 1 and rng.random() < subset_prob:
+        k = int(rng.integers(1, len(present)))
+        present = rng.choice(present, size=k, replace=False)
+    present = np.array(present)
     rng.shuffle(present)
-    return templates[int(rng.integers(len(templates)))].format(join_names(present))
+    named = [class_names[j].lower() for j in present]
+    return templates[int(rng.integers(len(templates)))].format(join_names(named)), present
 
 
 @dataclass
@@ -92,13 +105,23 @@ def images_to_tensor(batch_u8: np.ndarray, mean: Sequence[float], std: Sequence[
     return (x - m) / s
 
 
-def contrastive_loss(img: Tensor, txt: Tensor, logit_scale: Tensor) -> Tensor:
-    """Symmetric InfoNCE over normalised embeddings (CLIP eq.)."""
+def contrastive_loss(img: Tensor, txt: Tensor, logit_scale: Tensor, match: Tensor | None = None) -> Tensor:
+    """Symmetric InfoNCE over normalised embeddings (CLIP eq.).
+
+    ``match`` [B, B] (bool, image i x caption j) makes it multi-positive: the target of each row is
+    uniform over the captions that truly describe the image (and of each column over the images
+    the caption describes), so two images sharing a class are not pushed apart by "a bag".
+    """
     img = F.normalize(img, dim=-1)
     txt = F.normalize(txt, dim=-1)
     logits = logit_scale.exp().clamp(max=100) * img @ txt.t()
-    target = torch.arange(len(img), device=img.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+    if match is None:
+        target = torch.arange(len(img), device=img.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+    m = match.float()
+    t_i = m / m.sum(dim=1, keepdim=True)
+    t_t = m.t() / m.t().sum(dim=1, keepdim=True)
+    return 0.5 * (F.cross_entropy(logits, t_i) + F.cross_entropy(logits.t(), t_t))
 
 
 def pretrain_mosaic_clip(
@@ -116,6 +139,8 @@ def pretrain_mosaic_clip(
     progress: bool = True,
     limit_train: int | None = None,
     init: str | None = None,
+    subset_prob: float = 0.0,
+    multi_positive: bool = False,
 ) -> tuple[nn.Module, dict, PretrainResult, list[dict]]:
     """Train the mosaic CLIP; returns (model, config, result, history).
 
@@ -168,12 +193,20 @@ def pretrain_mosaic_clip(
         x = images_to_tensor(images[idx], mean, std)
         flip = torch.from_numpy(rng.random(batch_size) < 0.5)
         x[flip] = x[flip].flip(-1)
-        captions = [caption_for(targets[i], names, rng) for i in idx]
+        pairs = [caption_and_classes(targets[i], names, rng, subset_prob=subset_prob) for i in idx]
+        captions = [c for c, _ in pairs]
+        match = None
+        if multi_positive:  # caption j describes image i when every class it names is in image i
+            named = np.zeros((batch_size, targets.shape[1]), dtype=bool)
+            for j, (_, cls) in enumerate(pairs):
+                named[j, cls] = True
+            present = targets[idx].astype(bool)
+            match = torch.from_numpy(~(named[None, :, :] & ~present[:, None, :]).any(-1)).to(device)
         tok = tokenizer(captions)
         model.train()
         img = model.encode_image(x.to(device))
         txt = model.encode_text(tok.to(device))
-        loss = contrastive_loss(img, txt, model.logit_scale)
+        loss = contrastive_loss(img, txt, model.logit_scale, match)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

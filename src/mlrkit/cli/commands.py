@@ -127,6 +127,10 @@ def register(sub) -> None:
     p.add_argument("--eval-every", type=int, default=200, help="zero-shot test mAP every N steps (0 = off)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--init", help="continue from a raw checkpoint of an earlier phase (new warm-up + cosine)")
+    p.add_argument("--subset-prob", type=float, default=0.0,
+                   help="probability that a caption names only a random subset of the present classes")
+    p.add_argument("--multi-positive", action="store_true",
+                   help="contrastive targets: every caption that truly describes the image (not only its own)")
     p.add_argument("--out", default="mosaic_clip_raw.pt", help="raw checkpoint to write")
 
     p = add_command(vsub, "export", "write a raw `vl pretrain` checkpoint in the shipped format (fp16, sparse "
@@ -406,7 +410,8 @@ def cmd_vl_pretrain(args: argparse.Namespace) -> int:
     model, config, result, history = pretrain_mosaic_clip(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         time_limit_s=None if args.time_limit is None else 60 * args.time_limit,
-        eval_every=args.eval_every, device=args.device, init=args.init)
+        eval_every=args.eval_every, device=args.device, init=args.init, subset_prob=args.subset_prob,
+        multi_positive=args.multi_positive)
     import torch
 
     init_payload = torch.load(args.init, map_location="cpu", weights_only=False) if args.init else None
