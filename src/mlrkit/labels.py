@@ -18,7 +18,6 @@ protocol to the entries whose ground truth is known; the rest stay 0.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -208,27 +207,16 @@ class ObservedLabels:
 
     def save(self, path: str | Path) -> Path:
         """Write ``observed`` and the metadata (JSON) into one ``.npz`` atomically."""
-        from mlrkit.utils import atomic_write
+        from mlrkit.utils import save_array_with_meta
 
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_suffix(".npz")
-        with atomic_write(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, observed=self.observed, meta=np.array(json.dumps(self.meta())))
-        return path
+        return save_array_with_meta(path, "observed", self.observed, self.meta())
 
     @classmethod
     def load(cls, path: str | Path) -> ObservedLabels:
+        from mlrkit.utils import load_array_with_meta
+
         path = Path(path)
-        if not path.is_file():
-            raise DataError(f"observed-label file not found: {path}")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                observed = z["observed"]
-                meta = json.loads(str(z["meta"]))
-        except (KeyError, ValueError, OSError) as e:
-            raise DataError(f"{path}: not an mlrkit observed-label file ({e})") from None
+        observed, meta = load_array_with_meta(path, "observed", "observed-label")
         shape = tuple(meta.pop("shape", observed.shape))
         if tuple(observed.shape) != shape:
             raise DataError(f"{path}: observed shape {observed.shape} != recorded {shape}")

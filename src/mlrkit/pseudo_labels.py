@@ -13,7 +13,6 @@ precision/recall of the pseudo-positives and pseudo-negatives.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -87,25 +86,20 @@ class PseudoLabels:
         self.sha256 = actual
 
     def save(self, path: str | Path) -> Path:
-        from mlrkit.utils import atomic_write
+        from mlrkit.utils import save_array_with_meta
 
-        path = Path(path).with_suffix(".npz")
         meta = asdict(self)
         meta.pop("labels")
-        with atomic_write(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, labels=self.labels, meta=np.array(json.dumps(meta)))
-        return path
+        return save_array_with_meta(path, "labels", self.labels, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> PseudoLabels:
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"pseudo-label file not found: {path}")
+        from mlrkit.utils import load_array_with_meta
+
+        labels, meta = load_array_with_meta(path, "labels", "pseudo-label")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                return cls(labels=z["labels"], **json.loads(str(z["meta"])))
-        except (KeyError, ValueError, OSError, TypeError) as e:
+            return cls(labels=labels, **meta)
+        except TypeError as e:
             raise DataError(f"{path}: not an mlrkit pseudo-label file ({e})") from None
 
 

@@ -63,3 +63,28 @@ def derive_seed(*parts: int) -> int:
     """A 63-bit seed derived from integers (e.g. run seed, epoch), stable across runs."""
     ss = np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts])
     return int(ss.generate_state(2, dtype=np.uint32).astype(np.uint64) @ np.array([1 << 31, 1], np.uint64))
+
+
+def save_array_with_meta(path: str | Path, name: str, array: np.ndarray, meta: dict) -> Path:
+    """One compressed ``.npz`` holding ``array`` (under ``name``) and ``meta`` as JSON, written atomically."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_suffix(".npz")
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **{name: array}, meta=np.array(json.dumps(meta, default=_json_default)))
+    return path
+
+
+def load_array_with_meta(path: str | Path, name: str, what: str) -> tuple[np.ndarray, dict]:
+    """Read a file written by :func:`save_array_with_meta`; a missing or foreign file is a DataError."""
+    from mlrkit.errors import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z[name], json.loads(str(z["meta"]))
+    except (KeyError, ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path}: not an mlrkit {what} file ({e})") from None
