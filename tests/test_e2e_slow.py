@@ -59,3 +59,22 @@ def test_demo_end_to_end(tmp_path, capsys):
     rows = (tmp_path / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 19
     print(f"demo took {elapsed:.1f} s")
+
+
+def test_vlpl_with_mosaic_clip_beats_an_and_em(tmp_path, monkeypatch):
+    """Same small CNN, budget and single-positive labels; VLPL adds mosaic-clip pseudo-labels."""
+    import json
+
+    monkeypatch.setenv("MLRKIT_CACHE", str(tmp_path / "cache"))
+    base = CONFIGS / "fashion-mosaic" / "smallcnn.yaml"
+    res = {}
+    for loss in ("an", "em"):
+        cfg = build_config(base, {"out": str(tmp_path / loss), "labels": {"protocol": "single-positive"},
+                                  "loss": {"name": loss}})
+        res[loss] = train(cfg, quiet=True)["test_map"]
+    cfg = build_config(CONFIGS / "vlpl" / "fashion-mosaic.yaml", {"out": str(tmp_path / "vlpl")})
+    res["vlpl"] = train(cfg, quiet=True)["test_map"]
+    quality = json.loads((tmp_path / "vlpl" / "run.json").read_text())["method_info"]["pseudo_label_quality"]
+    print({k: round(100 * v, 2) for k, v in res.items()}, quality)
+    assert quality["positive_precision"] > 0.9
+    assert res["vlpl"] > res["em"] and res["vlpl"] > res["an"]
