@@ -138,3 +138,15 @@ def test_finetune_end_to_end_and_linear_init_are_reproducible(tmp_path):
                          method={"linear_init_epochs": 2}), quiet=True)
     assert r3["test_map"] != r1["test_map"]
     assert 0.0 < r3["test_map"] <= 1.0
+
+
+def test_array_image_keys_survive_subsets():
+    """A validation subset's cache keys name the original rows (a different split seed never collides)."""
+    from mlrkit.data import load_dataset, split_train_val
+
+    ds = load_dataset("fashion-mosaic", limit_train=50, limit_test=5)
+    _, va1 = split_train_val(ds.trainval, 0.2, 1200)
+    _, va2 = split_train_val(ds.trainval, 0.2, 7)
+    assert va1.images.key(0) == ds.trainval.images.key(int(va1.index[0]))
+    assert [va1.images.key(i) for i in range(len(va1))] != [va2.images.key(i) for i in range(len(va2))]
+    assert ds.trainval.images.key(0) != ds.test.images.key(0)

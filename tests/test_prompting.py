@@ -106,6 +106,19 @@ def test_only_prompts_and_embeddings_are_trainable_and_frozen_clip_is_marked():
         assert counts["total_params"] == expected + sum(p.numel() for p in model.vl.parameters())
 
 
+def test_text_initialised_embeddings(tiny):
+    cfg = method_cfg("positivecoop")
+    cfg.method.params["embed_init"] = "text"
+    model = build_method(cfg).build_model(TaskInfo(NAMES, "images"))
+    w = model.negative.embedding.weight.detach()
+    text = model.vl.class_text_embeddings(NAMES, ("a photo without a {}.",))
+    torch.testing.assert_close(torch.nn.functional.normalize(w, dim=-1), text, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w.norm(dim=-1), torch.full((10,), 64 ** 0.5))
+    cfg.method.params["embed_init"] = "zeros"
+    with pytest.raises(Exception, match="embed_init"):
+        build_method(cfg)
+
+
 def test_prompt_too_long_is_a_clear_error(tiny):
     with pytest.raises(MlrkitError, match="longer than the text context"):
         PromptLearner(tiny, NAMES, n_ctx=30)

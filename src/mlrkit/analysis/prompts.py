@@ -65,8 +65,10 @@ def format_report(rep: dict[str, Any]) -> str:
     rows = [(f"positive vs negative  ({t['positive']!r} vs {t['negative']!r})", rep["pos_vs_neg"]),
             (f"positive vs positive  ({t['positive']!r} vs {t['reference']!r})", rep["pos_vs_pos"])]
     w = max(len(r[0]) for r in rows)
+    cells = [f"{s['mean']:.4f} ± {s['std']:.4f}" for _, s in rows]
+    cw = max(len("mean ± std"), *(len(c) for c in cells))
     lines = [f"{rep['vl_model']}, {rep['classes']} classes: cosine similarity of text embeddings",
-             f"{'':<{w}}  {'mean ± std':>15}  {'min':>7}  {'max':>7}"]
-    for label, s in rows:
-        lines.append(f"{label:<{w}}  {s['mean']:>7.4f} ± {s['std']:<6.4f}  {s['min']:>7.4f}  {s['max']:>7.4f}")
+             f"{'':<{w}}  {'mean ± std':>{cw}}  {'min':>7}  {'max':>7}"]
+    for (label, s), cell in zip(rows, cells):
+        lines.append(f"{label:<{w}}  {cell:>{cw}}  {s['min']:>7.4f}  {s['max']:>7.4f}")
     return "\n".join(lines)

@@ -86,14 +86,29 @@ class PathImageSource:
 
 
 class ArrayImageSource:
-    """Images held in a uint8 array [N, H, W] (grey) or [N, H, W, 3] (RGB), e.g. built-in data."""
+    """Images held in a uint8 array [N, H, W] (grey) or [N, H, W, 3] (RGB), e.g. built-in data.
 
-    def __init__(self, array: np.ndarray, name: str = "array") -> None:
+    ``key(i)`` names the image by a digest of the whole original array and its original row, so
+    a subset (e.g. a validation split) never collides with another subset in a cache.
+    """
+
+    def __init__(self, array: np.ndarray, name: str = "array", *, rows: np.ndarray | None = None,
+                 digest: str | None = None) -> None:
         a = np.asarray(array)
         if a.dtype != np.uint8 or a.ndim not in (3, 4):
             raise DataError(f"image array must be uint8 [N,H,W(,3)], got {a.dtype} {a.shape}")
         self.array = a
         self.name = name
+        self.rows = np.arange(len(a)) if rows is None else np.asarray(rows)
+        self._digest = digest
+
+    @property
+    def digest(self) -> str:
+        if self._digest is None:
+            import hashlib
+
+            self._digest = hashlib.sha256(np.ascontiguousarray(self.array).tobytes()).hexdigest()[:16]
+        return self._digest
 
     def __len__(self) -> int:
         return len(self.array)
@@ -105,10 +120,10 @@ class ArrayImageSource:
         return Image.fromarray(a).convert("RGB")
 
     def key(self, i: int) -> str:
-        return f"{self.name}#{i}"
+        return f"{self.name}@{self.digest}#{int(self.rows[i])}"
 
     def subset(self, idx: np.ndarray) -> ArrayImageSource:
-        return ArrayImageSource(self.array[idx], name=self.name)
+        return ArrayImageSource(self.array[idx], name=self.name, rows=self.rows[idx], digest=self.digest)
 
 
 @dataclass

@@ -318,6 +318,10 @@ class PromptMethod(RegionMethod):
         ctx_init / neg_ctx_init: words initialising the positive / negative context (empty: random);
         init_std: std of random contexts (0.02); embed_init_std: std of learned embeddings (1.0, as
         ``torch.randn`` in the PositiveCoOp reference; only their direction matters);
+        embed_init: ``random`` (the reference) or ``text``: a learned positive (negative) embedding
+        starts at the frozen text embedding of ``"a photo of a {}."`` (``"a photo without a {}."``),
+        at the same norm (an mlrkit option: it removes the initial offset between a prompt branch
+        and a random embedding, see docs/prompting.md);
         prompt_residual: add a learned per-class vector to the prompt's text feature (the
         PositiveCoOp reference code does; off = the papers' description);
         region_scale :math:`\tau_r` (20), output_scale :math:`\tau_o` (5): DualCoOp's temperatures;
@@ -330,32 +334,38 @@ class PromptMethod(RegionMethod):
     negative = "prompt"
 
     def __init__(self, n_ctx: int = 16, csc: bool = True, ctx_init: str = "", neg_ctx_init: str = "",
-                 init_std: float = 0.02, embed_init_std: float = 1.0, prompt_residual: bool = False,
+                 init_std: float = 0.02, embed_init_std: float = 1.0, embed_init: str = "random",
+                 prompt_residual: bool = False,
                  region_scale: float = REGION_SCALE, output_scale: float = OUTPUT_SCALE, pos_embed: bool = True,
                  loss_weight: float = 1.0, init_from: str | None = None) -> None:
         super().__init__(loss_weight=loss_weight, init_from=init_from, n_ctx=n_ctx, csc=csc, ctx_init=ctx_init,
                          neg_ctx_init=neg_ctx_init, init_std=init_std, embed_init_std=embed_init_std,
+                         embed_init=embed_init,
                          prompt_residual=prompt_residual, region_scale=region_scale, output_scale=output_scale,
                          pos_embed=pos_embed)
         self.n_ctx, self.csc = int(n_ctx), bool(csc)
         self.ctx_init, self.neg_ctx_init = str(ctx_init or ""), str(neg_ctx_init or "")
         self.init_std, self.embed_init_std = float(init_std), float(embed_init_std)
         self.prompt_residual = bool(prompt_residual)
+        if embed_init not in ("random", "text"):
+            raise ConfigError(f"embed_init must be 'random' or 'text', got {embed_init!r}")
+        self.embed_init = embed_init
         self.region_scale, self.output_scale = float(region_scale), float(output_scale)
         self.pos_embed = bool(pos_embed)
 
-    def _branch(self, kind: str, vl, names: list[str], init: str) -> nn.Module:
+    def _branch(self, kind: str, vl, names: list[str], init: str, template: str) -> nn.Module:
         if kind == "prompt":
             return PromptBranch(vl, names, n_ctx=self.n_ctx, csc=self.csc, init=init, init_std=self.init_std,
                                 residual=self.prompt_residual)
-        return EmbeddingBranch(names, vl.embed_dim, init_std=self.embed_init_std)
+        text = vl.class_text_embeddings(names, (template,)).cpu() if self.embed_init == "text" else None
+        return EmbeddingBranch(names, vl.embed_dim, init_std=self.embed_init_std, init=text)
 
     def build_model(self, task: TaskInfo) -> nn.Module:
         vl = self.vl_model()
         names = list(task.class_names)
         with self.seeded_init():
-            pos = self._branch(self.positive, vl, names, self.ctx_init)
-            neg = self._branch(self.negative, vl, names, self.neg_ctx_init)
+            pos = self._branch(self.positive, vl, names, self.ctx_init, "a photo of a {}.")
+            neg = self._branch(self.negative, vl, names, self.neg_ctx_init, "a photo without a {}.")
         return RegionPromptModel(vl, names, pos, neg, region_scale=self.region_scale, output_scale=self.output_scale,
                                  weights="positive", pos_embed=self.pos_embed)
 

@@ -35,6 +35,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlrkit.errors import ConfigError, MlrkitError
@@ -146,12 +147,25 @@ class PromptLearner(nn.Module):
 
 
 class ClassEmbeddings(nn.Module):
-    """One learned vector per class in the joint space, [C, D] (PositiveCoOp's learned embedding)."""
+    r"""One learned vector per class in the joint space, [C, D] (PositiveCoOp's learned embedding).
 
-    def __init__(self, class_names: Sequence[str], dim: int, init_std: float = 1.0) -> None:
+    Initialised from :math:`\mathcal N(0, \text{init\_std}^2)` (the reference's ``torch.randn``), or,
+    when ``init`` [C, D] is given, with those directions at the same expected norm
+    (:math:`\text{init\_std}\sqrt D`).
+    """
+
+    def __init__(self, class_names: Sequence[str], dim: int, init_std: float = 1.0,
+                 init: Tensor | None = None) -> None:
         super().__init__()
         self.class_names = _check_names(class_names)
-        self.weight = nn.Parameter(torch.empty(len(self.class_names), int(dim)).normal_(0.0, init_std))
+        c, d = len(self.class_names), int(dim)
+        if init is None:
+            w = torch.empty(c, d).normal_(0.0, init_std)
+        else:
+            if tuple(init.shape) != (c, d):
+                raise MlrkitError(f"embedding initialisation must be [{c}, {d}], got {tuple(init.shape)}")
+            w = F.normalize(init.detach().float().cpu(), dim=-1) * (init_std * d ** 0.5)
+        self.weight = nn.Parameter(w)
         self.per_class = {"weight"}
 
     def extra_repr(self) -> str:
@@ -193,9 +207,10 @@ class PromptBranch(nn.Module):
 class EmbeddingBranch(nn.Module):
     """A class feature per class that is a learned embedding (no text encoder)."""
 
-    def __init__(self, class_names: Sequence[str], dim: int, init_std: float = 1.0) -> None:
+    def __init__(self, class_names: Sequence[str], dim: int, init_std: float = 1.0,
+                 init: Tensor | None = None) -> None:
         super().__init__()
-        self.embedding = ClassEmbeddings(class_names, dim, init_std=init_std)
+        self.embedding = ClassEmbeddings(class_names, dim, init_std=init_std, init=init)
 
     def forward(self, vl) -> Tensor:
         return self.embedding()
