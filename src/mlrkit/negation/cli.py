@@ -1,0 +1,485 @@
+"""``mlrkit negation …``: negated captions, NegationCLIP fine-tuning, negation benchmarks.
+
+Registered by :func:`register_negation` (called from ``mlrkit.cli.commands.register``). Each
+sub-command accepts ``--config RECIPE.yaml``: the recipe's section named after the sub-command
+(``captions:``, ``finetune:``, ``build-benchmark:``, ``eval:``) sets flag values (keys are the flag
+names with ``_`` or ``-``); flags given on the command line win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mlrkit.errors import ConfigError, MlrkitError
+
+
+def _tracking(base: type[argparse.Action]) -> type[argparse.Action]:
+    """An argparse action that also records its ``dest`` in ``namespace._explicit`` (flags given by the user)."""
+
+    class Tracking(base):  # type: ignore[valid-type, misc]
+        def __call__(self, parser, namespace, values, option_string=None):
+            super().__call__(parser, namespace, values, option_string)
+            explicit = set(getattr(namespace, "_explicit", ()))
+            explicit.add(self.dest)
+            namespace._explicit = explicit
+
+    return Tracking
+
+
+def _track_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make ``p`` record which flags were given on the command line (so a recipe never overrides them)."""
+    p.register("action", None, _tracking(argparse._StoreAction))
+    p.register("action", "store", _tracking(argparse._StoreAction))
+    p.register("action", "append", _tracking(argparse._AppendAction))
+    p.register("action", "store_true", _tracking(argparse._StoreTrueAction))
+    return p
+
+
+def _remember_defaults(p: argparse.ArgumentParser, section: str) -> None:
+    defaults = {a.dest: a.default for a in p._actions if a.dest not in ("help",)}
+    p.set_defaults(_negation_defaults=defaults, _negation_section=section)
+
+
+def apply_recipe(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill flags left at their defaults from the ``--config`` recipe's section for this sub-command."""
+    path = getattr(args, "config", None)
+    if not path:
+        return args
+    import yaml
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read recipe {path}: {e}") from None
+    section = args._negation_section
+    values = doc.get(section, {}) if isinstance(doc, dict) else None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: section {section!r} must be a mapping")
+    defaults = args._negation_defaults
+    explicit = set(getattr(args, "_explicit", ()))
+    for key, value in values.items():
+        dest = str(key).replace("-", "_")
+        if dest not in defaults or dest in ("config",):
+            raise ConfigError(f"{path}: unknown key {key!r} in section {section!r} "
+                              f"(known: {sorted(k for k in defaults if not k.startswith('_'))})")
+        if dest not in explicit:
+            if isinstance(defaults[dest], list) and not isinstance(value, list):
+                value = [value]
+            setattr(args, dest, value)
+    return args
+
+
+def _add_llm_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("LLM / multimodal LLM (OpenAI-compatible chat-completions server)")
+    g.add_argument("--llm-config", help="YAML with base_url, model, timeout, max_retries... "
+                   "(configs/negation/llm.yaml); env MLRKIT_LLM_BASE_URL / MLRKIT_LLM_MODEL / "
+                   "MLRKIT_LLM_API_KEY also work")
+    g.add_argument("--llm-base-url", help="e.g. http://127.0.0.1:8000/v1 (vLLM), http://127.0.0.1:8080/v1 (llama.cpp)")
+    g.add_argument("--llm-model", help="model name served at --llm-base-url")
+    g.add_argument("--mllm-model", help="multimodal model for verify=mllm (same server; default --llm-model)")
+    g.add_argument("--llm-timeout", type=float, help="seconds per request attempt")
+    g.add_argument("--llm-retries", type=int, help="retries per request (exponential back-off)")
+
+
+def register_negation(sub: Any) -> None:
+    """Add the ``negation`` command group to the top-level sub-parsers."""
+    from mlrkit.cli.main import add_command
+
+    grp = sub.add_parser(
+        "negation", help="negation-aware CLIP (NegationCLIP): negated captions, fine-tuning, benchmarks",
+        description="Negation-aware CLIP (Park et al., 'Know No Better', 2025): negated captions, text-encoder "
+        "fine-tuning, negation benchmarks. See docs/negation.md.",
+        epilog="examples:\n"
+        "  mlrkit negation captions --config configs/negation/fashion-mosaic.yaml "
+        "--out runs/negclip/neg-context.jsonl\n"
+        "  mlrkit negation finetune --config configs/negation/fashion-mosaic.yaml "
+        "--captions runs/negclip/neg-context.jsonl --out runs/negclip/mosaic-negclip.pt\n"
+        "  mlrkit negation build-benchmark --dataset fashion-mosaic --out runs/negclip/fm-negref.json\n"
+        "  mlrkit negation eval --vl-model mosaic-clip --vl-model openclip:custom@runs/negclip/mosaic-negclip.pt "
+        "--benchmark runs/negclip/fm-negref.json --dataset fashion-mosaic",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    nsub = grp.add_subparsers(dest="negation_command", metavar="NEGATION_COMMAND")
+
+    p = add_command(
+        nsub, "captions",
+        "negated captions: P1 (absent objects proposed from co-occurrence / at random / by an LLM, verified by the "
+        "annotations or a multimodal LLM) and P2 (VQA 'no' answers) -> JSONL",
+        "mlrkit negation captions --dataset fashion-mosaic --proposer context --per-image 2 --out neg-context.jsonl\n  "
+        "mlrkit negation captions --dataset fashion-mosaic --proposer random --out neg-random.jsonl\n  "
+        "mlrkit negation captions --vqa vqa_train.json --out neg-p2.jsonl\n  "
+        "mlrkit negation captions --dataset coco2014 --root /data/coco --captions coco_caps.jsonl --proposer llm "
+        "--verify mllm --llm-base-url http://127.0.0.1:8000/v1 --llm-model llama-3-8b --mllm-model llava "
+        "--out neg-llm.jsonl", cmd_captions)
+    _track_flags(p)
+    p.add_argument("--config", help="recipe YAML (its 'captions:' section), e.g. configs/negation/fashion-mosaic.yaml")
+    p.add_argument("--dataset", help="dataset for P1 (annotations + captions), e.g. fashion-mosaic")
+    p.add_argument("--root", help="dataset directory")
+    p.add_argument("--split", choices=["trainval", "test"], default="trainval", help="images to caption")
+    p.add_argument("--limit", type=int, help="first N images of the split")
+    p.add_argument("--captions", help="JSON/JSONL of {image_id, caption} (default: captions made from the labels, "
+                   "as mosaic-clip's training captions)")
+    p.add_argument("--proposer", choices=["context", "random", "llm", "llm-random"], default="context",
+                   help="absent-object proposals: co-occurrence weighted (default), uniform (Rand-P1), LLM")
+    p.add_argument("--rewriter", choices=["template", "llm"], default="template", help="how the negation is written")
+    p.add_argument("--verify", choices=["annotations", "mllm"], default="annotations",
+                   help="how LLM proposals that name no dataset class are verified absent")
+    p.add_argument("--per-image", type=int, default=1, help="negated captions per image")
+    p.add_argument("--max-absent", type=int, default=1, help="absent objects per negated caption")
+    p.add_argument("--subset-prob", type=float, default=0.0, help="captions made from the labels: probability of "
+                   "naming a random non-empty subset of the present classes (as mosaic-clip's pre-training)")
+    p.add_argument("--context-fallback", choices=["skip", "random"], default="skip",
+                   help="images whose present classes co-occur with no absent class: skip (counted) or random")
+    p.add_argument("--vqa", action="append", default=[], help="VQA JSON list of {image, question, answer} for P2")
+    p.add_argument("--p2-rewriter", choices=["template", "llm"], default="template")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=False, help="output JSONL (report: <out stem>.report.json)")
+    _add_llm_flags(p)
+    _remember_defaults(p, "captions")
+
+    p = add_command(
+        nsub, "finetune",
+        "fine-tune a CLIP on (image, caption) pairs mixing original and negated captions (symmetric InfoNCE; text "
+        "encoder only by default); validation split by image; saves an openclip:custom@ checkpoint",
+        "mlrkit negation finetune --config configs/negation/fashion-mosaic.yaml --captions neg-context.jsonl "
+        "--out runs/negclip/mosaic-negclip.pt\n  "
+        "mlrkit negation finetune --vl-model mosaic-clip --dataset fashion-mosaic --captions neg-context.jsonl "
+        "--lr 1e-6 --epochs 15 --out negclip.pt   # the paper's defaults\n  "
+        "mlrkit train --config configs/prompting/fashion-mosaic-dualcoop.yaml --vl-model "
+        "openclip:custom@runs/negclip/mosaic-negclip.pt --out runs/dualcoop-negclip   # use it in any method",
+        cmd_finetune)
+    _track_flags(p)
+    p.add_argument("--config", help="recipe YAML (its 'finetune:' section)")
+    p.add_argument("--vl-model", default="mosaic-clip", help="model to fine-tune (mlrkit list vl-backends)")
+    p.add_argument("--captions", help="negated-caption JSONL from `mlrkit negation captions`")
+    p.add_argument("--dataset", help="dataset holding the images the captions refer to")
+    p.add_argument("--root", help="dataset directory")
+    p.add_argument("--split", choices=["trainval", "test"], default="trainval")
+    p.add_argument("--train", default="text", help="towers to train: text (default) or image,text")
+    p.add_argument("--lr", type=float, default=1e-6, help="AdamW learning rate (paper: 1e-6)")
+    p.add_argument("--epochs", type=int, default=15, help="epochs (paper: 15)")
+    p.add_argument("--batch-size", type=int, default=128, help="distinct images per batch")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--p-negated", type=float, default=0.5, help="probability that an image's text is its negated "
+                   "caption rather than the original")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="fraction of images held out (split by image)")
+    p.add_argument("--train-logit-scale", action="store_true", help="also train the temperature")
+    p.add_argument("--multi-positive", action="store_true", help="a text's targets are all batch images it truly "
+                   "describes (needs rows with 'mentioned' classes and a labelled dataset)")
+    p.add_argument("--max-steps", type=int, help="stop after N optimiser steps (smoke tests)")
+    p.add_argument("--time-limit", type=float, help="stop after this many minutes")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--fp32", action="store_true", help="save fp32 weights (default fp16, as save_vl_checkpoint)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--out", help="checkpoint to write (.pt; + .json sidecar + .finetune.json history)")
+    _remember_defaults(p, "finetune")
+
+    p = add_command(
+        nsub, "build-benchmark",
+        "NegRefCOCOg-format referring benchmark with negation from a mosaic dataset's held-out images (cells = "
+        "boxes): 'a {A} with no {B}' -> the region with A and without B, against regions holding A and B",
+        "mlrkit negation build-benchmark --dataset fashion-mosaic --split test --out fm-negref.json", cmd_build)
+    _track_flags(p)
+    p.add_argument("--config", help="recipe YAML (its 'build-benchmark:' section)")
+    p.add_argument("--dataset", default="fashion-mosaic")
+    p.add_argument("--root")
+    p.add_argument("--split", choices=["test", "trainval"], default="test", help="held-out test images by default")
+    p.add_argument("--per-image", type=int, default=1, help="items per image and kind")
+    p.add_argument("--kinds", default="negated,affirmative", help="negated and/or affirmative (control) items")
+    p.add_argument("--limit", type=int, help="first N images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="benchmark JSON to write")
+    _remember_defaults(p, "build-benchmark")
+
+    p = add_command(
+        nsub, "eval",
+        "negation benchmarks for one or more VL models: referring retrieval (NegRefCOCOg format or built from a "
+        "mosaic dataset), caption retrieval vs negated distractors, zero-shot mAP of the original task",
+        "mlrkit negation eval --vl-model mosaic-clip --vl-model openclip:custom@runs/negclip/mosaic-negclip.pt "
+        "--dataset fashion-mosaic --json runs/negclip/eval.json\n  "
+        "mlrkit negation eval --vl-model openclip:ViT-B-32@/models/ViT-B-32.pt --benchmark NegRefCOCOg.json "
+        "--image-root /data/coco/train2014 --tasks referring", cmd_eval)
+    _track_flags(p)
+    p.add_argument("--config", help="recipe YAML (its 'eval:' section)")
+    p.add_argument("--vl-model", action="append", default=[], help="VL model spec (repeat to compare models)")
+    p.add_argument("--benchmark", help="NegRefCOCOg-format JSON (default with a mosaic --dataset: built in memory)")
+    p.add_argument("--image-root", help="directory of the benchmark's image files (published NegRefCOCOg: COCO "
+                   "train2014)")
+    p.add_argument("--dataset", help="dataset for the caption test, the zero-shot mAP and the images of a built "
+                   "benchmark")
+    p.add_argument("--root")
+    p.add_argument("--tasks", default="referring,captions,zeroshot", help="comma-separated subset")
+    p.add_argument("--region-mode", choices=["crop", "mask"], help="default: the benchmark's region_mode, else crop")
+    p.add_argument("--fill", type=int, help="mask fill value (default: the benchmark's, else 0)")
+    p.add_argument("--limit", type=int, help="first N test images (caption test, built benchmark)")
+    p.add_argument("--seed", type=int, default=0, help="seed of built benchmarks/caption pairs and random weights")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--json", help="write the results here")
+    _remember_defaults(p, "eval")
+
+
+# ---------------------------------------------------------------------------- handlers
+def _llm_clients(args: argparse.Namespace, need_llm: bool, need_mllm: bool):
+    from mlrkit.negation.llm import ChatClient, LLMConfig
+
+    if not (need_llm or need_mllm):
+        return None, None
+    overrides = {"base_url": args.llm_base_url, "model": args.llm_model, "timeout": args.llm_timeout,
+                 "max_retries": args.llm_retries}
+    cfg = LLMConfig.resolve(args.llm_config, overrides)
+    llm = ChatClient(cfg) if need_llm else None
+    mllm = None
+    if need_mllm:
+        from dataclasses import replace
+
+        mllm = ChatClient(replace(cfg, model=args.mllm_model or cfg.model, max_tokens=8))
+    return llm, mllm
+
+
+def _read_caption_map(path: str) -> dict[str, str]:
+    from mlrkit.errors import DataError
+
+    text = Path(path).read_text()
+    try:
+        doc = json.loads(text)
+        records = doc if isinstance(doc, list) else [{"image_id": k, "caption": v} for k, v in doc.items()]
+    except json.JSONDecodeError:
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    out = {}
+    for n, r in enumerate(records):
+        if not isinstance(r, dict) or "image_id" not in r or not isinstance(r.get("caption"), str):
+            raise DataError(f"{path}: entry {n} is not {{image_id, caption}}: {str(r)[:100]}")
+        out.setdefault(str(r["image_id"]), r["caption"])
+    return out
+
+
+def _report_path(out: str) -> Path:
+    p = Path(out)
+    return p.with_name(p.stem + ".report.json")
+
+
+def cmd_captions(args: argparse.Namespace) -> int:
+    from mlrkit.negation.captions import generate_p1, generate_p2, read_vqa, write_jsonl
+    from mlrkit.utils import write_json
+
+    args = apply_recipe(args)
+    if not args.dataset and not args.vqa:
+        raise ConfigError("give --dataset (P1) and/or --vqa FILE (P2)")
+    if not args.out:
+        raise ConfigError("--out FILE.jsonl is required")
+    rows: list[dict[str, Any]] = []
+    reports: list[dict[str, Any]] = []
+    cap_map = _read_caption_map(args.captions) if args.captions else None
+    if args.dataset:
+        from mlrkit.data import load_dataset
+
+        ds = load_dataset(args.dataset, args.root)
+        sp = ds.trainval if args.split == "trainval" else ds.test
+        n = len(sp) if args.limit is None else min(args.limit, len(sp))
+        captions = None
+        if cap_map is not None:
+            missing = [i for i in sp.ids[:n] if i not in cap_map]
+            if missing:
+                raise MlrkitError(f"{args.captions}: no caption for {len(missing)} images, e.g. {missing[:3]}")
+            captions = [cap_map[i] for i in sp.ids[:n]]
+        llm, mllm = _llm_clients(args, args.proposer.startswith("llm") or args.rewriter == "llm",
+                                 args.verify == "mllm")
+        known = sp.known[:n] if sp.known is not None else None
+        p1, rep = generate_p1(
+            class_names=ds.class_names, targets=sp.targets[:n], ids=sp.ids[:n], captions=captions, known=known,
+            cooc_targets=ds.trainval.targets, proposer=args.proposer, rewriter=args.rewriter, verify=args.verify,
+            per_image=args.per_image, max_absent=args.max_absent, seed=args.seed, subset_prob=args.subset_prob,
+            context_fallback=None if args.context_fallback == "skip" else "random", llm=llm, mllm=mllm,
+            image_fn=(sp.images.load if sp.images is not None else None))
+        rows += p1
+        reports.append({**rep.as_dict(), "dataset": ds.name, "split": args.split, "proposer": args.proposer})
+    if args.vqa:
+        llm, _ = _llm_clients(args, args.p2_rewriter == "llm", False)
+        records = [r for path in args.vqa for r in read_vqa(path)]
+        p2, rep = generate_p2(records, captions=cap_map, rewriter=args.p2_rewriter, llm=llm)
+        rows += p2
+        reports.append({**rep.as_dict(), "files": list(args.vqa)})
+    if not rows:
+        raise MlrkitError(f"no negated captions were produced: {json.dumps([r['counts'] for r in reports])}")
+    write_jsonl(args.out, rows)
+    report = {"out": args.out, "rows": len(rows), "reports": reports, "command": sys.argv}
+    write_json(_report_path(args.out), report)
+    for r in reports:
+        print(f"{r['kind']}: {r['items']} items -> {r['rows']} rows; counts {r['counts']}"
+              + (f"; llm {r['llm']}" if r.get("llm") else ""))
+    print(f"wrote {args.out} ({len(rows)} rows) and {_report_path(args.out)}")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import torch
+
+    from mlrkit.data import load_dataset
+    from mlrkit.negation.captions import read_jsonl
+    from mlrkit.negation.finetune import FinetuneConfig, finetune_negation, save_finetuned
+    from mlrkit.utils import write_json
+    from mlrkit.vl import load
+
+    args = apply_recipe(args)
+    for flag in ("captions", "dataset", "out"):
+        if not getattr(args, flag):
+            raise ConfigError(f"finetune needs --{flag}")
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    rows = read_jsonl(args.captions)
+    ds = load_dataset(args.dataset, args.root)
+    sp = ds.trainval if args.split == "trainval" else ds.test
+    if sp.images is None:
+        raise MlrkitError(f"dataset {ds.name!r} has no images")
+    towers = tuple(t.strip() for t in str(args.train).split(",") if t.strip())
+    cfg = FinetuneConfig(train=towers, lr=float(args.lr), epochs=int(args.epochs), batch_size=int(args.batch_size),
+                         weight_decay=float(args.weight_decay), p_negated=float(args.p_negated),
+                         val_fraction=float(args.val_fraction), seed=int(args.seed),
+                         train_logit_scale=bool(args.train_logit_scale), multi_positive=bool(args.multi_positive),
+                         max_steps=args.max_steps,
+                         time_limit_s=None if args.time_limit is None else 60 * float(args.time_limit))
+    model = load(args.vl_model, seed=args.seed)
+    result = finetune_negation(model, rows, sp.images, sp.ids, cfg, progress=not args.quiet, targets=sp.targets,
+                               class_names=ds.class_names)
+    path = save_finetuned(model, args.out, result, source_spec=args.vl_model, captions=str(args.captions),
+                          half=not args.fp32, extra={"dataset": ds.name, "split": args.split})
+    hist = Path(args.out).with_name(Path(args.out).stem + ".finetune.json")
+    write_json(hist, {**result.as_dict(with_ids=True), "command": sys.argv, "vl_model": args.vl_model,
+                      "captions": args.captions, "dataset": ds.name})
+    print(json.dumps({"out": path, "spec": f"openclip:custom@{path}", "best_epoch": result.best_epoch,
+                      "best_val_loss": round(result.best_val_loss, 4), "steps": result.steps,
+                      "seconds": result.seconds, "train_images": result.n_train_images,
+                      "val_images": result.n_val_images}))
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from mlrkit.data import load_dataset
+    from mlrkit.negation.bench import build_mosaic_benchmark, save_referring
+
+    args = apply_recipe(args)
+    if not args.out:
+        raise ConfigError("--out FILE.json is required")
+    ds = load_dataset(args.dataset, args.root)
+    kinds = [k.strip() for k in str(args.kinds).split(",") if k.strip()]
+    header, items = build_mosaic_benchmark(ds, split=args.split, seed=args.seed, per_image=args.per_image,
+                                           kinds=kinds, limit=args.limit)
+    save_referring(args.out, header, items)
+    counts = {k: sum(it.kind == k for it in items) for k in kinds}
+    print(f"wrote {args.out}: {len(items)} items {counts} from {header['builder']['images']} {args.split} images")
+    return 0
+
+
+def _image_loader(header: dict[str, Any], args: argparse.Namespace, dataset: Any):
+    if args.image_root:
+        from mlrkit.data.base import PathImageSource
+
+        root = Path(args.image_root)
+
+        def load_file(name: str):
+            return PathImageSource([root / name]).load(0)
+
+        return load_file
+    if dataset is None:
+        raise ConfigError("the benchmark's images need --image-root DIR or --dataset NAME")
+    where: dict[str, tuple[Any, int]] = {}
+    for sp in (dataset.trainval, dataset.test):
+        for k, i in enumerate(sp.ids):
+            where.setdefault(str(i), (sp.images, k))
+
+    def load_id(image_id: str):
+        if image_id not in where:
+            raise MlrkitError(f"benchmark image {image_id!r} is not an image id of dataset {dataset.name!r}")
+        src, k = where[image_id]
+        return src.load(k)
+
+    return load_id
+
+
+def run_eval(args: argparse.Namespace) -> dict[str, Any]:
+    """The evaluation behind ``mlrkit negation eval`` (returns the results dict)."""
+    import torch
+
+    from mlrkit.data import load_dataset
+    from mlrkit.negation import bench
+    from mlrkit.vl import load
+
+    if not args.vl_model:
+        raise ConfigError("give at least one --vl-model")
+    tasks = [t.strip() for t in str(args.tasks).split(",") if t.strip()]
+    bad = [t for t in tasks if t not in ("referring", "captions", "zeroshot")]
+    if bad:
+        raise ConfigError(f"unknown tasks {bad} (referring, captions, zeroshot)")
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    header: dict[str, Any] = {}
+    items = None
+    dataset_name = args.dataset
+    if "referring" in tasks and args.benchmark:
+        header, items = bench.load_referring(args.benchmark)
+        dataset_name = dataset_name or (None if args.image_root else header.get("dataset"))
+    ds = load_dataset(dataset_name, args.root) if dataset_name else None
+    if "referring" in tasks and items is None:
+        if ds is None:
+            raise ConfigError("the referring task needs --benchmark FILE or a mosaic --dataset")
+        header, items = bench.build_mosaic_benchmark(ds, split="test", seed=args.seed, limit=args.limit)
+    if ("captions" in tasks or "zeroshot" in tasks) and ds is None:
+        raise ConfigError("the captions and zeroshot tasks need --dataset")
+    mode = args.region_mode or header.get("region_mode", "crop")
+    fill = args.fill if args.fill is not None else int(header.get("fill", 0))
+    results: dict[str, Any] = {"tasks": tasks, "benchmark": args.benchmark or (f"built from {ds.name} test"
+                                                                               if items is not None and ds else None),
+                               "region_mode": mode, "models": {}}
+    loader = _image_loader(header, args, ds) if items is not None else None
+    for spec in args.vl_model:
+        model = load(spec, seed=args.seed).eval()
+        res: dict[str, Any] = {}
+        if items is not None and loader is not None:
+            res["referring"] = bench.evaluate_referring(model, items, loader, mode=mode, fill=fill)
+        if "captions" in tasks and ds is not None:
+            res["captions"] = bench.evaluate_caption_pairs(model, ds.test, ds.class_names, seed=args.seed,
+                                                           limit=args.limit)
+        if "zeroshot" in tasks and ds is not None:
+            res["zeroshot_test_map"] = bench.zeroshot_map(model, ds.test, ds.class_names)
+        results["models"][spec] = res
+    return results
+
+
+def format_eval(results: dict[str, Any]) -> str:
+    """One row per model: referring (negated / affirmative), caption retrieval (per kind), zero-shot mAP (%)."""
+    cols = ["referring", "ref:negated", "ref:affirmative", "cap:negated", "cap:affirmative", "zeroshot mAP"]
+    lines = []
+    width = max(len(s) for s in results["models"]) if results["models"] else 10
+    lines.append(f"{'model':<{width}}  " + "  ".join(f"{c:>15}" for c in cols))
+
+    def pct(x: float | None) -> str:
+        return f"{100 * x:>15.2f}" if x is not None else f"{'-':>15}"
+
+    for spec, r in results["models"].items():
+        ref, cap = r.get("referring", {}), r.get("captions", {})
+        vals = [ref.get("accuracy"), ref.get("per_kind", {}).get("negated", {}).get("accuracy"),
+                ref.get("per_kind", {}).get("affirmative", {}).get("accuracy"),
+                cap.get("per_kind", {}).get("negated", {}).get("accuracy"),
+                cap.get("per_kind", {}).get("affirmative", {}).get("accuracy"), r.get("zeroshot_test_map")]
+        lines.append(f"{spec:<{width}}  " + "  ".join(pct(v) for v in vals))
+    any_ref = next((r["referring"] for r in results["models"].values() if "referring" in r), None)
+    if any_ref:
+        lines.append(f"(referring: {any_ref['total']} items, region mode {any_ref['mode']}, chance "
+                     f"{100 * any_ref['chance']:.1f}%; accuracies and mAP in %)")
+    return "\n".join(lines)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from mlrkit.utils import write_json
+
+    args = apply_recipe(args)
+    results = run_eval(args)
+    print(format_eval(results))
+    if args.json:
+        write_json(args.json, {**results, "command": sys.argv})
+        print(f"wrote {args.json}")
+    return 0
