@@ -456,9 +456,13 @@ def test_negation_commands_have_help_with_example(command, capsys):
     assert e.value.code == 0 and "example:" in out and f"mlrkit negation {command}" in out
 
 
-def test_cli_help_and_captions_with_recipe(tmp_path):
-    r = run_cli("negation", "--help")
-    assert r.returncode == 0 and "captions" in r.stdout and "examples:" in r.stdout
+def test_cli_help_and_captions_with_recipe(tmp_path, capsys):
+    from mlrkit.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["negation", "--help"])
+    out = capsys.readouterr().out
+    assert "captions" in out and "examples:" in out
     recipe = tmp_path / "r.yaml"
     recipe.write_text("captions:\n  dataset: fashion-mosaic\n  proposer: random\n  per_image: 2\n  limit: 10\n")
     out = tmp_path / "neg.jsonl"
@@ -469,8 +473,8 @@ def test_cli_help_and_captions_with_recipe(tmp_path):
     report = json.loads((tmp_path / "neg.report.json").read_text())
     assert report["rows"] == 10 and report["reports"][0]["counts"]["verified_by_annotations"] == 10
     recipe.write_text("captions:\n  bogus: 1\n")
-    r = run_cli("negation", "captions", "--config", str(recipe), "--out", str(out))
-    assert r.returncode == 2 and "unknown key 'bogus'" in r.stderr
+    assert main(["negation", "captions", "--config", str(recipe), "--out", str(out)]) == 2
+    assert "unknown key 'bogus'" in capsys.readouterr().err
 
 
 def test_finetune_rejects_bad_config():

@@ -345,9 +345,10 @@ def evaluate_referring(model: Any, items: Sequence[RefItem], load_image: Callabl
     points = referring_points(text_emb, torch.cat(embs), np.asarray(owner), np.asarray(positive),
                               np.asarray([where[it.phrase] for it in items]))
     kinds = np.asarray([it.kind for it in items])
-    per_kind = {k: {"accuracy": float(points[kinds == k].mean()), "n": int((kinds == k).sum())}
-                for k in sorted(set(kinds.tolist()))}
-    chance = float(np.mean([1.0 / len(it.bbox_list) for it in items]))
+    inv = np.asarray([1.0 / len(it.bbox_list) for it in items])  # chance of a random pick per item
+    per_kind = {k: {"accuracy": float(points[kinds == k].mean()), "n": int((kinds == k).sum()),
+                    "chance": float(inv[kinds == k].mean())} for k in sorted(set(kinds.tolist()))}
+    chance = float(inv.mean())
     return {"accuracy": float(points.mean()), "correct": int(points.sum()), "total": len(items), "mode": mode,
             "chance": chance, "per_kind": per_kind}
 
