@@ -56,7 +56,7 @@ def test_two_processes_match_one_process(tmp_path):
 
 
 def test_killed_distributed_run_resumes_to_the_same_result(tmp_path):
-    args = [*ARGS, "--epochs", "40", "--batch-size", "8", "--set", "train.scheduler=cosine"]
+    args = [*ARGS, "--epochs", "20", "--batch-size", "16", "--set", "train.scheduler=cosine"]
     killed = tmp_path / "killed"
     p = torchrun("train", *args, "--out", str(killed))
     metrics = killed / "metrics.jsonl"
