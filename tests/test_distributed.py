@@ -27,6 +27,28 @@ def torchrun(*args: str, nproc: int = 2, **kw) -> subprocess.Popen:
                             start_new_session=True, **kw)
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (torchrun's workers may live in their own session)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    todo, found = [pid], []
+    while todo:
+        q = todo.pop()
+        found.append(q)
+        todo += children.get(q, [])
+    for q in found:
+        try:
+            os.kill(q, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def single(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mlrkit", *args], capture_output=True, text=True, timeout=600)
 
@@ -67,7 +89,7 @@ def test_killed_distributed_run_resumes_to_the_same_result(tmp_path):
         if p.poll() is not None:
             pytest.fail(f"run ended early: {p.stderr.read()[-2000:]}")
         time.sleep(0.02)
-    os.killpg(p.pid, signal.SIGKILL)
+    kill_tree(p.pid)
     p.wait()
     assert not (killed / "results.json").exists()
     p = torchrun("train", "--out", str(killed), "--resume", "--quiet")

@@ -205,7 +205,9 @@ class Trainer:
             self.data.observed.save(self.out / "observed_labels.npz")
         start, best_map, best_epoch = 0, -1.0, -1
         if self.resume and last.exists():
-            start, best_map, best_epoch = self._restore(load_checkpoint(last))
+            # every rank restores rank 0's reading of last.pt (never two different files)
+            ck = ddp.broadcast_object(load_checkpoint(last) if main else None, self.env)
+            start, best_map, best_epoch = self._restore(ck)
             log.info("resuming %s after epoch %d", self.out, start)
         run_info = self._run_info()
         run_info["method_info"] = self.method.run_info()
