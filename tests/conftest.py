@@ -24,6 +24,18 @@ def yeast_npz(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch intra-op thread for a module of tiny-model tests (OpenMP start-up costs more than
+    their matmuls, and the 2-core machine is shared)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python -m mlrkit ARGS`` in a subprocess (the real entry point)."""
     return subprocess.run([sys.executable, "-m", "mlrkit", *args], capture_output=True, text=True,

@@ -27,12 +27,7 @@ from tests.conftest import run_cli  # noqa: E402
 NAMES = ["Cat", "Dog", "Leash", "Car", "Ankle boot"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -29,13 +29,7 @@ NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt
 METHODS = ("dualcoop", "positivecoop", "negativecoop", "baseline")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The CI machine is shared: one intra-op thread avoids oversubscription stalls on tiny ops."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,7 @@ from mlrkit import vl  # noqa: E402
 from mlrkit.engine.checkpoint import trainable_state_dict  # noqa: E402
 from mlrkit.errors import MlrkitError  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded: OpenMP's start-up costs more than their matmuls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
