@@ -19,6 +19,7 @@ from mlrkit.models.prompt_learner import (
     PromptLearner,
     RegionPromptModel,
     count_parameters,
+    encode_prompts,
     transfer_state,
 )
 from mlrkit.models.region import aggregate, logit_to_pair_probability, region_logits
@@ -42,10 +43,10 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("features")
 
 
-def method_cfg(method: str, out=None, cache=None, **over):
+def method_cfg(method_name: str, out=None, cache=None, **over):
     flags = {"out": str(out) if out else None, "seed": 0,
              "data": {"name": "fashion-mosaic", "image_size": 32, "limit_train": 40, "options": {"limit_test": 16}},
-             "labels": {"protocol": "partial:0.5"}, "method": {"name": method},
+             "labels": {"protocol": "partial:0.5"}, "method": {"name": method_name},
              "loss": {"name": "asl", "gamma_pos": 1.0, "gamma_neg": 2.0, "unknown": "ignore"},
              "train": {"epochs": 1, "batch_size": 16, "lr": 0.01, "optimizer": "sgd", "progress": False},
              "vl": {"model": "tiny"}, "features": {"cache_views": 2, "cache_dir": str(cache) if cache else None}}
@@ -70,6 +71,66 @@ def test_prompt_learner_shapes_csc_and_shared(tiny):
     # shared: every class sees the same context rows
     emb, _ = shared()
     assert torch.equal(emb[0, 1:17], emb[5, 1:17])
+
+
+@pytest.mark.parametrize("csc", [True, False])
+def test_chunked_checkpointed_text_encoding_equals_one_pass(tiny, csc):
+    """Many classes: chunks of 3 (checkpointed with autograd) give the one-pass values and gradients."""
+    names = [f"class number {i}" for i in range(10)]
+    torch.manual_seed(0)
+    pl = PromptLearner(tiny, names, n_ctx=4, csc=csc)
+    weights = torch.randn(10, tiny.embed_dim)
+    results = {}
+    for chunk in (0, 3, 10, 64):
+        pl.ctx.grad = None
+        t = encode_prompts(tiny, pl, chunk)
+        (t * weights).sum().backward()
+        results[chunk] = (t.detach().clone(), pl.ctx.grad.clone())
+    for chunk in (3, 10, 64):
+        assert torch.allclose(results[chunk][0], results[0][0], atol=1e-5)
+        assert torch.allclose(results[chunk][1], results[0][1], rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # no autograd: plain chunks, same values
+        assert torch.allclose(encode_prompts(tiny, pl, 3), results[0][0], atol=1e-5)
+    # slices of the prompt tensor are the rows of the whole one
+    whole, tokens = pl()
+    part, part_tokens = pl(3, 7)
+    assert torch.equal(part, whole[3:7]) and torch.equal(part_tokens, tokens[3:7])
+
+
+def test_chunked_text_encoding_keeps_no_text_activations(tiny):
+    """What autograd keeps for the backward pass: with checkpointed chunks, the text transformer's
+    activations are not stored (they are recomputed), so saved memory stops growing with the classes."""
+    from torch.autograd.graph import saved_tensors_hooks
+
+    def saved_bytes(n_classes: int, chunk: int) -> int:
+        pl = PromptLearner(tiny, [f"class number {i}" for i in range(n_classes)], n_ctx=4, csc=True)
+        storages: dict[int, int] = {}  # a tensor saved twice (or a view of a saved one) is counted once
+
+        def pack(t):
+            st = t.untyped_storage()
+            storages[st.data_ptr()] = st.nbytes()
+            return t
+
+        with saved_tensors_hooks(pack, lambda t: t):
+            encode_prompts(tiny, pl, chunk).sum()
+        frozen = {p.untyped_storage().data_ptr() for p in tiny.parameters()}
+        return sum(n for ptr, n in storages.items() if ptr not in frozen)
+
+    one_pass_40, one_pass_80 = saved_bytes(40, 0), saved_bytes(80, 0)
+    chunked_80 = saved_bytes(80, 8)
+    assert one_pass_80 > 1.9 * one_pass_40  # unchunked: the activations grow with C
+    context_80 = 80 * 4 * tiny.token_embedding.embedding_dim * 4
+    assert chunked_80 <= context_80  # checkpointed: only the learned context itself is kept
+    assert chunked_80 < one_pass_80 / 20
+
+
+def test_text_chunk_is_a_method_option(tmp_path):
+    cfg = method_cfg("dualcoop", method={"text_chunk": 3})
+    method = build_method(cfg)
+    model = method.build_model(TaskInfo(class_names=NAMES, input_kind=method.input_kind, image_size=32))
+    assert model.positive.prompt.text_chunk == 3 and model.negative.prompt.text_chunk == 3
+    with pytest.raises(Exception, match="text_chunk"):
+        build_method(method_cfg("dualcoop", method={"text_chunk": -1}))
 
 
 def test_word_init_reproduces_the_word_embeddings(tiny):

@@ -375,7 +375,7 @@ def test_bad_scpnet_keys_and_values_are_config_errors():
         build_method(scp_cfg(scpnet={"gcn_layer": 2}))
     bad = [{"pessl": "half"}, {"graph_sam": "learned"}, {"k": 0}, {"s": 2}, {"tau": 0}, {"tau": "big"},
            {"sam": "yes"}, {"weak_scale": [0.5]}, {"randaugment": [3]}, {"template": "a photo"},
-           {"lambda_cst": -1}, {"confident_k": 0}, {"threshold": 1.5}, {"cutout": 1.0}]
+           {"lambda_cst": -1}, {"confident_k": 0}, {"threshold": 1.5}, {"cutout": 1.0}, {"text_chunk": -2}]
     for section in bad:
         with pytest.raises(ConfigError, match="scpnet"):
             parse_options(section)
@@ -425,3 +425,22 @@ def test_state_grows_when_no_training_split_was_described(tiny):
              "observed": torch.tensor([[1] + [0] * 9] * 3, dtype=torch.int8), "index": torch.tensor([0, 5, 2])}
     loss, _ = scpnet_step(model, batch, losses.build("splc"), 0, parse_options({}))
     assert torch.isfinite(loss) and model.selected.shape == (6, 10) and model.selected[5, 0] == 1
+
+
+def test_chunked_text_side_gives_the_same_step(tiny):
+    """scpnet.text_chunk (checkpointed chunks of class prompts) changes memory, not the result."""
+    from mlrkit.methods.scpnet import build_scpnet_model
+
+    g = torch.Generator().manual_seed(0)
+    batch = {"inputs": torch.randn(3, 3, 32, 32, generator=g), "strong": torch.randn(3, 3, 32, 32, generator=g),
+             "observed": torch.tensor([[1] + [0] * 9] * 3, dtype=torch.int8), "index": torch.tensor([0, 1, 2])}
+    grads = {}
+    for chunk in (0, 3):
+        opts = parse_options({"confident_k": 2, "text_chunk": chunk})
+        model = build_scpnet_model(tiny, NAMES, opts, train_rows=3, seed=0).train()
+        assert model.prompt.text_chunk == chunk
+        loss, _ = scpnet_step(model, batch, losses.build("splc"), 0, opts)
+        loss.backward()
+        grads[chunk] = (float(loss.detach()), model.prompt.ctx.grad.clone())
+    assert grads[0][0] == pytest.approx(grads[3][0], rel=1e-5)
+    assert torch.allclose(grads[0][1], grads[3][1], rtol=1e-3, atol=1e-6)

@@ -47,6 +47,7 @@ from mlrkit.data.base import Split
 from mlrkit.errors import ConfigError, MlrkitError
 from mlrkit.methods.base import METHODS, Method, TaskInfo
 from mlrkit.models.prompt_learner import (
+    TEXT_CHUNK,
     EmbeddingBranch,
     PromptBranch,
     PromptLearner,
@@ -326,6 +327,9 @@ class PromptMethod(RegionMethod):
         PositiveCoOp reference code does; off = the papers' description);
         region_scale :math:`\tau_r` (20), output_scale :math:`\tau_o` (5): DualCoOp's temperatures;
         pos_embed: add the attention pool's positional embedding to ResNet dense features (true);
+        text_chunk: class prompts per text-encoder pass, activation-checkpointed in training (256; 0 =
+        one pass): bounds the text side's memory for thousands of classes (see
+        :func:`~mlrkit.models.prompt_learner.encode_prompts`);
         loss_weight: multiplies the loss (1.0); init_from: a run directory or checkpoint whose
         prompts/embeddings initialise this run (loaded by class name, see ``transfer_state``).
     """
@@ -337,12 +341,15 @@ class PromptMethod(RegionMethod):
                  init_std: float = 0.02, embed_init_std: float = 1.0, embed_init: str = "random",
                  prompt_residual: bool = False,
                  region_scale: float = REGION_SCALE, output_scale: float = OUTPUT_SCALE, pos_embed: bool = True,
-                 loss_weight: float = 1.0, init_from: str | None = None) -> None:
+                 text_chunk: int = TEXT_CHUNK, loss_weight: float = 1.0, init_from: str | None = None) -> None:
         super().__init__(loss_weight=loss_weight, init_from=init_from, n_ctx=n_ctx, csc=csc, ctx_init=ctx_init,
                          neg_ctx_init=neg_ctx_init, init_std=init_std, embed_init_std=embed_init_std,
                          embed_init=embed_init,
                          prompt_residual=prompt_residual, region_scale=region_scale, output_scale=output_scale,
-                         pos_embed=pos_embed)
+                         pos_embed=pos_embed, text_chunk=text_chunk)
+        if isinstance(text_chunk, bool) or not isinstance(text_chunk, int) or text_chunk < 0:
+            raise ConfigError(f"method.text_chunk must be an integer >= 0 (0 = one pass), got {text_chunk!r}")
+        self.text_chunk = int(text_chunk)
         self.n_ctx, self.csc = int(n_ctx), bool(csc)
         self.ctx_init, self.neg_ctx_init = str(ctx_init or ""), str(neg_ctx_init or "")
         self.init_std, self.embed_init_std = float(init_std), float(embed_init_std)
@@ -356,7 +363,7 @@ class PromptMethod(RegionMethod):
     def _branch(self, kind: str, vl, names: list[str], init: str, template: str) -> nn.Module:
         if kind == "prompt":
             return PromptBranch(vl, names, n_ctx=self.n_ctx, csc=self.csc, init=init, init_std=self.init_std,
-                                residual=self.prompt_residual)
+                                residual=self.prompt_residual, text_chunk=self.text_chunk)
         text = vl.class_text_embeddings(names, (template,)).cpu() if self.embed_init == "text" else None
         return EmbeddingBranch(names, vl.embed_dim, init_std=self.embed_init_std, init=text)
 

@@ -64,7 +64,7 @@ from torch.utils.data import Dataset
 from mlrkit.engine.image_data import ImageBatches
 from mlrkit.errors import ConfigError, MlrkitError
 from mlrkit.methods.base import METHODS, Method, TaskInfo
-from mlrkit.models.prompt_learner import PromptLearner
+from mlrkit.models.prompt_learner import TEXT_CHUNK, PromptLearner
 from mlrkit.models.scpnet import (
     PRIOR_TEMPLATE,
     CLIPImageEncoder,
@@ -110,6 +110,7 @@ class SCPNetOptions:
     randaugment: list[int] | None = field(default_factory=lambda: [3, 5])  # [num_ops, magnitude]; null = off
     cutout: float = 0.0625                # Cutout area fraction of the strong view (0 = off)
     require_splc: bool = True             # L_cls must be the zoo's splc (false: any loss, e.g. the `an` baseline)
+    text_chunk: int = TEXT_CHUNK          # class prompts per checkpointed text pass (0 = one pass); many classes
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -200,6 +201,7 @@ def parse_options(section: dict[str, Any] | None) -> SCPNetOptions:
     o.randaugment = ra
     o.cutout = _float("cutout", d["cutout"], 0.0, 0.99)
     o.require_splc = _bool("require_splc", d["require_splc"])
+    o.text_chunk = int(_int("text_chunk", d["text_chunk"], 0))
     return o
 
 
@@ -405,7 +407,7 @@ def build_scpnet_model(vl, class_names: list[str], opts: SCPNetOptions, *, train
                                         template=opts.template, seed=seed, cache_dir=cache_dir)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, 5))
-        prompt = PromptLearner(vl, class_names, csc=False, init=opts.ctx_init)
+        prompt = PromptLearner(vl, class_names, csc=False, init=opts.ctx_init, text_chunk=opts.text_chunk)
         image_encoder = CLIPImageEncoder(vl)
         return SCPNetModel(vl, image_encoder, prompt, prior, sam=opts.sam, graph_sam=opts.graph_sam,
                            graph_pessl=opts.graph_pessl, gcn_graph=opts.gcn_graph, gcn_layers=opts.gcn_layers,

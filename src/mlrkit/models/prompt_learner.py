@@ -20,6 +20,17 @@ With open_clip's causal text transformer the output at the EOT position depends 
 tokens before it, so prompts are cut after the longest EOT position (exact; a 77-token context
 with 24-token prompts runs about 3x faster).
 
+**Many classes.** Every learned prompt goes through the text transformer at every step, and
+autograd keeps each layer's activations for all of them: memory grows as :math:`C \cdot L \cdot W`
+times the depth (DualCoOp at 312 classes needs 6.4 GB). :func:`encode_prompts` runs the prompts in
+chunks of ``text_chunk`` classes and, when gradients are needed, checkpoints each chunk
+(``torch.utils.checkpoint``): only the chunk's learned inputs are kept and its transformer pass is
+recomputed during the backward pass, so the text side's memory is bounded by one chunk, whatever
+:math:`C`, for about one extra forward pass of time. The result is the same as the unchunked pass
+(tested to float precision, values and gradients). A chunk is built from the context and the
+constant token embeddings inside the checkpoint, so the full [C, L, W] prompt tensor never exists
+with autograd history.
+
 **Learned embeddings** (PositiveCoOp, Rawlekar et al., WACV 2025): one vector per class
 :math:`u_c \in \mathbb R^D` in the joint space, used in place of a prompt's text feature.
 
@@ -37,11 +48,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from mlrkit.errors import ConfigError, MlrkitError
 from mlrkit.models.region import OUTPUT_SCALE, REGION_SCALE, aggregate, region_logits
 
 PLACEHOLDER = "X"
+#: default number of class prompts per text-encoder pass (see "Many classes" above)
+TEXT_CHUNK = 256
 
 
 def _check_names(class_names: Sequence[str]) -> list[str]:
@@ -78,10 +92,12 @@ class PromptLearner(nn.Module):
         init: words whose token embeddings initialise the context (e.g. ``"a photo of a"``);
             empty: random :math:`\\mathcal N(0, \\text{init\\_std}^2)`.
         init_std: standard deviation of the random initialisation (CoOp: 0.02).
+        text_chunk: class prompts per text-encoder pass, each pass activation-checkpointed when
+            gradients are needed (:func:`encode_prompts`); 0 = all prompts in one pass.
     """
 
     def __init__(self, vl, class_names: Sequence[str], *, n_ctx: int = 16, csc: bool = True, init: str = "",
-                 init_std: float = 0.02) -> None:
+                 init_std: float = 0.02, text_chunk: int = TEXT_CHUNK) -> None:
         super().__init__()
         names = _check_names(class_names)
         emb = vl.token_embedding
@@ -128,22 +144,57 @@ class PromptLearner(nn.Module):
         self.csc = bool(csc)
         self.init = init
         self.per_class = {"ctx"} if csc else set()
+        if isinstance(text_chunk, bool) or not isinstance(text_chunk, int) or text_chunk < 0:
+            raise ConfigError(f"text_chunk must be an integer >= 0 (0 = no chunking), got {text_chunk!r}")
+        self.text_chunk = int(text_chunk)
 
     def extra_repr(self) -> str:
         return (f"classes={len(self.class_names)}, n_ctx={self.n_ctx}, csc={self.csc}, "
                 f"width={self.ctx.shape[-1]}, init={self.init or 'random'!r}")
 
-    def forward(self) -> tuple[Tensor, Tensor]:
-        """Prompt embeddings [C, L, W] (SOT, context, class-name tokens, EOT) and their token ids [C, L]."""
-        c = len(self.class_names)
-        ctx = self.ctx if self.csc else self.ctx.unsqueeze(0).expand(c, -1, -1)
-        prompts = torch.cat([self.token_prefix, ctx.to(self.token_prefix.dtype), self.token_suffix], dim=1)
-        return prompts, self.tokens
+    def forward(self, start: int = 0, stop: int | None = None) -> tuple[Tensor, Tensor]:
+        """Prompt embeddings [C, L, W] (SOT, context, class-name tokens, EOT) and their token ids [C, L];
+        ``start``/``stop`` select the classes ``start:stop`` only."""
+        sl = slice(start, len(self.class_names) if stop is None else stop)
+        prefix, suffix = self.token_prefix[sl], self.token_suffix[sl]
+        ctx = self.ctx[sl] if self.csc else self.ctx.unsqueeze(0).expand(prefix.shape[0], -1, -1)
+        prompts = torch.cat([prefix, ctx.to(prefix.dtype), suffix], dim=1)
+        return prompts, self.tokens[sl]
 
-    def encode(self, vl) -> Tensor:
-        """Class features [C, D] of the prompts through the frozen text transformer."""
-        prompts, tokens = self()
+    def encode(self, vl, text_chunk: int | None = None) -> Tensor:
+        """Class features [C, D] of the prompts through the frozen text transformer, ``text_chunk``
+        classes per pass (default: the learner's own), see :func:`encode_prompts`."""
+        return encode_prompts(vl, self, self.text_chunk if text_chunk is None else text_chunk)
+
+
+def _encode_chunk(vl, learner: PromptLearner, start: int, stop: int, ctx: Tensor) -> Tensor:
+    # ``ctx`` is passed explicitly so that the checkpoint sees the learned tensor as an input
+    prompts, tokens = learner(start, stop)
+    return vl.encode_text_from_embeddings(prompts, tokens).float()
+
+
+def encode_prompts(vl, learner: PromptLearner, text_chunk: int = TEXT_CHUNK) -> Tensor:
+    r"""Class features :math:`t_c = g(\text{prompt}_c)` [C, D] through the frozen text encoder,
+    ``text_chunk`` classes per pass (0: one pass).
+
+    With gradients enabled and more than one chunk, each chunk's pass is activation-checkpointed
+    (non-reentrant ``torch.utils.checkpoint``): its transformer activations are freed after the
+    forward pass and recomputed in the backward pass, so peak memory is that of one chunk plus the
+    [C, D] outputs instead of growing with :math:`C`. Values and gradients equal the one-pass ones.
+    """
+    c = len(learner.class_names)
+    if text_chunk <= 0 or c <= text_chunk:
+        prompts, tokens = learner()
         return vl.encode_text_from_embeddings(prompts, tokens).float()
+    grad = torch.is_grad_enabled() and learner.ctx.requires_grad
+    outs = []
+    for start in range(0, c, text_chunk):
+        stop = min(c, start + text_chunk)
+        if grad:
+            outs.append(checkpoint(_encode_chunk, vl, learner, start, stop, learner.ctx, use_reentrant=False))
+        else:
+            outs.append(_encode_chunk(vl, learner, start, stop, learner.ctx))
+    return torch.cat(outs)
 
 
 class ClassEmbeddings(nn.Module):
@@ -183,9 +234,10 @@ class PromptBranch(nn.Module):
     """
 
     def __init__(self, vl, class_names: Sequence[str], *, n_ctx: int, csc: bool, init: str, init_std: float,
-                 residual: bool = False) -> None:
+                 residual: bool = False, text_chunk: int = TEXT_CHUNK) -> None:
         super().__init__()
-        self.prompt = PromptLearner(vl, class_names, n_ctx=n_ctx, csc=csc, init=init, init_std=init_std)
+        self.prompt = PromptLearner(vl, class_names, n_ctx=n_ctx, csc=csc, init=init, init_std=init_std,
+                                    text_chunk=text_chunk)
         self.residual = ClassEmbeddings(class_names, vl.embed_dim, init_std=0.0) if residual else None
         self._cache: tuple[tuple, Tensor] | None = None
 
