@@ -53,8 +53,11 @@ def run_bench(what: str, args: argparse.Namespace) -> list[dict]:
             rows = bench_throughput(methods, classes=args.classes or 80, batch=args.batch or 2,
                                     steps=args.repeats or 3)
         else:
-            rows = bench_classes(tuple(methods) if methods else bench_classes.__defaults__[0],
-                                 batch=args.batch or 2, steps=args.repeats or 1)
+            counts = tuple(int(c) for c in args.counts.split(",") if c.strip()) if args.counts else \
+                bench_classes.__defaults__[1]
+            rows = bench_classes(tuple(methods) if methods else bench_classes.__defaults__[0], counts,
+                                 batch=args.batch or 2, steps=args.repeats or 1, timeout=args.timeout,
+                                 warmup=not args.no_warmup, text_chunk=args.text_chunk)
     else:  # argparse restricts the choices
         raise ValueError(what)
     print(format_table(rows))

@@ -49,12 +49,14 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
-def _min_times(fns: dict[str, Any], steps: int) -> dict[str, float]:
+def _min_times(fns: dict[str, Any], steps: int, warmup: bool = True) -> dict[str, float]:
     """Fastest of ``steps`` timed calls of each function, the functions alternating (a shared machine
-    slows both sides alike; the minimum is the least disturbed run). One warm-up call each."""
+    slows both sides alike; the minimum is the least disturbed run). One warm-up call each unless
+    ``warmup`` is false (for steps of many minutes, where first-call costs are negligible)."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    for fn in fns.values():
-        fn()
+    if warmup:
+        for fn in fns.values():
+            fn()
     sync()
     best = {k: float("inf") for k in fns}
     for _ in range(steps):
@@ -73,8 +75,12 @@ def _peak_mb(device: torch.device) -> float:
 
 
 def run_case(name: str, classes: int = 80, batch: int = 2, steps: int = 2, device: str = "auto",
-             train_only: bool = False) -> dict[str, Any]:
-    """Time one method in this process (call through :func:`bench_throughput` for clean memory)."""
+             train_only: bool = False, warmup: bool = True, text_chunk: int | None = None,
+             small: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Time one method in this process (call through :func:`bench_throughput` for clean memory).
+    ``text_chunk``: class prompts per checkpointed text pass of the prompt methods and SCPNet (None:
+    the method's default, 0: one pass). ``small`` swaps in small models for tests:
+    ``{"backbone": ..., "vl_model": ..., "image_size": ...}`` (the figures are then not the papers')."""
     import warnings
 
     from mlrkit.config import build_config
@@ -85,9 +91,17 @@ def run_case(name: str, classes: int = 80, batch: int = 2, steps: int = 2, devic
     case = CASES[name]
     dev = torch.device("cuda" if (device == "auto" and torch.cuda.is_available()) else
                        ("cpu" if device == "auto" else device))
-    size = case["size"]
+    size = int((small or {}).get("image_size", case["size"]))
     flags = {**case["flags"], "data": {"image_size": size}, "loss": {"name": case["loss"]},
              "train": {"batch_size": batch}}
+    if small:
+        if "model" in flags and "backbone" in small:
+            flags["model"] = {"name": small["backbone"]}
+        if "vl" in flags and "vl_model" in small:
+            flags["vl"] = {"model": small["vl_model"]}
+    if text_chunk is not None and case["kind"] in ("region", "scpnet") and name != "baseline":
+        section = "scpnet" if case["kind"] == "scpnet" else "method"
+        flags[section] = {**flags.get(section, {}), "text_chunk": int(text_chunk)}
     cfg = build_config(flags=flags)
     method = build_method(cfg)
     task = TaskInfo(class_names=[f"class number {i}" for i in range(classes)], input_kind=method.input_kind,
@@ -122,8 +136,12 @@ def run_case(name: str, classes: int = 80, batch: int = 2, steps: int = 2, devic
         out.backward()
         opt.step()
 
-    row: dict[str, Any] = {"method": name, "classes": classes, "batch": batch, "image_size": size,
-                           "setting": case["paper"], "trainable_params": sum(p.numel() for p in params),
+    from mlrkit.models.prompt_learner import PromptLearner
+
+    chunk = next((m.text_chunk for m in model.modules() if isinstance(m, PromptLearner)), None)
+    setting = case["paper"] if not small else f"small models for tests: {small}"
+    row: dict[str, Any] = {"method": name, "classes": classes, "batch": batch, "image_size": size, "text_chunk": chunk,
+                           "setting": setting, "trainable_params": sum(p.numel() for p in params),
                            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
                            f"{platform.machine()} CPU ({torch.get_num_threads()} threads)"}
     fns: dict[str, Any] = {"train": train_step}
@@ -143,7 +161,7 @@ def run_case(name: str, classes: int = 80, batch: int = 2, steps: int = 2, devic
                 f.float().mean().backward()
 
             fns["bare"] = bare
-    t = _min_times(fns, steps)
+    t = _min_times(fns, steps, warmup=warmup)
     row["train_step_s"] = t["train"]
     row["train_img_s"] = batch / t["train"]
     if "infer" in t:
@@ -157,12 +175,18 @@ def run_case(name: str, classes: int = 80, batch: int = 2, steps: int = 2, devic
 
 
 def bench_throughput(methods: list[str] | None = None, classes: int = 80, batch: int = 2, steps: int = 2,
-                     timeout: float = 900, train_only: bool = False) -> list[dict[str, Any]]:
+                     timeout: float = 900, train_only: bool = False, warmup: bool = True,
+                     text_chunk: int | None = None, small: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Each case in its own subprocess; a case that fails or times out is reported as such."""
     rows = []
     for name in methods or list(CASES):
-        cmd = [sys.executable, "-m", "mlrkit.bench.throughput", name, str(classes), str(batch), str(steps),
-               "1" if train_only else "0"]
+        if name not in CASES:
+            from mlrkit.errors import MlrkitError
+
+            raise MlrkitError(f"unknown benchmark method {name!r}; choose from {', '.join(CASES)}")
+        kwargs = {"name": name, "classes": classes, "batch": batch, "steps": steps, "train_only": train_only,
+                  "warmup": warmup, "text_chunk": text_chunk, "small": small}
+        cmd = [sys.executable, "-m", "mlrkit.bench.throughput", json.dumps(kwargs)]
         t = time.perf_counter()
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -178,29 +202,34 @@ def bench_throughput(methods: list[str] | None = None, classes: int = 80, batch:
 
 def bench_classes(methods: tuple[str, ...] = ("dualcoop", "positivecoop", "negativecoop", "baseline", "scpnet"),
                   class_counts: tuple[int, ...] = (20, 80, 312, 1000, 5000), batch: int = 2, steps: int = 1,
-                  timeout: float = 600) -> list[dict[str, Any]]:
+                  timeout: float = 600, warmup: bool = True, text_chunk: int | None = None,
+                  small: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Training step time and peak memory against the number of classes."""
     rows = []
     for name in methods:
         for c in class_counts:
-            rows += bench_throughput([name], classes=c, batch=batch, steps=steps, timeout=timeout, train_only=True)
+            rows += bench_throughput([name], classes=c, batch=batch, steps=steps, timeout=timeout, train_only=True,
+                                     warmup=warmup, text_chunk=text_chunk, small=small)
             if "error" in rows[-1]:
                 break  # larger class counts would not finish either
     return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| method | setting | classes | train img/s | infer img/s | overhead vs backbone | peak MB | "
-            "trainable params |")
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    head = ("| method | setting | classes | train step s | train img/s | infer img/s | overhead vs backbone | "
+            "peak MB | text chunk | trainable params |")
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | | {r['classes']} | {r['error']} | | | | |")
+            lines.append(f"| {r['method']} | | {r['classes']} | {r['error']} | | | | | | |")
             continue
         ov = f"{r['overhead_vs_backbone']:.2f}x" if "overhead_vs_backbone" in r else "-"
         inf = f"{r['infer_img_s']:.2f}" if "infer_img_s" in r else "-"
-        lines.append(f"| {r['method']} | {r['setting']} | {r['classes']} | {r['train_img_s']:.2f} | {inf} | {ov} | "
-                     f"{r['peak_memory_mb']:.0f} | {r['trainable_params']:,} |")
+        chunk = r.get("text_chunk")
+        chunk_s = "-" if chunk is None else ("one pass" if chunk == 0 else str(chunk))
+        lines.append(f"| {r['method']} | {r['setting']} | {r['classes']} | {r['train_step_s']:.2f} | "
+                     f"{r['train_img_s']:.2f} | {inf} | {ov} | {r['peak_memory_mb']:.0f} | {chunk_s} | "
+                     f"{r['trainable_params']:,} |")
     dev = next((r["device"] for r in rows if "device" in r), "?")
     lines.append(f"\ndevice: {dev}; batch {rows[0].get('batch', '?')}; memory: "
                  f"{next((r['memory_kind'] for r in rows if 'memory_kind' in r), '?')}")
@@ -208,6 +237,4 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
-    name, classes, batch, steps, train_only = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), \
-        sys.argv[5] == "1"
-    print(json.dumps(run_case(name, classes=classes, batch=batch, steps=steps, train_only=train_only)))
+    print(json.dumps(run_case(**json.loads(sys.argv[1]))))

@@ -146,7 +146,8 @@ def register(sub) -> None:
                     "mlrkit bench boostlu-ablation --seeds 0,1,2 --out runs/boostlu-ablation\n  "
                     "mlrkit bench scpnet --vl-model openclip:RN50 --batch 8\n  "
                     "mlrkit bench throughput --batch 2   # every method, papers' backbones and resolutions\n  "
-                    "mlrkit bench classes --methods dualcoop,scpnet   # step time/memory vs number of classes",
+                    "mlrkit bench classes --methods dualcoop,scpnet   # step time/memory vs number of classes\n  "
+                    "mlrkit bench classes --methods positivecoop --counts 1000,5000 --no-warmup --timeout 3000",
                     cmd_bench)
     p.add_argument("what", choices=["metrics", "losses", "features", "prompts", "boostlu", "boostlu-ablation",
                                     "scpnet", "throughput", "classes"])
@@ -164,6 +165,13 @@ def register(sub) -> None:
     p.add_argument("--seeds", default="0", help="boostlu-ablation: comma-separated seeds")
     p.add_argument("--epochs", type=int, default=None, help="boostlu-ablation: epochs (recipe: 5)")
     p.add_argument("--threads", type=int, default=None, help="boostlu, boostlu-ablation: torch CPU threads")
+    p.add_argument("--counts", default=None, help="classes: comma-separated class counts (20,80,312,1000,5000)")
+    p.add_argument("--timeout", type=float, default=600, help="classes: seconds per case before it is reported "
+                   "as not finished (larger counts of that method are then skipped)")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="classes: time the first step (no warm-up step; for steps of many minutes)")
+    p.add_argument("--text-chunk", type=int, default=None,
+                   help="classes: class prompts per checkpointed text pass (default: the methods' 256; 0 = one pass)")
 
     an = sub.add_parser("analyze", help="analyses of models and runs", description="analyses of models and runs")
     asub = an.add_subparsers(dest="analyze_command", metavar="ANALYSIS")
