@@ -197,6 +197,11 @@ def bench_throughput(methods: list[str] | None = None, classes: int = 80, batch:
         except subprocess.TimeoutExpired:
             rows.append({"method": name, "classes": classes,
                          "error": f"not finished within {timeout:.0f} s ({time.perf_counter() - t:.0f} s)"})
+        r = rows[-1]
+        done = r["error"] if "error" in r else \
+            f"train step {r['train_step_s']:.2f} s, peak {r['peak_memory_mb']:.0f} MB"
+        print(f"[bench] {name}, {classes} classes: {done} ({time.perf_counter() - t:.0f} s)", file=sys.stderr,
+              flush=True)
     return rows
 
 
