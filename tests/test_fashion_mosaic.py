@@ -261,3 +261,43 @@ def test_cli_help_has_example(capsys):
         fm.main(["--help"])
     assert e.value.code == 0
     assert "example:" in capsys.readouterr().out
+
+
+def _write_idx_array(path, array: np.ndarray) -> None:
+    import gzip
+
+    magic = (2051 if array.ndim == 3 else 2049).to_bytes(4, "big")
+    dims = b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(magic + dims + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def test_heldout_mosaics_never_use_a_builtin_photo(tmp_path, shipped):
+    """`mlrkit vl pretrain --heldout-source`: the mosaics are made only of training-file photos that the
+    built-in subset does not use (checked on a synthetic Fashion-MNIST whose photos encode their index)."""
+    from mlrkit.pretraining import heldout_mosaics
+
+    rng = np.random.default_rng(0)
+    n_train, n_test = 60000, 10000
+    train = rng.integers(0, 256, size=(n_train, 28, 28), dtype=np.uint8)
+    idx = np.arange(n_train)
+    train[:, 0, 0], train[:, 0, 1], train[:, 0, 2] = idx >> 16, (idx >> 8) & 255, idx & 255  # photo -> its index
+    labels = (idx % 10).astype(np.uint8)
+    _write_idx_array(tmp_path / "train-images-idx3-ubyte.gz", train)
+    _write_idx_array(tmp_path / "train-labels-idx1-ubyte.gz", labels)
+    test = rng.integers(0, 256, size=(n_test, 28, 28), dtype=np.uint8)
+    _write_idx_array(tmp_path / "t10k-images-idx3-ubyte.gz", test)
+    _write_idx_array(tmp_path / "t10k-labels-idx1-ubyte.gz", (np.arange(n_test) % 10).astype(np.uint8))
+    mosaics, targets = heldout_mosaics(tmp_path, 500, seed=0)
+    assert mosaics.shape == (500, 56, 56) and mosaics.dtype == np.uint8 and targets.shape == (500, 10)
+    used = set()
+    for y0 in (0, 28):
+        for x0 in (0, 28):
+            px = mosaics[:, y0, x0:x0 + 3].astype(np.int64)
+            src = (px[:, 0] << 16) | (px[:, 1] << 8) | px[:, 2]
+            assert (targets[np.arange(500), src % 10] == 1).all()  # the target names each tile's class
+            used |= set(src.tolist())
+    assert not used & set(np.asarray(shipped["train_tile_source"]).tolist())
+    assert len(used) > 1500  # drawn from the large remaining pool, not a handful of photos
+    again, _ = heldout_mosaics(tmp_path, 500, seed=0)
+    assert np.array_equal(again, mosaics)

@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from mlrkit.errors import MlrkitError
 from mlrkit.utils import derive_seed
 
 log = logging.getLogger("mlrkit")
@@ -124,6 +126,52 @@ def contrastive_loss(img: Tensor, txt: Tensor, logit_scale: Tensor, match: Tenso
     return 0.5 * (F.cross_entropy(logits, t_i) + F.cross_entropy(logits.t(), t_t))
 
 
+BUILTIN_TRAINED_ON = "mlrkit built-in fashion-mosaic training split (real Fashion-MNIST photos tiled 2x2)"
+HELDOUT_TRAINED_ON = ("{n} 2x2 mosaics of Fashion-MNIST training photos that the built-in fashion-mosaic does not "
+                      "contain (seed {seed}): it has never seen a fashion-mosaic image")
+
+
+def heldout_mosaics(source: str | Path, n_mosaics: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mosaics made of Fashion-MNIST photos that the built-in fashion-mosaic does **not** contain.
+
+    Tiles: every photo of the Fashion-MNIST *training* file in ``source`` whose pixels occur once
+    over the training and test files (as for the built-in subset), minus the photos the built-in
+    subset's training split uses (``train_tile_source``); the built-in test photos come from the
+    test file, which is not used at all. ``n_mosaics`` 2x2 mosaics are drawn as the built-in ones
+    (each cell's class uniform, then a photo uniform within the class; seeded by ``seed``).
+    Returns uint8 mosaics [N, 56, 56] and their targets [N, C] (union of the cells' classes).
+    """
+    from mlrkit.data.datasets.builtin import builtin_path
+    from mlrkit.data.datasets.fashion_mosaic import FILENAME
+    from mlrkit.data.fashion_mosaic import (
+        NUM_CLASSES,
+        _unique_pixel_mask,
+        load_fashion_mnist,
+        load_subset,
+        make_mosaics,
+        union_targets,
+    )
+
+    if n_mosaics < 1:
+        raise MlrkitError(f"n_mosaics must be >= 1, got {n_mosaics}")
+    source = Path(source)
+    tr_img, tr_lab = load_fashion_mnist(source, "train")
+    te_img, _ = load_fashion_mnist(source, "test")
+    eligible, _ = _unique_pixel_mask(tr_img, te_img)
+    sub = load_subset(builtin_path(FILENAME))
+    eligible[np.asarray(sub["train_tile_source"], dtype=np.intp)] = False
+    rng = np.random.default_rng(derive_seed(seed, 11))
+    pools = [np.flatnonzero(eligible & (tr_lab == c)) for c in range(NUM_CLASSES)]
+    grid = int(sub["build_params"]["grid"])
+    classes = rng.integers(0, NUM_CLASSES, size=(n_mosaics, grid * grid))
+    tiles = np.empty_like(classes)
+    for c, pool in enumerate(pools):
+        where = classes == c
+        tiles[where] = pool[rng.integers(0, len(pool), size=int(where.sum()))]
+    mosaics = make_mosaics(tr_img, tiles, grid)
+    return mosaics, union_targets(classes, NUM_CLASSES)
+
+
 def pretrain_mosaic_clip(
     *,
     steps: int = 2000,
@@ -141,8 +189,14 @@ def pretrain_mosaic_clip(
     init: str | None = None,
     subset_prob: float = 0.0,
     multi_positive: bool = False,
+    heldout_source: str | Path | None = None,
+    heldout_mosaics_count: int = 20000,
 ) -> tuple[nn.Module, dict, PretrainResult, list[dict]]:
     """Train the mosaic CLIP; returns (model, config, result, history).
+
+    Training images: the built-in fashion-mosaic training split, or, with ``heldout_source`` (a
+    Fashion-MNIST directory), ``heldout_mosaics_count`` mosaics of photos the built-in data does not
+    contain (:func:`heldout_mosaics`), so that the model has never seen fashion-mosaic's images.
 
     Token embeddings and norms/biases get no weight decay, so the rows of tokens that never
     occur in a caption keep their seeded initial values (the compact checkpoint relies on it).
@@ -157,8 +211,11 @@ def pretrain_mosaic_clip(
         config = previous["config"]
     config = config or MOSAIC_CLIP_CONFIG
     ds = load_dataset("fashion-mosaic", **({"limit_train": limit_train} if limit_train else {}))
-    images = ds.trainval.images.array  # type: ignore[union-attr]
-    targets = ds.trainval.targets
+    if heldout_source is not None:
+        images, targets = heldout_mosaics(heldout_source, heldout_mosaics_count, seed)
+    else:
+        images = ds.trainval.images.array  # type: ignore[union-attr]
+        targets = ds.trainval.targets
     names = ds.class_names
     model = build_clip(config, seed).to(device)
     if previous is not None:  # a further phase with its own warm-up + cosine schedule
@@ -249,8 +306,10 @@ def zeroshot_map(model: nn.Module, tokenizer, mean, std, *, device: str = "cpu",
 
 
 def save_pretrained(model: nn.Module, config: dict, path, *, result: PretrainResult, history: list[dict],
-                    command: list[str], seed: int, init_payload: dict | None = None) -> None:
-    """Save the raw pre-training output: config, fp32 state dict, result, history and the command."""
+                    command: list[str], seed: int, init_payload: dict | None = None,
+                    trained_on: str = BUILTIN_TRAINED_ON) -> None:
+    """Save the raw pre-training output: config, fp32 state dict, result, history, the command and a
+    description of the training images (``trained_on``)."""
     from dataclasses import asdict
 
     from mlrkit.utils import atomic_write
@@ -263,12 +322,13 @@ def save_pretrained(model: nn.Module, config: dict, path, *, result: PretrainRes
     phases.append({"result": asdict(result), "command": command, "history": history})
     payload = {"format": "mlrkit-mosaic-clip-raw-1", "config": config, "seed": seed,
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-               "result": asdict(result), "history": history, "command": command, "phases": phases}
+               "result": asdict(result), "history": history, "command": command, "phases": phases,
+               "trained_on": trained_on}
     with atomic_write(path) as tmp:
         torch.save(payload, tmp)
 
 
-def export_mosaic_clip(raw_path, out_path) -> dict:
+def export_mosaic_clip(raw_path, out_path, name: str = "mosaic-clip") -> dict:
     """Turn a raw pre-training checkpoint into the shipped format (fp16, sparse token table, JSON sidecar).
 
     The metadata records every training phase's command, steps, time and zero-shot test mAP.
@@ -282,8 +342,8 @@ def export_mosaic_clip(raw_path, out_path) -> dict:
     model.load_state_dict(raw["state_dict"])
     phases = raw.get("phases") or [{"result": raw["result"], "command": raw["command"], "history": raw["history"]}]
     meta = {
-        "name": "mosaic-clip",
-        "trained_on": "mlrkit built-in fashion-mosaic training split (real Fashion-MNIST photos tiled 2x2)",
+        "name": name,
+        "trained_on": raw.get("trained_on", BUILTIN_TRAINED_ON),
         "captions": {"templates": list(CAPTION_TEMPLATES), "order": "present classes shuffled"},
         "seed": raw["seed"],
         "phases": [{"command": " ".join(p["command"][1:]) if p["command"] else "", **p["result"],

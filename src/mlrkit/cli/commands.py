@@ -131,6 +131,11 @@ def register(sub) -> None:
                    help="probability that a caption names only a random subset of the present classes")
     p.add_argument("--multi-positive", action="store_true",
                    help="contrastive targets: every caption that truly describes the image (not only its own)")
+    p.add_argument("--heldout-source", default=None,
+                   help="train on mosaics of Fashion-MNIST photos NOT in the built-in fashion-mosaic, read from this "
+                        "Fashion-MNIST directory (Debian: /usr/share/datasets/fashion-mnist); default: the built-in "
+                        "training split")
+    p.add_argument("--heldout-mosaics", type=int, default=20000, help="number of held-out mosaics (--heldout-source)")
     p.add_argument("--out", default="mosaic_clip_raw.pt", help="raw checkpoint to write")
 
     p = add_command(vsub, "export", "write a raw `vl pretrain` checkpoint in the shipped format (fp16, sparse "
@@ -138,6 +143,7 @@ def register(sub) -> None:
                     "mlrkit vl export mosaic_clip_raw.pt --out src/mlrkit/builtin/mosaic_clip.pt", cmd_vl_export)
     p.add_argument("raw", help="checkpoint written by `mlrkit vl pretrain`")
     p.add_argument("--out", required=True, help="where to write (mosaic_clip.pt + mosaic_clip.json)")
+    p.add_argument("--name", default="mosaic-clip", help="model name recorded in the JSON sidecar")
 
     p = add_command(sub, "bench", "benchmarks: metrics, losses, features (cached vs recomputed encoder), "
                     "boostlu (inference cost), boostlu-ablation (fashion-mosaic table), scpnet (step vs fine-tuning)",
@@ -419,12 +425,19 @@ def cmd_vl_pretrain(args: argparse.Namespace) -> int:
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         time_limit_s=None if args.time_limit is None else 60 * args.time_limit,
         eval_every=args.eval_every, device=args.device, init=args.init, subset_prob=args.subset_prob,
-        multi_positive=args.multi_positive)
+        multi_positive=args.multi_positive, heldout_source=args.heldout_source,
+        heldout_mosaics_count=args.heldout_mosaics)
     import torch
 
     init_payload = torch.load(args.init, map_location="cpu", weights_only=False) if args.init else None
+    from mlrkit.pretraining import BUILTIN_TRAINED_ON, HELDOUT_TRAINED_ON
+
+    if args.heldout_source:
+        trained_on = HELDOUT_TRAINED_ON.format(n=args.heldout_mosaics, seed=args.seed)
+    else:
+        trained_on = init_payload.get("trained_on", BUILTIN_TRAINED_ON) if init_payload else BUILTIN_TRAINED_ON
     save_pretrained(model, config, args.out, result=result, history=history, command=sys.argv, seed=args.seed,
-                    init_payload=init_payload)
+                    init_payload=init_payload, trained_on=trained_on)
     print(json.dumps({"out": args.out, "steps": result.steps, "seconds": round(result.seconds, 1),
                       "zeroshot_test_map": result.zeroshot_map}))
     return 0
@@ -621,7 +634,7 @@ def cmd_analyze_prior(args: argparse.Namespace) -> int:
 def cmd_vl_export(args: argparse.Namespace) -> int:
     from mlrkit.pretraining import export_mosaic_clip
 
-    meta = export_mosaic_clip(args.raw, args.out)
+    meta = export_mosaic_clip(args.raw, args.out, name=args.name)
     size = Path(args.out).stat().st_size
     print(json.dumps({"out": args.out, "bytes": size, "zeroshot_test_map": meta["zeroshot_test_map"],
                       "phases": len(meta["phases"])}))

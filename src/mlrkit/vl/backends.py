@@ -49,6 +49,8 @@ VL_BACKENDS: Registry[BackendBuilder] = Registry("vl-backend")
 
 CUSTOM_ARCH = "custom"
 MOSAIC_CLIP_WEIGHTS = "mosaic_clip.pt"
+#: the VL models shipped in mlrkit/builtin: spec -> weights file (+ the JSON sidecar of the same stem)
+BUILTIN_VL_WEIGHTS = {"mosaic-clip": MOSAIC_CLIP_WEIGHTS, "mosaic-clip-heldout": "mosaic_clip_heldout.pt"}
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".tar", ".npz")
 
 
@@ -375,11 +377,14 @@ def builtin_dir() -> Path:
 
 def load_mosaic_clip(directory: str | Path | None = None, *, seed: int = 0,
                      spec: str = "mosaic-clip") -> VisionLanguageModel:
-    """Load ``mosaic_clip.pt`` (+ ``mosaic_clip.json``) from ``directory`` (default: ``mlrkit/builtin``)."""
+    """Load the built-in model ``spec`` (``mosaic_clip.pt`` + ``mosaic_clip.json`` for ``mosaic-clip``,
+    ``mosaic_clip_heldout.*`` for ``mosaic-clip-heldout``) from ``directory`` (default: ``mlrkit/builtin``)."""
     folder = Path(directory) if directory is not None else builtin_dir()
-    weights = folder / MOSAIC_CLIP_WEIGHTS
+    weights = folder / BUILTIN_VL_WEIGHTS.get(spec, MOSAIC_CLIP_WEIGHTS)
     if not weights.is_file():
-        raise MlrkitError(f"mosaic-clip weights not built yet: run `mlrkit vl pretrain` (looked for {weights})")
+        how = " --heldout-source DIR" if spec == "mosaic-clip-heldout" else ""
+        raise MlrkitError(f"{spec} weights not built yet: run `mlrkit vl pretrain{how}` and `mlrkit vl export` "
+                          f"(looked for {weights})")
     return load_vl_checkpoint(weights, spec=spec, seed=seed)
 
 
@@ -388,4 +393,13 @@ def load_mosaic_clip(directory: str | Path | None = None, *, seed: int = 0,
 def _mosaic_backend(arg: str | None, spec: str, seed: int) -> VisionLanguageModel:
     if arg:
         raise MlrkitError(f"{spec}: mosaic-clip takes no argument")
+    return load_mosaic_clip(seed=seed, spec=spec)
+
+
+@VL_BACKENDS.register("mosaic-clip-heldout", "mosaic-clip's architecture trained on Fashion-MNIST photos that "
+                                             "fashion-mosaic does not contain (never saw its images), "
+                                             "mlrkit/builtin/mosaic_clip_heldout.pt")
+def _mosaic_heldout_backend(arg: str | None, spec: str, seed: int) -> VisionLanguageModel:
+    if arg:
+        raise MlrkitError(f"{spec}: mosaic-clip-heldout takes no argument")
     return load_mosaic_clip(seed=seed, spec=spec)

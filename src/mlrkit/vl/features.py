@@ -22,10 +22,10 @@ def vl_encoder_key(model: VisionLanguageModel, *, dense: bool = False, seed: int
     """Identity of a frozen VL image encoder for cache keys."""
     spec = model.spec
     _, at, source = spec.partition("@")
-    if spec == "mosaic-clip":
-        from mlrkit.vl.backends import MOSAIC_CLIP_WEIGHTS, builtin_dir
+    from mlrkit.vl.backends import BUILTIN_VL_WEIGHTS, builtin_dir
 
-        source, at = str(builtin_dir() / MOSAIC_CLIP_WEIGHTS), "@"
+    if spec in BUILTIN_VL_WEIGHTS:
+        source, at = str(builtin_dir() / BUILTIN_VL_WEIGHTS[spec]), "@"
     ident = f"seed:{seed}"
     if at and Path(source).expanduser().is_file():
         h = hashlib.sha256(Path(source).expanduser().read_bytes()).hexdigest()[:16]
