@@ -44,8 +44,8 @@ def _outputs(model: vl.VisionLanguageModel) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------- registry / specs
-def test_registry_lists_the_three_backends():
-    assert vl.VL_BACKENDS.names() == ["openclip", "tiny", "mosaic-clip"]
+def test_registry_lists_the_backends():
+    assert vl.VL_BACKENDS.names() == ["openclip", "tiny", "mosaic-clip", "mosaic-clip-heldout"]
     assert all(e.description and "\n" not in e.description for e in vl.VL_BACKENDS.list())
 
 
