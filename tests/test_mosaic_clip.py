@@ -41,18 +41,19 @@ def test_sparse_token_table_round_trip_is_exact(tmp_path):
         assert ka == kb and torch.equal(va, vb), ka
 
 
-SHIPPED = builtin_dir() / "mosaic_clip.pt"
-
-
-@pytest.mark.skipif(not SHIPPED.exists(), reason="mosaic-clip not built yet (mlrkit vl pretrain + vl export)")
-def test_shipped_mosaic_clip_is_small_and_knows_its_classes():
+@pytest.mark.parametrize("spec", ["mosaic-clip", "mosaic-clip-heldout"])
+def test_shipped_mosaic_clip_is_small_and_knows_its_classes(spec):
     from mlrkit.data import load_dataset
     from mlrkit.metrics import mean_average_precision
     from mlrkit.vl import zeroshot_scores
+    from mlrkit.vl.backends import BUILTIN_VL_WEIGHTS
 
-    assert SHIPPED.stat().st_size < 8 * 2**20
-    meta = json.loads(SHIPPED.with_suffix(".json").read_text())["metadata"]
-    model = load("mosaic-clip")
+    shipped = builtin_dir() / BUILTIN_VL_WEIGHTS[spec]
+    assert shipped.stat().st_size < 8 * 2**20
+    meta = json.loads(shipped.with_suffix(".json").read_text())["metadata"]
+    assert meta["name"] == spec
+    assert ("never seen" in meta["trained_on"]) == (spec == "mosaic-clip-heldout")
+    model = load(spec)
     ds = load_dataset("fashion-mosaic", limit_train=1, limit_test=400)
     tf = model.transform(train=False)
     x = torch.stack([tf(ds.test.images.load(i)) for i in range(len(ds.test))])
