@@ -82,12 +82,12 @@ def test_vlpl_with_mosaic_clip_beats_an_and_em(tmp_path, monkeypatch):
 
 def test_scpnet_beats_an_with_the_same_mosaic_clip_encoder(tmp_path, monkeypatch):
     """docs/scpnet.md, scaled down (600 training mosaics, 2 epochs, 600 test mosaics, seed 0): full SCPNet
-    vs the same trainable mosaic-clip image tower + a linear head trained with `an`."""
+    vs the same trainable mosaic-clip-heldout image tower + a linear head trained with `an`."""
     monkeypatch.setenv("MLRKIT_CACHE", str(tmp_path / "cache"))
     small = {"data": {"limit_train": 600, "options": {"limit_test": 600}}, "train": {"epochs": 2}}
     res = {}
     for name in ("full", "an"):
-        cfg = build_config(CONFIGS / "scpnet" / f"fashion-mosaic-{name}.yaml",
+        cfg = build_config(CONFIGS / "scpnet" / "fashion-mosaic-heldout" / f"{name}.yaml",
                            {**small, "out": str(tmp_path / name)})
         res[name] = train(cfg, quiet=True)["test_map"]
     print({k: round(100 * v, 2) for k, v in res.items()})
