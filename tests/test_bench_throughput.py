@@ -53,3 +53,16 @@ def test_bench_classes_cli_options_are_parsed(tmp_path):
     r = run_cli("bench", "--help")
     assert r.returncode == 0 and "--no-warmup" in r.stdout and "--text-chunk" in r.stdout
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_case_killed_without_a_message_is_reported_not_a_crash(monkeypatch):
+    import subprocess
+
+    from mlrkit.bench import throughput
+
+    def killed(*args, **kwargs):
+        return subprocess.CompletedProcess(args, -9, stdout="", stderr="")
+
+    monkeypatch.setattr(throughput.subprocess, "run", killed)
+    rows = throughput.bench_throughput(["dualcoop"], classes=5000)
+    assert rows == [{"method": "dualcoop", "classes": 5000, "error": "killed by signal 9 (out of memory?)"}]

@@ -193,7 +193,11 @@ def bench_throughput(methods: list[str] | None = None, classes: int = 80, batch:
             if r.returncode == 0:
                 rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
             else:
-                rows.append({"method": name, "classes": classes, "error": r.stderr.strip().splitlines()[-1][:200]})
+                lines = r.stderr.strip().splitlines()
+                why = lines[-1][:200] if lines else (
+                    f"killed by signal {-r.returncode}" + (" (out of memory?)" if r.returncode == -9 else "")
+                    if r.returncode < 0 else f"exit status {r.returncode}, no message")
+                rows.append({"method": name, "classes": classes, "error": why})
         except subprocess.TimeoutExpired:
             rows.append({"method": name, "classes": classes,
                          "error": f"not finished within {timeout:.0f} s ({time.perf_counter() - t:.0f} s)"})
