@@ -38,9 +38,8 @@ def test_text_chunk_reaches_the_model_and_the_table():
 
 
 def test_bench_classes_runs_each_count_in_a_subprocess_and_stops_after_a_timeout():
-    rows = bench_classes(("positivecoop",), (6, 12), batch=2, steps=1, small=SMALL, text_chunk=4)
-    assert [r["classes"] for r in rows] == [6, 12] and all("error" not in r for r in rows)
-    assert rows[1]["trainable_params"] == 2 * rows[0]["trainable_params"]  # class-specific contexts + embeddings
+    rows = bench_classes(("positivecoop",), (6,), batch=2, steps=1, small=SMALL, text_chunk=4)
+    assert [r["classes"] for r in rows] == [6] and "error" not in rows[0] and rows[0]["text_chunk"] == 4
     rows = bench_classes(("positivecoop",), (6, 12), batch=2, steps=1, small=SMALL, timeout=0.5)
     assert len(rows) == 1 and "not finished within" in rows[0]["error"]  # 12 classes skipped after the timeout
     with pytest.raises(MlrkitError, match="unknown benchmark method"):

@@ -81,10 +81,10 @@ def test_vlpl_with_mosaic_clip_beats_an_and_em(tmp_path, monkeypatch):
 
 
 def test_scpnet_beats_an_with_the_same_mosaic_clip_encoder(tmp_path, monkeypatch):
-    """docs/scpnet.md, scaled down (600 training mosaics, 2 epochs, 600 test mosaics, seed 0): full SCPNet
+    """docs/scpnet.md, scaled down (400 training mosaics, 1 epoch, 300 test mosaics, seed 0): full SCPNet
     vs the same trainable mosaic-clip-heldout image tower + a linear head trained with `an`."""
     monkeypatch.setenv("MLRKIT_CACHE", str(tmp_path / "cache"))
-    small = {"data": {"limit_train": 600, "options": {"limit_test": 600}}, "train": {"epochs": 2}}
+    small = {"data": {"limit_train": 400, "options": {"limit_test": 300}}, "train": {"epochs": 1}}
     res = {}
     for name in ("full", "an"):
         cfg = build_config(CONFIGS / "scpnet" / "fashion-mosaic-heldout" / f"{name}.yaml",
