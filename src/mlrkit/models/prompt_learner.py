@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -167,8 +168,7 @@ class PromptLearner(nn.Module):
         return encode_prompts(vl, self, self.text_chunk if text_chunk is None else text_chunk)
 
 
-def _encode_chunk(vl, learner: PromptLearner, start: int, stop: int, ctx: Tensor) -> Tensor:
-    # ``ctx`` is passed explicitly so that the checkpoint sees the learned tensor as an input
+def _encode_chunk(vl, learner: PromptLearner, start: int = 0, stop: int | None = None) -> Tensor:
     prompts, tokens = learner(start, stop)
     return vl.encode_text_from_embeddings(prompts, tokens).float()
 
@@ -184,17 +184,11 @@ def encode_prompts(vl, learner: PromptLearner, text_chunk: int = TEXT_CHUNK) -> 
     """
     c = len(learner.class_names)
     if text_chunk <= 0 or c <= text_chunk:
-        prompts, tokens = learner()
-        return vl.encode_text_from_embeddings(prompts, tokens).float()
-    grad = torch.is_grad_enabled() and learner.ctx.requires_grad
-    outs = []
-    for start in range(0, c, text_chunk):
-        stop = min(c, start + text_chunk)
-        if grad:
-            outs.append(checkpoint(_encode_chunk, vl, learner, start, stop, learner.ctx, use_reentrant=False))
-        else:
-            outs.append(_encode_chunk(vl, learner, start, stop, learner.ctx))
-    return torch.cat(outs)
+        return _encode_chunk(vl, learner)
+    # non-reentrant checkpointing tracks the learned context used inside the chunk (no explicit input needed)
+    run = partial(checkpoint, _encode_chunk, use_reentrant=False) if (
+        torch.is_grad_enabled() and learner.ctx.requires_grad) else _encode_chunk
+    return torch.cat([run(vl, learner, start, min(c, start + text_chunk)) for start in range(0, c, text_chunk)])
 
 
 class ClassEmbeddings(nn.Module):
