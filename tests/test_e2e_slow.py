@@ -31,13 +31,20 @@ def test_yeast_single_positive_findings_of_cole_and_zhou(tmp_path):
     assert max(m["em"], m["wan"]) - m["an"] >= 0.01
 
 
-def test_fashion_mosaic_small_cnn_full_beats_single_positive_beats_chance(tmp_path):
+@pytest.fixture(scope="module")
+def smallcnn_single_positive(tmp_path_factory):
+    """test mAP of the small-CNN recipe with single-positive ``an`` and ``em`` (trained once, shared)."""
+    out = tmp_path_factory.mktemp("smallcnn")
     recipe = CONFIGS / "fashion-mosaic" / "smallcnn.yaml"
-    res = {}
-    for protocol, loss in (("full", "bce"), ("single-positive", "an")):
-        cfg = build_config(recipe, {"out": str(tmp_path / loss), "labels": {"protocol": protocol},
-                                    "loss": {"name": loss}})
-        res[loss] = train(cfg, quiet=True)["test_map"]
+    return {loss: train(build_config(recipe, {"out": str(out / loss), "labels": {"protocol": "single-positive"},
+                                              "loss": {"name": loss}}), quiet=True)["test_map"]
+            for loss in ("an", "em")}
+
+
+def test_fashion_mosaic_small_cnn_full_beats_single_positive_beats_chance(tmp_path, smallcnn_single_positive):
+    recipe = CONFIGS / "fashion-mosaic" / "smallcnn.yaml"
+    cfg = build_config(recipe, {"out": str(tmp_path / "bce"), "labels": {"protocol": "full"}, "loss": {"name": "bce"}})
+    res = {"bce": train(cfg, quiet=True)["test_map"], "an": smallcnn_single_positive["an"]}
     from mlrkit.data import load_dataset
 
     chance = float(load_dataset("fashion-mosaic").test.targets.mean())  # AP of random scores = prevalence
@@ -61,17 +68,12 @@ def test_demo_end_to_end(tmp_path, capsys):
     print(f"demo took {elapsed:.1f} s")
 
 
-def test_vlpl_with_mosaic_clip_beats_an_and_em(tmp_path, monkeypatch):
+def test_vlpl_with_mosaic_clip_beats_an_and_em(tmp_path, monkeypatch, smallcnn_single_positive):
     """Same small CNN, budget and single-positive labels; VLPL adds mosaic-clip pseudo-labels."""
     import json
 
     monkeypatch.setenv("MLRKIT_CACHE", str(tmp_path / "cache"))
-    base = CONFIGS / "fashion-mosaic" / "smallcnn.yaml"
-    res = {}
-    for loss in ("an", "em"):
-        cfg = build_config(base, {"out": str(tmp_path / loss), "labels": {"protocol": "single-positive"},
-                                  "loss": {"name": loss}})
-        res[loss] = train(cfg, quiet=True)["test_map"]
+    res = dict(smallcnn_single_positive)
     cfg = build_config(CONFIGS / "vlpl" / "fashion-mosaic.yaml", {"out": str(tmp_path / "vlpl")})
     res["vlpl"] = train(cfg, quiet=True)["test_map"]
     quality = json.loads((tmp_path / "vlpl" / "run.json").read_text())["method_info"]["pseudo_label_quality"]

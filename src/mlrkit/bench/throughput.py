@@ -246,4 +246,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run_case(**json.loads(sys.argv[1]))))
+    from mlrkit.engine.host_memory import configure_host_allocator
+
+    allocator = configure_host_allocator()  # as `mlrkit` itself runs (see mlrkit.engine.host_memory)
+    print(json.dumps({**run_case(**json.loads(sys.argv[1])), "host_allocator": allocator}))

@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 from mlrkit.errors import MlrkitError
 
+log = logging.getLogger("mlrkit")
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -50,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import os
 
+    from mlrkit.engine.host_memory import configure_host_allocator
+
+    try:
+        log.debug("host allocator: %s", configure_host_allocator())
+    except MlrkitError as e:
+        print(f"mlrkit: error: {e}", file=sys.stderr)
+        return 2
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: join the group, rank 0 prints
         from mlrkit.engine.distributed import init_distributed
 
