@@ -37,9 +37,16 @@ def test_text_chunk_reaches_the_model_and_the_table():
     assert "| dualcoop |" in table and "| 4 |" in table and "not finished within 1 s" in table
 
 
-def test_bench_classes_runs_each_count_in_a_subprocess_and_stops_after_a_timeout():
+def test_bench_classes_runs_each_count_in_a_subprocess_and_stops_after_a_timeout(monkeypatch):
+    monkeypatch.delenv("MLRKIT_MMAP_THRESHOLD", raising=False)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     rows = bench_classes(("positivecoop",), (6,), batch=2, steps=1, small=SMALL, text_chunk=4)
     assert [r["classes"] for r in rows] == [6] and "error" not in rows[0] and rows[0]["text_chunk"] == 4
+    from mlrkit.engine.host_memory import _libc
+
+    if _libc() is not None:  # the case's process sets the host allocator up as `mlrkit` does
+        assert rows[0]["host_allocator"] == "glibc, mmap threshold 1024 KiB"
+        assert "host allocator: glibc, mmap threshold 1024 KiB" in format_table(rows)
     rows = bench_classes(("positivecoop",), (6, 12), batch=2, steps=1, small=SMALL, timeout=0.5)
     assert len(rows) == 1 and "not finished within" in rows[0]["error"]  # 12 classes skipped after the timeout
     with pytest.raises(MlrkitError, match="unknown benchmark method"):
@@ -51,6 +58,7 @@ def test_bench_classes_cli_options_are_parsed(tmp_path):
     assert r.returncode != 0 and "unknown benchmark method" in r.stderr
     r = run_cli("bench", "--help")
     assert r.returncode == 0 and "--no-warmup" in r.stdout and "--text-chunk" in r.stdout
+    assert "mlrkit bench allocator" in r.stdout
     assert not (tmp_path / "x.json").exists()
 
 

@@ -87,3 +87,19 @@ def test_cli_applies_the_setting_before_any_command(monkeypatch, capsys):
     monkeypatch.setenv("MLRKIT_MMAP_THRESHOLD", "off")
     assert main(["list", "methods"]) == 0
     assert "dualcoop" in capsys.readouterr().out
+
+
+@needs_glibc
+def test_bench_allocator_measures_both_settings(monkeypatch):
+    """Three processes, small models: peak memory per setting and the side-by-side time ratio."""
+    from mlrkit.bench.allocator import bench_allocator, format_table
+
+    monkeypatch.delenv("MLRKIT_MMAP_THRESHOLD", raising=False)
+    small = {"vl_model": "tiny:rn", "image_size": 64}
+    row = bench_allocator("dualcoop", classes=8, rounds=2, small=small, timeout=300)
+    assert row["method"] == "dualcoop" and row["classes"] == 8 and row["threshold_bytes"] == 1 << 20
+    assert len(row["step_s_fixed"]) == len(row["step_s_32mib"]) == 2 and min(row["step_s_fixed"]) > 0
+    assert row["time_ratio_fixed_vs_32mib"] > 0
+    assert row["peak_mb_glibc_default"] > 100 and row["peak_mb_fixed"] > 100
+    table = format_table([row])
+    assert "| dualcoop | 8 |" in table and "fixed threshold 1024 KiB" in table

@@ -58,6 +58,12 @@ def run_bench(what: str, args: argparse.Namespace) -> list[dict]:
             rows = bench_classes(tuple(methods) if methods else bench_classes.__defaults__[0], counts,
                                  batch=args.batch or 2, steps=args.repeats or 1, timeout=args.timeout,
                                  warmup=not args.no_warmup, text_chunk=args.text_chunk)
+    elif what == "allocator":
+        from mlrkit.bench.allocator import bench_allocator, format_table  # type: ignore[no-redef]
+
+        methods = [m for m in (args.methods or "").split(",") if m] or ["dualcoop"]
+        rows = [bench_allocator(m, classes=args.classes or 312, rounds=args.repeats or 2, batch=args.batch or 2,
+                                timeout=args.timeout) for m in methods]
     else:  # argparse restricts the choices
         raise ValueError(what)
     print(format_table(rows))

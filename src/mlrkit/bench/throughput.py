@@ -18,6 +18,7 @@ shape (timing only: no claim about quality is made from them).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -74,13 +75,11 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def run_case(name: str, classes: int = 80, batch: int = 2, steps: int = 2, device: str = "auto",
-             train_only: bool = False, warmup: bool = True, text_chunk: int | None = None,
-             small: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Time one method in this process (call through :func:`bench_throughput` for clean memory).
-    ``text_chunk``: class prompts per checkpointed text pass of the prompt methods and SCPNet (None:
-    the method's default, 0: one pass). ``small`` swaps in small models for tests:
-    ``{"backbone": ..., "vl_model": ..., "image_size": ...}`` (the figures are then not the papers')."""
+def prepare_case(name: str, classes: int = 80, batch: int = 2, device: str = "auto", train_only: bool = False,
+                 text_chunk: int | None = None, small: dict[str, Any] | None = None
+                 ) -> tuple[dict[str, Any], dict[str, Any], torch.device]:
+    """Build one method as ``mlrkit train`` does, on synthetic inputs: its description row and the
+    functions to time (``train``; unless ``train_only``, ``infer`` and, for backbone methods, ``bare``)."""
     import warnings
 
     from mlrkit.config import build_config
@@ -161,6 +160,17 @@ def run_case(name: str, classes: int = 80, batch: int = 2, steps: int = 2, devic
                 f.float().mean().backward()
 
             fns["bare"] = bare
+    return row, fns, dev
+
+
+def run_case(name: str, classes: int = 80, batch: int = 2, steps: int = 2, device: str = "auto",
+             train_only: bool = False, warmup: bool = True, text_chunk: int | None = None,
+             small: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Time one method in this process (call through :func:`bench_throughput` for clean memory).
+    ``text_chunk``: class prompts per checkpointed text pass of the prompt methods and SCPNet (None:
+    the method's default, 0: one pass). ``small`` swaps in small models for tests:
+    ``{"backbone": ..., "vl_model": ..., "image_size": ...}`` (the figures are then not the papers')."""
+    row, fns, dev = prepare_case(name, classes, batch, device, train_only, text_chunk, small)
     t = _min_times(fns, steps, warmup=warmup)
     row["train_step_s"] = t["train"]
     row["train_img_s"] = batch / t["train"]
@@ -176,8 +186,10 @@ def run_case(name: str, classes: int = 80, batch: int = 2, steps: int = 2, devic
 
 def bench_throughput(methods: list[str] | None = None, classes: int = 80, batch: int = 2, steps: int = 2,
                      timeout: float = 900, train_only: bool = False, warmup: bool = True,
-                     text_chunk: int | None = None, small: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Each case in its own subprocess; a case that fails or times out is reported as such."""
+                     text_chunk: int | None = None, small: dict[str, Any] | None = None,
+                     env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Each case in its own subprocess (``env``: extra environment variables for it); a case that fails
+    or times out is reported as such."""
     rows = []
     for name in methods or list(CASES):
         if name not in CASES:
@@ -189,7 +201,8 @@ def bench_throughput(methods: list[str] | None = None, classes: int = 80, batch:
         cmd = [sys.executable, "-m", "mlrkit.bench.throughput", json.dumps(kwargs)]
         t = time.perf_counter()
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                               env={**os.environ, **env} if env else None)
             if r.returncode == 0:
                 rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
             else:
@@ -240,8 +253,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                      f"{r['train_img_s']:.2f} | {inf} | {ov} | {r['peak_memory_mb']:.0f} | {chunk_s} | "
                      f"{r['trainable_params']:,} |")
     dev = next((r["device"] for r in rows if "device" in r), "?")
+    alloc = next((r["host_allocator"] for r in rows if "host_allocator" in r), None)
     lines.append(f"\ndevice: {dev}; batch {rows[0].get('batch', '?')}; memory: "
-                 f"{next((r['memory_kind'] for r in rows if 'memory_kind' in r), '?')}")
+                 f"{next((r['memory_kind'] for r in rows if 'memory_kind' in r), '?')}"
+                 + (f"; host allocator: {alloc}" if alloc else ""))
     return "\n".join(lines)
 
 

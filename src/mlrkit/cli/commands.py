@@ -146,17 +146,19 @@ def register(sub) -> None:
     p.add_argument("--name", default="mosaic-clip", help="model name recorded in the JSON sidecar")
 
     p = add_command(sub, "bench", "benchmarks: metrics, losses, features (cached vs recomputed encoder), "
-                    "boostlu (inference cost), boostlu-ablation (fashion-mosaic table), scpnet (step vs fine-tuning)",
+                    "boostlu (inference cost), boostlu-ablation (fashion-mosaic table), scpnet (step vs fine-tuning), "
+                    "throughput, classes, allocator (host-memory setting)",
                     "mlrkit bench metrics\n  mlrkit bench losses --classes 1000\n  mlrkit bench features\n  "
                     "mlrkit bench boostlu --batch 2 --repeats 10\n  "
                     "mlrkit bench boostlu-ablation --seeds 0,1,2 --out runs/boostlu-ablation\n  "
                     "mlrkit bench scpnet --vl-model openclip:RN50 --batch 8\n  "
                     "mlrkit bench throughput --batch 2   # every method, papers' backbones and resolutions\n  "
                     "mlrkit bench classes --methods dualcoop,scpnet   # step time/memory vs number of classes\n  "
-                    "mlrkit bench classes --methods positivecoop --counts 1000,5000 --no-warmup --timeout 3000",
+                    "mlrkit bench classes --methods positivecoop --counts 1000,5000 --no-warmup --timeout 3000\n  "
+                    "mlrkit bench allocator --methods dualcoop --classes 312   # host-memory setting: cost, saving",
                     cmd_bench)
     p.add_argument("what", choices=["metrics", "losses", "features", "prompts", "boostlu", "boostlu-ablation",
-                                    "scpnet", "throughput", "classes"])
+                                    "scpnet", "throughput", "classes", "allocator"])
     p.add_argument("--json", help="also write the rows as JSON here")
     p.add_argument("--classes", type=int, default=None, help="number of classes (losses: 1000, boostlu: 80)")
     p.add_argument("--batch", type=int, default=None, help="batch size (losses: 256, prompts: 16)")
@@ -164,16 +166,18 @@ def register(sub) -> None:
     p.add_argument("--image-size", type=int, default=None, help="input resolution (prompts: 224, boostlu: 448)")
     p.add_argument("--images", type=int, default=64, help="prompts: number of images")
     p.add_argument("--methods", default=None,
-                   help="prompts (default: the four prompt methods), throughput/classes (default: all): methods")
+                   help="prompts (default: the four prompt methods), throughput/classes (default: all), "
+                   "allocator (dualcoop): methods")
     p.add_argument("--repeats", type=int, default=None,
-                   help="prompts: alternating epochs per path, fastest kept (2); boostlu: interleaved forwards (10)")
+                   help="prompts: alternating epochs per path, fastest kept (2); boostlu: interleaved forwards (10); "
+                   "allocator: alternating rounds (2)")
     p.add_argument("--out", default="runs/boostlu-ablation", help="boostlu-ablation: root of the run directories")
     p.add_argument("--seeds", default="0", help="boostlu-ablation: comma-separated seeds")
     p.add_argument("--epochs", type=int, default=None, help="boostlu-ablation: epochs (recipe: 5)")
     p.add_argument("--threads", type=int, default=None, help="boostlu, boostlu-ablation: torch CPU threads")
     p.add_argument("--counts", default=None, help="classes: comma-separated class counts (20,80,312,1000,5000)")
-    p.add_argument("--timeout", type=float, default=600, help="classes: seconds per case before it is reported "
-                   "as not finished (larger counts of that method are then skipped)")
+    p.add_argument("--timeout", type=float, default=600, help="classes, allocator: seconds per case before it is "
+                   "reported as not finished (larger counts of that method are then skipped)")
     p.add_argument("--no-warmup", action="store_true",
                    help="classes: time the first step (no warm-up step; for steps of many minutes)")
     p.add_argument("--text-chunk", type=int, default=None,
