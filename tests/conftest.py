@@ -11,6 +11,10 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# the suite builds prompt models with more classes than their text chunk, which would switch this whole
+# process to a fixed mmap threshold (mlrkit.engine.host_memory, "auto") and slow every later image test;
+# tests of that policy set the variable themselves (monkeypatch, subprocesses)
+os.environ.setdefault("MLRKIT_MMAP_THRESHOLD", "off")
 
 
 @pytest.fixture(scope="session")

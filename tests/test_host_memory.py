@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from mlrkit.engine.host_memory import (
-    DEFAULT_MMAP_THRESHOLD,
+    AUTO,
     _libc,
     configure_host_allocator,
     parse_threshold,
@@ -21,8 +21,7 @@ needs_glibc = pytest.mark.skipif(_libc() is None, reason="glibc mallopt not avai
 
 
 def test_parse_threshold():
-    assert parse_threshold(None) == DEFAULT_MMAP_THRESHOLD == 1 << 20
-    assert parse_threshold("") == DEFAULT_MMAP_THRESHOLD
+    assert parse_threshold(None) == parse_threshold("") == parse_threshold(" Auto ") == AUTO
     assert parse_threshold("65536") == 65536
     assert parse_threshold("64K") == 65536
     assert parse_threshold("2m") == 2 << 20
@@ -42,6 +41,7 @@ def test_set_mmap_threshold_validates():
 def test_configure_respects_glibc_env_and_off():
     assert configure_host_allocator({"MALLOC_MMAP_THRESHOLD_": "65536"}) == "glibc, MALLOC_MMAP_THRESHOLD_=65536"
     assert configure_host_allocator({"MLRKIT_MMAP_THRESHOLD": "off"}).startswith("glibc default")
+    assert configure_host_allocator({}).startswith("glibc default (auto")  # decided when a model is built
     with pytest.raises(ConfigError):
         configure_host_allocator({"MLRKIT_MMAP_THRESHOLD": "huge"})
 
@@ -49,33 +49,46 @@ def test_configure_respects_glibc_env_and_off():
 _PROBE = r"""
 import json, sys
 import torch
-from mlrkit.engine.host_memory import configure_host_allocator
+from mlrkit.engine.host_memory import configure_host_allocator, host_allocator_setting, use_for_chunked_text
 
-what = configure_host_allocator(json.loads(sys.argv[1]))
+env, classes = json.loads(sys.argv[1]), int(sys.argv[2])
+configure_host_allocator(env)  # as mlrkit starts
+if classes:
+    use_for_chunked_text(classes, 256, env)  # as a prompt method builds its model
 big = torch.empty(8 << 20, dtype=torch.uint8)  # 8 MiB: mmapped; freeing it raises glibc's dynamic threshold
 del big
 t = torch.empty(2 << 20, dtype=torch.uint8)  # 2 MiB: heap or its own mapping?
 p = t.data_ptr()
 heap = [line.split()[0].split("-") for line in open("/proc/self/maps") if line.rstrip().endswith("[heap]")]
 in_heap = any(int(a, 16) <= p < int(b, 16) for a, b in heap)
-print(json.dumps({"allocator": what, "in_heap": in_heap}))
+print(json.dumps({"allocator": host_allocator_setting(), "in_heap": in_heap}))
 """
 
 
-def _probe(env: dict[str, str]) -> dict:
-    r = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(env)], capture_output=True, text=True, timeout=120,
-                       check=True)
+def _probe(env: dict[str, str], classes: int = 0) -> dict:
+    r = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(env), str(classes)], capture_output=True, text=True,
+                       timeout=120, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 @needs_glibc
 def test_fixed_threshold_keeps_mid_size_tensors_out_of_the_heap():
     """glibc's dynamic threshold puts a 2 MiB tensor in the (never shrinking) heap after an 8 MiB one was
-    freed; with mlrkit's fixed 1 MiB threshold it gets its own mapping, returned to the system on free."""
+    freed; with a fixed 1 MiB threshold it gets its own mapping, returned to the system on free."""
     default = _probe({"MLRKIT_MMAP_THRESHOLD": "off"})
-    fixed = _probe({})
-    assert default["in_heap"] is True, default
-    assert fixed == {"allocator": "glibc, mmap threshold 1024 KiB", "in_heap": False}
+    assert default == {"allocator": "glibc default (dynamic mmap threshold)", "in_heap": True}
+    fixed = {"allocator": "glibc, mmap threshold 1024 KiB", "in_heap": False}
+    assert _probe({"MLRKIT_MMAP_THRESHOLD": "1M"}) == fixed
+
+
+@needs_glibc
+def test_auto_fixes_the_threshold_only_for_chunked_text_encoding():
+    """auto (unset): glibc's default for image training and few classes, 1 MiB once more classes than one
+    text chunk are encoded; an explicit off wins."""
+    assert _probe({})["in_heap"] is True
+    assert _probe({}, classes=200)["in_heap"] is True  # one chunk of 256
+    assert _probe({}, classes=300) == {"allocator": "glibc, mmap threshold 1024 KiB", "in_heap": False}
+    assert _probe({"MLRKIT_MMAP_THRESHOLD": "off"}, classes=5000)["in_heap"] is True
 
 
 def test_cli_applies_the_setting_before_any_command(monkeypatch, capsys):

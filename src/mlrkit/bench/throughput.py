@@ -261,7 +261,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
-    from mlrkit.engine.host_memory import configure_host_allocator
+    from mlrkit.engine.host_memory import configure_host_allocator, host_allocator_setting
 
-    allocator = configure_host_allocator()  # as `mlrkit` itself runs (see mlrkit.engine.host_memory)
-    print(json.dumps({**run_case(**json.loads(sys.argv[1])), "host_allocator": allocator}))
+    configure_host_allocator()  # as `mlrkit` itself starts (see mlrkit.engine.host_memory)
+    row = run_case(**json.loads(sys.argv[1]))
+    print(json.dumps({**row, "host_allocator": host_allocator_setting()}))  # as the case ran

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from mlrkit.data.base import Split
+from mlrkit.engine.host_memory import use_for_chunked_text
 from mlrkit.errors import ConfigError, MlrkitError
 from mlrkit.methods.base import METHODS, Method, TaskInfo
 from mlrkit.models.prompt_learner import (
@@ -368,8 +369,10 @@ class PromptMethod(RegionMethod):
         return EmbeddingBranch(names, vl.embed_dim, init_std=self.embed_init_std, init=text)
 
     def build_model(self, task: TaskInfo) -> nn.Module:
-        vl = self.vl_model()
         names = list(task.class_names)
+        # many classes: chunked text encoding, where glibc's heap fragments (mlrkit.engine.host_memory)
+        use_for_chunked_text(len(names), self.text_chunk)
+        vl = self.vl_model()
         with self.seeded_init():
             pos = self._branch(self.positive, vl, names, self.ctx_init, "a photo of a {}.")
             neg = self._branch(self.negative, vl, names, self.neg_ctx_init, "a photo without a {}.")
