@@ -11,6 +11,7 @@ import pytest
 from mlrkit.engine.host_memory import (
     AUTO,
     _libc,
+    auto_wants_fixed_threshold,
     configure_host_allocator,
     parse_threshold,
     set_mmap_threshold,
@@ -74,21 +75,21 @@ def _probe(env: dict[str, str], classes: int = 0) -> dict:
 @needs_glibc
 def test_fixed_threshold_keeps_mid_size_tensors_out_of_the_heap():
     """glibc's dynamic threshold puts a 2 MiB tensor in the (never shrinking) heap after an 8 MiB one was
-    freed; with a fixed 1 MiB threshold it gets its own mapping, returned to the system on free."""
-    default = _probe({"MLRKIT_MMAP_THRESHOLD": "off"})
+    freed; with the fixed 1 MiB threshold, here set by the auto policy as a prompt method with 300
+    classes (two text chunks) sets it, the tensor gets its own mapping, returned to the system on free."""
+    default = _probe({"MLRKIT_MMAP_THRESHOLD": "off"}, classes=5000)  # off wins over auto
     assert default == {"allocator": "glibc default (dynamic mmap threshold)", "in_heap": True}
-    fixed = {"allocator": "glibc, mmap threshold 1024 KiB", "in_heap": False}
-    assert _probe({"MLRKIT_MMAP_THRESHOLD": "1M"}) == fixed
-
-
-@needs_glibc
-def test_auto_fixes_the_threshold_only_for_chunked_text_encoding():
-    """auto (unset): glibc's default for image training and few classes, 1 MiB once more classes than one
-    text chunk are encoded; an explicit off wins."""
-    assert _probe({})["in_heap"] is True
-    assert _probe({}, classes=200)["in_heap"] is True  # one chunk of 256
     assert _probe({}, classes=300) == {"allocator": "glibc, mmap threshold 1024 KiB", "in_heap": False}
-    assert _probe({"MLRKIT_MMAP_THRESHOLD": "off"}, classes=5000)["in_heap"] is True
+
+
+def test_auto_policy_decides_by_classes_per_text_chunk():
+    assert auto_wants_fixed_threshold(300, 256, {})
+    assert auto_wants_fixed_threshold(5000, 256, {"MLRKIT_MMAP_THRESHOLD": "auto"})
+    assert not auto_wants_fixed_threshold(256, 256, {})  # one chunk
+    assert not auto_wants_fixed_threshold(5000, 0, {})  # one pass (text_chunk 0)
+    assert not auto_wants_fixed_threshold(5000, 256, {"MLRKIT_MMAP_THRESHOLD": "off"})
+    assert not auto_wants_fixed_threshold(5000, 256, {"MLRKIT_MMAP_THRESHOLD": "8M"})  # applied at start instead
+    assert not auto_wants_fixed_threshold(5000, 256, {"MALLOC_MMAP_THRESHOLD_": "65536"})
 
 
 def test_cli_applies_the_setting_before_any_command(monkeypatch, capsys):
@@ -102,29 +103,37 @@ def test_cli_applies_the_setting_before_any_command(monkeypatch, capsys):
     assert "dualcoop" in capsys.readouterr().out
 
 
-@needs_glibc
-def test_bench_allocator_measures_both_settings_in_fresh_processes(monkeypatch):
-    """Interleaved processes, small models: step time and peak memory per setting, medians, ratios."""
-    from mlrkit.bench import allocator
+def test_bench_allocator_interleaves_settings_and_takes_medians(monkeypatch):
+    """The order of the processes alternates between rounds; medians and ratios per setting."""
+    from mlrkit.bench import allocator, throughput  # bench_allocator looks bench_throughput up at call time
 
-    monkeypatch.delenv("MLRKIT_MMAP_THRESHOLD", raising=False)
+    monkeypatch.setattr(allocator, "_libc", lambda: object())
     seen = []
-    from mlrkit.bench import throughput  # bench_allocator looks it up at call time
+    fake = {"off": iter([(10.0, 400.0), (14.0, 420.0), (12.0, 410.0)]),
+            "1048576": iter([(13.0, 300.0), (11.0, 310.0), (15.0, 290.0)])}
 
-    original = throughput.bench_throughput
+    def bench_throughput(methods, *, env, **kwargs):
+        value = env["MLRKIT_MMAP_THRESHOLD"]
+        seen.append(value)
+        step, peak = next(fake[value])
+        return [{"method": methods[0], "train_step_s": step, "peak_memory_mb": peak, "setting": "s", "device": "d"}]
 
-    def spy(*args, **kwargs):
-        seen.append(kwargs["env"]["MLRKIT_MMAP_THRESHOLD"])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(throughput, "bench_throughput", spy)
-    small = {"vl_model": "tiny:rn", "image_size": 64}
-    row = allocator.bench_allocator("dualcoop", classes=8, rounds=2, small=small, timeout=300)
-    assert seen == ["off", "1048576", "1048576", "off"]  # order alternates between rounds
-    assert row["method"] == "dualcoop" and row["classes"] == 8 and row["threshold_bytes"] == 1 << 20
-    assert len(row["step_s_fixed"]) == len(row["step_s_glibc_default"]) == 2 and min(row["step_s_fixed"]) > 0
-    assert row["time_ratio_fixed_vs_default"] == pytest.approx(
-        row["median_step_s_fixed"] / row["median_step_s_glibc_default"])
-    assert min(row["peak_mb_glibc_default"] + row["peak_mb_fixed"]) > 100
+    monkeypatch.setattr(throughput, "bench_throughput", bench_throughput)
+    row = allocator.bench_allocator("dualcoop", classes=8, rounds=3)
+    assert seen == ["off", "1048576", "1048576", "off", "off", "1048576"]
+    assert row["step_s_glibc_default"] == [10.0, 14.0, 12.0] and row["step_s_fixed"] == [13.0, 11.0, 15.0]
+    assert row["median_step_s_glibc_default"] == 12.0 and row["median_step_s_fixed"] == 13.0
+    assert row["time_ratio_fixed_vs_default"] == pytest.approx(13 / 12)
+    assert row["memory_ratio_fixed_vs_default"] == pytest.approx(300 / 410)
     table = allocator.format_table([row])
-    assert "| dualcoop | 8 |" in table and "fixed threshold 1024 KiB" in table
+    assert "| dualcoop | 8 | 12.00 | 13.00 | 1.08x | 410 | 300 | 0.73x |" in table
+    assert "fixed threshold 1024 KiB" in table
+
+
+@needs_glibc
+def test_a_case_process_gets_the_environment_it_is_given():
+    from mlrkit.bench.throughput import bench_throughput
+
+    rows = bench_throughput(["baseline"], classes=4, batch=2, steps=1, train_only=True,
+                            small={"vl_model": "tiny:rn", "image_size": 64}, env={"MLRKIT_MMAP_THRESHOLD": "64K"})
+    assert "error" not in rows[0] and rows[0]["host_allocator"] == "glibc, mmap threshold 64 KiB"

@@ -125,6 +125,14 @@ def configure_host_allocator(environ: dict[str, str] | None = None) -> str:
     return _apply(int(n))
 
 
+def auto_wants_fixed_threshold(classes: int, text_chunk: int, environ: dict[str, str] | None = None) -> bool:
+    """The ``auto`` decision: no explicit setting in the environment and more classes than one text chunk."""
+    env = os.environ if environ is None else environ
+    if "MALLOC_MMAP_THRESHOLD_" in env or parse_threshold(env.get(ENV_VAR)) != AUTO:
+        return False
+    return text_chunk > 0 and classes > text_chunk
+
+
 def use_for_chunked_text(classes: int, text_chunk: int, environ: dict[str, str] | None = None) -> str | None:
     """``auto`` policy, called by the prompt methods when they build their model: when the learned
     prompts are encoded in more than one chunk (``classes > text_chunk > 0``), fix the threshold at
@@ -132,10 +140,7 @@ def use_for_chunked_text(classes: int, text_chunk: int, environ: dict[str, str] 
     step time; at 5,000 classes 3.75 GB instead of an OOM kill at 23 GB; docs/benchmarks.md). Image
     training is left alone: a fixed threshold doubles a ResNet-50 448 px CPU step. Returns the new
     setting's description, or None when nothing was changed (explicit setting, one chunk, no glibc)."""
-    env = os.environ if environ is None else environ
-    if "MALLOC_MMAP_THRESHOLD_" in env or parse_threshold(env.get(ENV_VAR)) != AUTO:
-        return None
-    if not (text_chunk > 0 and classes > text_chunk) or _libc() is None:
+    if not auto_wants_fixed_threshold(classes, text_chunk, environ) or _libc() is None:
         return None
     what = _apply(DEFAULT_MMAP_THRESHOLD)
     log.info("host allocator: %s (%d classes in chunks of %d; %s=off to keep glibc's default)", what, classes,
