@@ -12,6 +12,9 @@ from mlrkit.engine.trainer import train
 from .test_recipes import CONFIGS
 
 pytestmark = pytest.mark.slow
+#: the small-CNN tests' budget, below the recipe's (3,000 mosaics, 5 epochs) to keep the suite short;
+#: same for every loss and for VLPL, so the comparisons stay like for like
+SMALLCNN_BUDGET = {"data": {"limit_train": 2000}, "train": {"epochs": 4}}
 
 
 def _demo_run(tmp_path, dataset, protocol, loss, seed):
@@ -36,14 +39,15 @@ def smallcnn_single_positive(tmp_path_factory):
     """test mAP of the small-CNN recipe with single-positive ``an`` and ``em`` (trained once, shared)."""
     out = tmp_path_factory.mktemp("smallcnn")
     recipe = CONFIGS / "fashion-mosaic" / "smallcnn.yaml"
-    return {loss: train(build_config(recipe, {"out": str(out / loss), "labels": {"protocol": "single-positive"},
-                                              "loss": {"name": loss}}), quiet=True)["test_map"]
-            for loss in ("an", "em")}
+    return {loss: train(build_config(recipe, {**SMALLCNN_BUDGET, "out": str(out / loss),
+                                              "labels": {"protocol": "single-positive"}, "loss": {"name": loss}}),
+                        quiet=True)["test_map"] for loss in ("an", "em")}
 
 
 def test_fashion_mosaic_small_cnn_full_beats_single_positive_beats_chance(tmp_path, smallcnn_single_positive):
     recipe = CONFIGS / "fashion-mosaic" / "smallcnn.yaml"
-    cfg = build_config(recipe, {"out": str(tmp_path / "bce"), "labels": {"protocol": "full"}, "loss": {"name": "bce"}})
+    cfg = build_config(recipe, {**SMALLCNN_BUDGET, "out": str(tmp_path / "bce"), "labels": {"protocol": "full"},
+                                "loss": {"name": "bce"}})
     res = {"bce": train(cfg, quiet=True)["test_map"], "an": smallcnn_single_positive["an"]}
     from mlrkit.data import load_dataset
 
@@ -74,7 +78,7 @@ def test_vlpl_with_mosaic_clip_beats_an_and_em(tmp_path, monkeypatch, smallcnn_s
 
     monkeypatch.setenv("MLRKIT_CACHE", str(tmp_path / "cache"))
     res = dict(smallcnn_single_positive)
-    cfg = build_config(CONFIGS / "vlpl" / "fashion-mosaic.yaml", {"out": str(tmp_path / "vlpl")})
+    cfg = build_config(CONFIGS / "vlpl" / "fashion-mosaic.yaml", {**SMALLCNN_BUDGET, "out": str(tmp_path / "vlpl")})
     res["vlpl"] = train(cfg, quiet=True)["test_map"]
     quality = json.loads((tmp_path / "vlpl" / "run.json").read_text())["method_info"]["pseudo_label_quality"]
     print({k: round(100 * v, 2) for k, v in res.items()}, quality)
