@@ -75,11 +75,13 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def prepare_case(name: str, classes: int = 80, batch: int = 2, device: str = "auto", train_only: bool = False,
-                 text_chunk: int | None = None, small: dict[str, Any] | None = None
-                 ) -> tuple[dict[str, Any], dict[str, Any], torch.device]:
-    """Build one method as ``mlrkit train`` does, on synthetic inputs: its description row and the
-    functions to time (``train``; unless ``train_only``, ``infer`` and, for backbone methods, ``bare``)."""
+def run_case(name: str, classes: int = 80, batch: int = 2, steps: int = 2, device: str = "auto",
+             train_only: bool = False, warmup: bool = True, text_chunk: int | None = None,
+             small: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Time one method in this process (call through :func:`bench_throughput` for clean memory).
+    ``text_chunk``: class prompts per checkpointed text pass of the prompt methods and SCPNet (None:
+    the method's default, 0: one pass). ``small`` swaps in small models for tests:
+    ``{"backbone": ..., "vl_model": ..., "image_size": ...}`` (the figures are then not the papers')."""
     import warnings
 
     from mlrkit.config import build_config
@@ -160,17 +162,6 @@ def prepare_case(name: str, classes: int = 80, batch: int = 2, device: str = "au
                 f.float().mean().backward()
 
             fns["bare"] = bare
-    return row, fns, dev
-
-
-def run_case(name: str, classes: int = 80, batch: int = 2, steps: int = 2, device: str = "auto",
-             train_only: bool = False, warmup: bool = True, text_chunk: int | None = None,
-             small: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Time one method in this process (call through :func:`bench_throughput` for clean memory).
-    ``text_chunk``: class prompts per checkpointed text pass of the prompt methods and SCPNet (None:
-    the method's default, 0: one pass). ``small`` swaps in small models for tests:
-    ``{"backbone": ..., "vl_model": ..., "image_size": ...}`` (the figures are then not the papers')."""
-    row, fns, dev = prepare_case(name, classes, batch, device, train_only, text_chunk, small)
     t = _min_times(fns, steps, warmup=warmup)
     row["train_step_s"] = t["train"]
     row["train_img_s"] = batch / t["train"]

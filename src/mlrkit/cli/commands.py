@@ -176,8 +176,8 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=None, help="boostlu-ablation: epochs (recipe: 5)")
     p.add_argument("--threads", type=int, default=None, help="boostlu, boostlu-ablation: torch CPU threads")
     p.add_argument("--counts", default=None, help="classes: comma-separated class counts (20,80,312,1000,5000)")
-    p.add_argument("--timeout", type=float, default=600, help="classes, allocator: seconds per case before it is "
-                   "reported as not finished (larger counts of that method are then skipped)")
+    p.add_argument("--timeout", type=float, default=600, help="classes, allocator: seconds per case process before "
+                   "it is reported as not finished (classes: larger counts of that method are then skipped)")
     p.add_argument("--no-warmup", action="store_true",
                    help="classes: time the first step (no warm-up step; for steps of many minutes)")
     p.add_argument("--text-chunk", type=int, default=None,

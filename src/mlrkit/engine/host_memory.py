@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 
@@ -49,6 +50,7 @@ ENV_VAR = "MLRKIT_MMAP_THRESHOLD"
 MAX_MMAP_THRESHOLD = 32 << 20
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
@@ -108,16 +110,22 @@ def _apply(n: int) -> str:
     return _SETTING["now"]
 
 
+def _requested(env) -> int | str | None:
+    """What the environment asks for: ``MLRKIT_MMAP_THRESHOLD`` parsed, or None when glibc's own
+    ``MALLOC_MMAP_THRESHOLD_`` is set (glibc applied it at start; mlrkit then changes nothing)."""
+    return None if "MALLOC_MMAP_THRESHOLD_" in env else parse_threshold(env.get(ENV_VAR))
+
+
 def configure_host_allocator(environ: dict[str, str] | None = None) -> str:
     """At process start (the CLI, every benchmark case): apply an explicit ``MLRKIT_MMAP_THRESHOLD``
     size; leave glibc's default for ``off``, for ``auto`` (the default: decided later by
     :func:`use_for_chunked_text`) and when glibc's own ``MALLOC_MMAP_THRESHOLD_`` is set. Returns a
     one-line description of the host allocator's setting."""
     env = os.environ if environ is None else environ
-    if "MALLOC_MMAP_THRESHOLD_" in env:
+    n = _requested(env)
+    if n is None:
         _SETTING["now"] = f"glibc, MALLOC_MMAP_THRESHOLD_={env['MALLOC_MMAP_THRESHOLD_']}"
         return _SETTING["now"]
-    n = parse_threshold(env.get(ENV_VAR))
     if n == AUTO:
         return "glibc default (auto: fixed 1 MiB threshold once a chunked text encoder is built)"
     if n == 0:
@@ -127,8 +135,7 @@ def configure_host_allocator(environ: dict[str, str] | None = None) -> str:
 
 def auto_wants_fixed_threshold(classes: int, text_chunk: int, environ: dict[str, str] | None = None) -> bool:
     """The ``auto`` decision: no explicit setting in the environment and more classes than one text chunk."""
-    env = os.environ if environ is None else environ
-    if "MALLOC_MMAP_THRESHOLD_" in env or parse_threshold(env.get(ENV_VAR)) != AUTO:
+    if _requested(os.environ if environ is None else environ) != AUTO:
         return False
     return text_chunk > 0 and classes > text_chunk
 
