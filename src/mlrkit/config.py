@@ -111,7 +111,27 @@ class TrainConfig:
     ema: float = 0.0  # EMA decay of the weights (0 = off)
     grad_clip: float = 0.0
     progress: bool = True
+    keep_last: bool = False  # keep last.pt (optimizer state) after a finished run; it is deleted otherwise
     eval_test_each_epoch: bool = False  # never used for selection; off by default
+
+
+@dataclass
+class CalibrationConfig:
+    """Fitted on the validation split after training (mlrkit.calibration); saved as calibration.json."""
+
+    thresholds: str = "f1"  # f1: per-class thresholds maximising validation F1 | global: `threshold` for all
+    threshold: float = 0.5  # the global threshold (and the fallback of a class without validation positives)
+    temperature: bool = True  # temperature scaling of the scores, fitted on validation
+    n_bins: int = 15  # ECE bins
+
+
+@dataclass
+class TrackConfig:
+    """Optional experiment trackers (``pip install mlrkit[track]``); the run directory is always written."""
+
+    tensorboard: bool = False  # scalars + PR curves under RUN/tensorboard
+    mlflow: str | None = None  # an MLflow tracking URI (file:/path, sqlite:///mlflow.db, http://...)
+    mlflow_experiment: str = "mlrkit"
 
 
 @dataclass
@@ -125,6 +145,8 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     vl: VLConfig = field(default_factory=VLConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
     extra: dict[str, Any] = field(default_factory=dict)  # sections owned by methods (e.g. boostlu)
 
     @property
@@ -328,15 +350,46 @@ def build_config(
     flags: dict[str, Any] | None = None,
     sets: list[str] | None = None,
 ) -> RunConfig:
-    """defaults -> recipe -> flags (a nested dict, ``None`` values ignored) -> ``--set`` items."""
-    d = RunConfig().to_dict()
+    """defaults -> the method's defaults -> recipe -> flags (a nested dict, ``None`` values ignored) -> ``--set``.
+
+    The method's defaults (:func:`method_defaults`) are what its paper trains with: its own loss, its
+    own number of epochs (``zeroshot``: 0) and, for methods that feed images to the VL model, that
+    model's input resolution. Whatever the recipe or the command line sets wins; the saved
+    ``config.yaml`` records the resolved values.
+    """
+    user: dict[str, Any] = {}
     if recipe:
-        d = deep_merge(d, load_recipe(recipe))
+        user = deep_merge(user, load_recipe(recipe))
     if flags:
-        d = deep_merge(d, _drop_none(flags))
+        user = deep_merge(user, _drop_none(flags))
     if sets:
-        d = deep_merge(d, parse_set(sets))
-    return RunConfig.from_dict(d)
+        user = deep_merge(user, parse_set(sets))
+    d = deep_merge(RunConfig().to_dict(), method_defaults(user))
+    return RunConfig.from_dict(deep_merge(d, user))
+
+
+def method_defaults(user: dict[str, Any]) -> dict[str, Any]:
+    """Config values implied by the chosen method unless ``user`` (recipe + flags + sets) sets them."""
+    from mlrkit.methods.base import METHODS, register_all
+
+    def section(name: str) -> dict[str, Any]:
+        v = user.get(name)
+        return v if isinstance(v, dict) else {}
+
+    name = section("method").get("name") or MethodConfig().name
+    register_all()
+    if not isinstance(name, str) or name not in METHODS.names():
+        return {}  # build_method reports the unknown name with suggestions
+    cls = METHODS.get(name)
+    out: dict[str, Any] = copy.deepcopy(cls.config_defaults)
+    if not section("loss").get("name"):
+        out["loss"] = copy.deepcopy(cls.default_loss)
+    if cls.image_size_from_vl and section("data").get("image_size") is None:
+        from mlrkit.vl import native_image_size
+
+        spec = section("vl").get("model") or VLConfig().model
+        out.setdefault("data", {})["image_size"] = native_image_size(str(spec))
+    return out
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Multi-label metrics: per-class AP, mAP, CF1/OF1, P@k/R@k and a streaming accumulator.
+"""Multi-label metrics: per-class AP, mAP, CF1/OF1, P@k/R@k, ECE and a streaming accumulator.
 
 ``average_precision`` matches ``sklearn.metrics.average_precision_score`` per class (to 1e-6,
 ties included): AP = sum over distinct score thresholds t of (R_t - R_{t-1}) * P_t, i.e. tied
@@ -174,6 +174,34 @@ def summary(scores, targets, mask=None, threshold: float = 0.5, k: int = 3) -> d
         out.update(precision_recall_at_k(s, targets, k))
     return out
 
+
+
+def expected_calibration_error(scores, targets, mask=None, n_bins: int = 15) -> float:
+    r"""ECE of probabilities over the known (image, class) entries, each entry a binary prediction.
+
+    .. math:: \mathrm{ECE} = \sum_{b=1}^{B} \frac{|S_b|}{N} \,\Big| \frac{1}{|S_b|}\sum_{(i,c)\in S_b} y_{ic}
+              - \frac{1}{|S_b|}\sum_{(i,c)\in S_b} p_{ic} \Big|
+
+    with :math:`B` equal-width bins of :math:`[0, 1]` (Naeini et al. 2015; Guo et al. 2017), :math:`N` the
+    number of known entries. ``scores`` must be probabilities in [0, 1] (apply the sigmoid first).
+    """
+    p, t, m = _as_inputs(scores, targets, mask)
+    if n_bins < 1:
+        raise MlrkitError(f"n_bins must be >= 1, got {n_bins}")
+    if p.size and (p.min() < 0 or p.max() > 1):
+        raise MlrkitError("expected_calibration_error takes probabilities in [0, 1] (apply the sigmoid to logits)")
+    p = p.astype(np.float64).ravel()
+    t = t.ravel().astype(np.float64)
+    if m is not None:
+        keep = m.ravel()
+        p, t = p[keep], t[keep]
+    if p.size == 0:
+        return float("nan")
+    b = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    count = np.bincount(b, minlength=n_bins)
+    conf = np.bincount(b, weights=p, minlength=n_bins)
+    acc = np.bincount(b, weights=t, minlength=n_bins)
+    return float(np.abs(acc - conf).sum() / p.size)
 
 class MAPMeter:
     """Streaming accumulator: ``update(scores, targets[, mask])`` per batch, ``compute()`` at the end.

@@ -60,16 +60,26 @@ def register(sub) -> None:
     p = add_command(sub, "evaluate", "metrics (mAP, CF1/OF1, P@k/R@k) of a run's best checkpoint on val and test",
                     "mlrkit evaluate runs/yeast-an", cmd_evaluate)
     p.add_argument("run", help="run directory")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for CF1/OF1")
+    p.add_argument("--threshold", type=float, default=None, help="one probability threshold for CF1/OF1 "
+                   "(default: the run's per-class thresholds fitted on validation, calibration.json)")
     p.add_argument("--k", type=int, default=3, help="k of P@k / R@k")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    p = add_command(sub, "predict", "class probabilities for new inputs (feature files or images)",
-                    "mlrkit predict runs/yeast-an new_rows.npy --format csv", cmd_predict)
+    p = add_command(sub, "predict", "calibrated class probabilities and labels for new inputs (images or feature "
+                    "files)",
+                    "mlrkit predict runs/yeast-an new_rows.npy --format csv\n  "
+                    "mlrkit predict runs/photos photos/ --skip-bad-images --output preds.jsonl\n  "
+                    "mlrkit predict runs/photos 'photos/**/*.jpg' --format json --threshold 0.5", cmd_predict)
     p.add_argument("run", help="run directory")
-    p.add_argument("inputs", nargs="+", help="feature files (.npy/.npz/.csv) or images, as the run's method takes")
-    p.add_argument("--format", choices=["json", "csv"], default="json")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability above which a label is predicted")
+    p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively for image files) or glob "
+                   "patterns (quote them); feature files (.npy/.npz/.csv) for runs on fixed features")
+    p.add_argument("--format", choices=["jsonl", "csv", "json"], default="jsonl",
+                   help="jsonl: one JSON object per input; csv: one row per input (probabilities, then the labels "
+                   "joined by |); json: one JSON document (predictions, skipped inputs, thresholds)")
+    p.add_argument("--threshold", type=float, default=None, help="one probability threshold for every class "
+                   "(default: the run's per-class thresholds fitted on validation, calibration.json)")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable image files and report them "
+                   "(standard error; json: 'skipped') instead of failing")
     p.add_argument("--output", help="write here instead of standard output")
 
     p = add_command(sub, "demo", "single-positive vs full labels on built-in real data: table + bar plot",
@@ -375,6 +385,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{'split':<6}" + "".join(f"{k:>9}" for k in keys))
     for split, m in res.items():
         print(f"{split:<6}" + "".join(f"{100 * m[k]:>9.2f}" for k in keys))
+    print("(percent; CF1/OF1 at " + ("threshold " + str(args.threshold) if args.threshold is not None
+                                      else "the run's per-class thresholds") + ", probabilities after the run's "
+          "temperature scaling; ece: expected calibration error)")
     skipped = res["test"]["n_classes_skipped"]
     if skipped:
         print(f"(test mAP averages {res['test']['n_classes_scored']} classes; {skipped} without a positive skipped)")
@@ -384,22 +397,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mlrkit.engine.inference import load_run, predict_inputs
+    from mlrkit.engine.inference import load_run
 
     run = load_run(args.run)
-    ids, probs = predict_inputs(run, args.inputs)
-    names = run.class_names
-    fh = open(args.output, "w", newline="") if args.output else sys.stdout
+    pred = run.predict(args.inputs, threshold=args.threshold, skip_bad_images=args.skip_bad_images)
+    if pred.skipped:
+        print(f"mlrkit: skipped {len(pred.skipped)} unreadable input(s): "
+              + ", ".join(f"{i} ({why})" for i, why in pred.skipped), file=sys.stderr)
+    names = pred.class_names
+    fh = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115 - closed below
     try:
-        if args.format == "json":
-            for i, row in zip(ids, probs):
-                fh.write(json.dumps({"input": i, "scores": dict(zip(names, map(float, row))),
-                                     "labels": [n for n, p in zip(names, row) if p >= args.threshold]}) + "\n")
+        if args.format == "jsonl":
+            for rec in pred.records():
+                fh.write(json.dumps(rec) + "\n")
+        elif args.format == "json":
+            json.dump({"predictions": pred.records(), "skipped": [{"input": i, "reason": w} for i, w in pred.skipped],
+                       "thresholds": dict(zip(names, map(float, pred.thresholds)))}, fh, indent=1)
+            fh.write("\n")
         else:
             w = csv.writer(fh)
-            w.writerow(["input", *names])
-            for i, row in zip(ids, probs):
-                w.writerow([i, *(f"{p:.6f}" for p in row)])
+            w.writerow(["input", *names, "labels"])
+            for rec in pred.records():
+                w.writerow([rec["input"], *(f"{rec['scores'][n]:.6f}" for n in names), "|".join(rec["labels"])])
     finally:
         if args.output:
             fh.close()

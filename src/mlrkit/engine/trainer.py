@@ -1,9 +1,17 @@
 """The Trainer: fit on train, select on validation mAP, test the best checkpoint once.
 
-Run directory (DESIGN.md): ``config.yaml``, ``run.json``, ``metrics.jsonl`` (one line per
-epoch), ``last.pt``/``best.pt`` (atomic), ``results.json`` and ``plots/``. Every epoch's
-randomness (shuffling, dropout, augmentation) is seeded from (seed, epoch), so a run killed
-at any point and resumed with ``--resume`` ends with the same ``results.json``.
+Run directory (DESIGN.md): ``config.yaml``, ``run.json`` (with ``warnings``), ``console.log``
+(everything the run printed), ``metrics.jsonl`` (one line per epoch), ``best.pt`` (the best
+epoch's weights only), ``last.pt`` (weights + optimizer state for ``--resume``; deleted when the
+run finishes unless ``train.keep_last``), ``calibration.json`` (temperature and per-class
+thresholds fitted on validation, :mod:`mlrkit.calibration`), ``results.json`` and ``plots/``.
+
+Conventions: epochs are counted from 1 everywhere (console, ``metrics.jsonl``, ``best_epoch``;
+0 = nothing trained, e.g. zero-shot); metrics in JSON files are fractions in [0, 1], the console
+shows them as percentages with a ``%`` sign.
+
+Every epoch's randomness (shuffling, dropout, augmentation) is seeded from (seed, epoch), so a
+run killed at any point and resumed with ``--resume`` ends with the same ``results.json``.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import mlrkit
 from mlrkit import losses
 from mlrkit.config import RunConfig
 from mlrkit.engine import distributed as ddp
+from mlrkit.engine.console import ConsoleLog, console_write
 from mlrkit.engine.checkpoint import load_checkpoint, load_trainable_state, save_checkpoint, trainable_state_dict
 from mlrkit.engine.loaders import make_loader
 from mlrkit.engine.optim import EMA, build_optimizer, build_scheduler, param_groups
@@ -34,6 +43,7 @@ from mlrkit.engine.run_data import RunData, prepare_run_data, task_info
 from mlrkit.errors import MlrkitError
 from mlrkit.methods import Method, TaskInfo, build_method
 from mlrkit.metrics import map_report, summary
+from mlrkit.progress import progress as progress_bar
 from mlrkit.utils import derive_seed, seed_everything, write_json
 
 log = logging.getLogger("mlrkit")
@@ -89,7 +99,7 @@ def predict_scores(
     """Logits for every row of a (non-shuffled) loader, in order."""
     model.eval()
     out = []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    for batch in progress_bar(loader, desc=desc, enabled=progress):
         out.append(model(batch["inputs"].to(device)).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
@@ -103,7 +113,8 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.resume = resume
-        self.progress = cfg.train.progress and not quiet and sys.stderr.isatty()
+        # a bar on a terminal, periodic lines with rate and ETA elsewhere (batch logs): mlrkit.progress
+        self.progress = cfg.train.progress and not quiet
         self.env = ddp.init_distributed(cfg.train.device)
         self.verbose = not quiet and self.env.is_main
         self.progress = self.progress and self.env.is_main
@@ -154,6 +165,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if use_amp and self.device.type == "cuda" else None
 
     # ------------------------------------------------------------------ state
+    def _best_checkpoint(self, epoch: int, best_map: float, best_epoch: int) -> dict[str, Any]:
+        """``best.pt``: what predicting needs (weights, EMA weights, task, config), no optimizer state."""
+        ck = self._checkpoint(epoch, best_map, best_epoch)
+        for key in ("optimizer", "scheduler", "loss", "scaler"):
+            ck.pop(key)
+        return {**ck, "kind": "best"}
+
     def _checkpoint(self, epoch: int, best_map: float, best_epoch: int) -> dict[str, Any]:
         return {
             "format": "mlrkit-checkpoint-1",
@@ -196,14 +214,33 @@ class Trainer:
             saved = self.out / "config.yaml"
             if saved.exists() and RunConfig.load(saved).to_dict() != cfg.to_dict():
                 raise MlrkitError(f"--resume: the configuration differs from {saved}")
+            if not last.exists() and (self.out / "results.json").exists():
+                log.info("%s is finished (results.json; last.pt was removed at the end): nothing to resume", self.out)
+                return json.loads((self.out / "results.json").read_text())
         self.env.barrier()  # every rank has checked the directory before rank 0 writes into it
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
+        with ConsoleLog(self.out / "console.log" if main else None):
+            return self._fit()
+
+    def _say(self, message: str) -> None:
+        """A console line of the run (also kept in console.log, even when quiet)."""
+        if self.verbose:
+            tqdm.write(message)
+        console_write(message)
+
+    def _fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        main = self.env.is_main
+        last = self.out / "last.pt"
+        from mlrkit.engine.tracking import Trackers
+
+        self.trackers = Trackers(cfg, self.out, enabled=main)
         self._setup()
         if main:
             cfg.save(self.out / "config.yaml")
             self.data.observed.save(self.out / "observed_labels.npz")
-        start, best_map, best_epoch = 0, -1.0, -1
+        start, best_map, best_epoch = 0, -1.0, 0
         if self.resume and last.exists():
             # every rank restores rank 0's reading of last.pt (never two different files)
             ck = ddp.broadcast_object(load_checkpoint(last) if main else None, self.env)
@@ -211,6 +248,7 @@ class Trainer:
             log.info("resuming %s after epoch %d", self.out, start)
         run_info = self._run_info()
         run_info["method_info"] = self.method.run_info()
+        run_info["warnings"] = list(self.method.warnings)
         if main:
             self._truncate_metrics(start)
             write_json(self.out / "run.json", run_info)
@@ -224,26 +262,23 @@ class Trainer:
             epoch_times.append(time.perf_counter() - te)
             improved = val_map > best_map
             if improved:
-                best_map, best_epoch = val_map, epoch
-            row = {"epoch": epoch, "train_loss": train_loss, "val_map": val_map, "best_val_map": best_map,
+                best_map, best_epoch = val_map, epoch + 1
+            row = {"epoch": epoch + 1, "train_loss": train_loss, "val_map": val_map, "best_val_map": best_map,
                    "lr": self.optimizer.param_groups[0]["lr"], "epoch_s": round(epoch_times[-1], 4)}
             if main:
-                ck = self._checkpoint(epoch + 1, best_map, best_epoch)
                 if improved:
-                    save_checkpoint(self.out / "best.pt", {**ck, "kind": "best"})
-                save_checkpoint(last, {**ck, "kind": "last"})
+                    save_checkpoint(self.out / "best.pt", self._best_checkpoint(epoch + 1, best_map, best_epoch))
+                save_checkpoint(last, {**self._checkpoint(epoch + 1, best_map, best_epoch), "kind": "last"})
                 with open(self.out / "metrics.jsonl", "a") as fh:
                     fh.write(json.dumps(row) + "\n")
+                self.trackers.log_epoch(row)
             self.env.barrier()
-            if self.verbose:
-                tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {train_loss:.4f}  val mAP {100 * val_map:.2f}"
-                           f"  best {100 * best_map:.2f} (epoch {best_epoch + 1})")
+            self._say(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {train_loss:.4f}  val mAP {100 * val_map:.2f}%"
+                      f"  best {100 * best_map:.2f}% (epoch {best_epoch})")
         if cfg.train.epochs == 0:
-            best_map, best_epoch = self._validate(), -1
+            best_map, best_epoch = self._validate(), 0
             if main:
-                ck = self._checkpoint(0, best_map, best_epoch)
-                save_checkpoint(self.out / "best.pt", {**ck, "kind": "best"})
-                save_checkpoint(last, {**ck, "kind": "last"})
+                save_checkpoint(self.out / "best.pt", self._best_checkpoint(0, best_map, best_epoch))
             self.env.barrier()
         self.timings["train_s"] = time.perf_counter() - t_train
         if epoch_times:
@@ -251,8 +286,13 @@ class Trainer:
         results = self._test_best(best_map, best_epoch)
         run_info["timings"] = self.timings
         run_info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        run_info["warnings"] = list(self.method.warnings)
         if main:
             write_json(self.out / "run.json", run_info)
+            self.trackers.log_results(results, run_info)
+            if not cfg.train.keep_last:
+                last.unlink(missing_ok=True)  # optimizer state is only for resuming an unfinished run
+        self.trackers.close()
         self.env.barrier()
         return results
 
@@ -262,7 +302,7 @@ class Trainer:
         loader = self.train_loader
         loader.set_epoch(epoch)
         total, n = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not self.progress)
+        bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", enabled=self.progress)
         env = self.env
         for batch in bar:
             n_global = int(batch.pop("n_global", len(batch["index"])))
@@ -345,9 +385,13 @@ class Trainer:
         if self.ema is not None and ck.get("ema"):
             self.ema.load_state_dict(ck["ema"])
         with self._eval_model():
+            val_scores = self.scores(self.data.val)
             scores = self.scores(self.data.test, progress=self.progress, desc="test")
+        cal = self._calibrate(val_scores, scores)
         rep = map_report(scores, self.data.test.targets, self.data.test.known)
-        extra = summary(scores, self.data.test.targets, self.data.test.known)
+        test = self.data.test
+        extra = summary(cal.probabilities(scores), test.targets, test.known, cal.threshold_array())
+        self.trackers.set_pr_data(cal.probabilities(scores), test.targets, test.known, self.data.class_names)
         results = {
             "val_map": best_map,
             "test_map": rep.map,
@@ -355,7 +399,8 @@ class Trainer:
             "per_class_ap": dict(zip(self.data.class_names, rep.per_class_ap)),
             "n_classes_scored": rep.n_classes_scored,
             "n_classes_skipped": rep.n_classes_skipped,
-            "test_metrics": {k: v for k, v in extra.items() if k not in ("map",)},
+            "test_metrics": {k: v for k, v in extra.items() if k not in ("map",)},  # at calibration thresholds
+            "calibration": {"temperature": cal.temperature, "thresholds": cal.policy, "ece": cal.ece},
             "observed_sha256": self.data.observed.sha256,
             "dataset": self.data.dataset.name,
             "method": self.cfg.method.name,
@@ -370,16 +415,41 @@ class Trainer:
             results["grouped_map"] = grouped
         if self.env.is_main:
             write_json(self.out / "results.json", results)
-        if self.verbose:
-            tqdm.write(f"test mAP {100 * rep.map:.2f} (best val mAP {100 * best_map:.2f}, epoch {best_epoch + 1})")
+        self._say(f"test mAP {100 * rep.map:.2f}% (best val mAP {100 * best_map:.2f}%, epoch {best_epoch})")
         return results
+
+    def _calibrate(self, val_scores: np.ndarray, test_scores: np.ndarray):
+        """Temperature and per-class thresholds on validation (mlrkit.calibration); ECE on val and test."""
+        from mlrkit.calibration import SATURATED_SHARE, calibrate, sigmoid
+        from mlrkit.metrics import expected_calibration_error
+
+        cc, d = self.cfg.calibration, self.data
+        cal = calibrate(val_scores, d.val_targets, d.val_mask, d.class_names, policy=cc.thresholds,
+                        temperature=cc.temperature, global_threshold=cc.threshold, n_bins=cc.n_bins)
+        cal.ece["test_before"] = expected_calibration_error(sigmoid(test_scores), d.test.targets, d.test.known,
+                                                            cc.n_bins)
+        cal.ece["test_after"] = expected_calibration_error(cal.probabilities(test_scores), d.test.targets,
+                                                           d.test.known, cc.n_bins)
+        if cal.saturated_share > SATURATED_SHARE:
+            self.method.warn(f"raw scores saturate: {100 * cal.saturated_share:.0f}% of the validation scores are "
+                             f"above 0.99 or below 0.01; temperature scaling (T = {cal.temperature:.3g}) and "
+                             "per-class thresholds fitted on validation are applied by evaluate and predict")
+        if cal.fallback_classes:
+            self.method.warn(f"{len(cal.fallback_classes)} classes have no validation positive and keep the global "
+                             f"threshold {cal.global_threshold}: {', '.join(cal.fallback_classes[:10])}")
+        if self.env.is_main:
+            cal.save(self.out)
+        self._say(f"calibration on validation: T = {cal.temperature:.3g}, ECE {100 * cal.ece['val_before']:.2f}% -> "
+                  f"{100 * cal.ece['val_after']:.2f}% (test {100 * cal.ece['test_before']:.2f}% -> "
+                  f"{100 * cal.ece['test_after']:.2f}%), thresholds: {cal.policy}")
+        return cal
 
     def _truncate_metrics(self, start: int) -> None:
         path = self.out / "metrics.jsonl"
         if not path.exists():
             return
         rows = [line for line in path.read_text().splitlines() if line.strip()]
-        keep = [r for r in rows if json.loads(r)["epoch"] < start]
+        keep = [r for r in rows if json.loads(r)["epoch"] <= start]  # epochs count from 1
         path.write_text("".join(r + "\n" for r in keep))
 
     def _run_info(self) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mlrkit.data.base import ImageSource
 from mlrkit.data.transforms import describe
@@ -121,7 +120,9 @@ class FeatureStore:
         ds = _Transformed(images, transform, rows[todo])
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         pos = 0
-        bar = tqdm(total=len(todo), desc=desc, disable=not progress, leave=False)
+        from mlrkit.progress import progress as progress_bar
+
+        bar = progress_bar(total=len(todo), desc=desc, enabled=progress)
         with torch.no_grad():
             for x in loader:
                 feats = encode(x.to(device)).float().cpu().numpy()

@@ -47,10 +47,25 @@ class Method:
     """Base class of a method. Subclasses set ``input_kind`` and implement :meth:`build_model`."""
 
     input_kind: str = "features"
+    #: the loss this method is trained with unless the config names one (``{"name": ..., **params}``)
+    default_loss: dict[str, Any] = {"name": "an"}
+    #: config values this method implies unless the user sets them (e.g. zeroshot: ``train.epochs: 0``)
+    config_defaults: dict[str, Any] = {}
+    #: the input resolution defaults to the VL model's own (methods that feed images to ``vl.model``)
+    image_size_from_vl: bool = False
 
     def __init__(self, **params: Any) -> None:
         self.params = params
         self.cfg = None  # the RunConfig, set by build_method
+        self.warnings: list[str] = []
+
+    def warn(self, message: str) -> None:
+        """A loud warning: logged now (console and ``console.log``) and recorded in ``run.json``."""
+        import logging
+
+        if message not in self.warnings:
+            self.warnings.append(message)
+            logging.getLogger("mlrkit").warning("WARNING: %s", message)
 
     def prepare_data(self, data, *, device, progress: bool = True) -> None:
         """Called once before the task is described: feature methods on image datasets get

@@ -244,6 +244,10 @@ class RegionMethod(Method):
     """
 
     input_kind = "images"
+    #: DualCoOp's ASL (configs/prompting/*: gamma+ 1, gamma- 2, clip 0.05, unknown entries ignored)
+    default_loss = {"name": "asl", "gamma_pos": 1.0, "gamma_neg": 2.0, "clip": 0.05, "unknown": "ignore",
+                    "detach_focusing": True}
+    image_size_from_vl = True
 
     def __init__(self, *, loss_weight: float = 1.0, init_from: str | None = None, **params: Any) -> None:
         super().__init__(loss_weight=loss_weight, init_from=init_from, **params)

@@ -423,6 +423,8 @@ class SCPNetMethod(Method):
     ``vl.model``; the loss (``loss.name``) must be ``splc`` unless ``scpnet.require_splc: false``."""
 
     input_kind = "images"
+    default_loss = {"name": "splc"}
+    image_size_from_vl = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -555,6 +557,7 @@ class CLIPFinetuneMethod(Method):
     """
 
     input_kind = "images"
+    image_size_from_vl = True
 
     def __init__(self, flip: bool = True, weak_scale: list[float] | None = None) -> None:
         super().__init__(flip=flip, weak_scale=weak_scale)

@@ -67,6 +67,9 @@ class ZeroShotHead(nn.Module):
 @METHODS.register("zeroshot", "CLIP zero-shot baseline: cos(image, class-name prompt), no training")
 class ZeroShotMethod(Method):
     input_kind = "features"
+    default_loss = {"name": "bce"}  # never optimised (nothing is trained); recorded for completeness
+    config_defaults = {"train": {"epochs": 0}}
+    image_size_from_vl = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -79,7 +82,8 @@ class ZeroShotMethod(Method):
 
     def prepare_data(self, data, *, device, progress: bool = True) -> None:
         if self.cfg.train.epochs != 0:
-            raise ConfigError("method zeroshot trains nothing: set --epochs 0")
+            raise ConfigError(f"method zeroshot trains nothing, but train.epochs is {self.cfg.train.epochs}: drop "
+                              "--epochs (zeroshot defaults to 0)")
         self.attach_features({"train": data.train, "val": data.val, "test": data.test}, device=device,
                              progress=progress)
 
@@ -98,6 +102,8 @@ class ZeroShotMethod(Method):
 @METHODS.register("vlpl", "VLPL: backbone trained with EM + VL pseudo-labels computed once (Xing et al. 2024)")
 class VLPLMethod(FinetuneMethod):
     """Finetune a backbone with loss ``vlpl``; pseudo-labels of the training split come from the VL model."""
+
+    default_loss = {"name": "vlpl"}
 
     def __init__(self, tau: float = 0.03, theta: float = 0.3, delta: float = 0.0, flip: bool = True,
                  randaugment: bool = False, cutout: float = 0.0, dropout: float = 0.0,
