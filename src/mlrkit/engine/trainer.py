@@ -133,6 +133,7 @@ class Trainer:
         t0 = time.perf_counter()
         method.prepare_data(self.data, device=self.device, progress=self.progress)
         self.timings["prepare_data_s"] = time.perf_counter() - t0
+        self.checks = method.check_data(self.data.class_names)
         task = task_info(cfg, self.data, method.input_kind)
         self.built = build_for_task(cfg, task, method)
         self.method, self.model = self.built.method, self.built.model
@@ -249,6 +250,7 @@ class Trainer:
         run_info = self._run_info()
         run_info["method_info"] = self.method.run_info()
         run_info["warnings"] = list(self.method.warnings)
+        run_info.update(self.checks)
         if main:
             self._truncate_metrics(start)
             write_json(self.out / "run.json", run_info)

@@ -53,6 +53,8 @@ class Method:
     config_defaults: dict[str, Any] = {}
     #: the input resolution defaults to the VL model's own (methods that feed images to ``vl.model``)
     image_size_from_vl: bool = False
+    #: the method builds on the VL model's class-name text embeddings (checked by :meth:`check_data`)
+    uses_vl_text: bool = False
 
     def __init__(self, **params: Any) -> None:
         self.params = params
@@ -77,6 +79,28 @@ class Method:
     def attach_features(self, splits: dict, *, device, progress: bool = True) -> None:
         """Set ``split.features`` for image splits (also used by ``predict`` on new images)."""
         raise NotImplementedError(f"{type(self).__name__} cannot make features from images")
+
+    def check_data(self, class_names: list[str]) -> dict[str, Any]:
+        """Checks before training, returned for ``run.json``; failures are loud warnings (:meth:`warn`).
+
+        Methods built on class-name text embeddings get the VL-vocabulary check
+        (:func:`mlrkit.vl.vocabulary.vocabulary_check`): can ``vl.model`` tell these classes apart?
+        """
+        if not self.uses_vl_text:
+            return {}
+        import logging
+
+        from mlrkit.methods.vl_methods import load_vl, templates_of
+        from mlrkit.vl.vocabulary import vocabulary_check
+
+        get = getattr(self, "vl_model", None)
+        vl = get() if callable(get) else load_vl(self.cfg)
+        rep = vocabulary_check(vl, list(class_names), templates_of(self.cfg))
+        if rep.passed:
+            logging.getLogger("mlrkit").info("VL vocabulary check passed: %s", rep.message())
+        else:
+            self.warn(rep.message())
+        return {"vl_vocabulary": rep.as_dict()}
 
     def run_info(self) -> dict[str, Any]:
         """Extra facts for ``run.json`` (e.g. pseudo-label quality)."""

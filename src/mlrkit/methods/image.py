@@ -27,6 +27,8 @@ from mlrkit.models.backbones import Backbone, build_backbone
 from mlrkit.utils import derive_seed
 
 log = logging.getLogger("mlrkit")
+#: ``model.name: vl:<spec>`` makes a VL model's (frozen) image encoder the feature extractor of linear/mlp
+VL_PREFIX = "vl:"
 
 
 def backbone_from_config(cfg, warn=None, *, frozen: bool = False) -> Backbone:
@@ -73,6 +75,17 @@ def frozen_features(cfg, splits: dict, *, device, progress: bool = True, warn=No
     """Attach frozen-backbone features to every split in ``splits`` (name -> Split; computed once, cached)."""
     from mlrkit.features import FeatureStore
 
+    name = cfg.model.name or ""
+    if name.startswith(VL_PREFIX):  # a VL model's image encoder: a linear probe on CLIP features
+        from mlrkit.methods.vl_methods import vl_features_for
+        from mlrkit.vl import load
+
+        spec = name[len(VL_PREFIX):]
+        if not spec or cfg.model.params:
+            raise ConfigError(f"model.name {name!r}: give a VL spec (vl:mosaic-clip, vl:openclip:ViT-B-16@FILE) and no "
+                              f"other model keys (got {sorted(cfg.model.params)})")
+        vl_features_for(cfg, load(spec, seed=cfg.seed).freeze(), splits, device=device, progress=progress)
+        return
     torch.manual_seed(derive_seed(cfg.seed, 99))  # random-init backbones are reproducible
     bb = backbone_from_config(cfg, warn, frozen=True).to(device).eval()
     tf = build_transform(cfg.data.image_size, bb.mean, bb.std, train=False)

@@ -339,6 +339,8 @@ class PromptMethod(RegionMethod):
         prompts/embeddings initialise this run (loaded by class name, see ``transfer_state``).
     """
 
+    uses_vl_text = True  # prompts are initialised from / compared with class-name text
+
     positive = "prompt"
     negative = "prompt"
 

@@ -424,6 +424,7 @@ class SCPNetMethod(Method):
 
     input_kind = "images"
     default_loss = {"name": "splc"}
+    uses_vl_text = True
     image_size_from_vl = True
 
     def __init__(self) -> None:

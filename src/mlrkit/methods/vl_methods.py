@@ -47,7 +47,7 @@ def vl_features_for(cfg, model, splits: dict, *, device, progress: bool) -> None
         if split.images is None:
             raise MlrkitError(f"method needs images, the {name} split has none")
         feats = vl_image_features(model, split.images, store=store, device=device, progress=progress,
-                                  desc=f"{cfg.vl.model} features ({name})", seed=cfg.seed,
+                                  desc=f"{model.spec} features ({name})", seed=cfg.seed,
                                   batch_size=max(64, cfg.train.batch_size))
         split.features = np.array(feats, dtype=np.float32)
 
@@ -67,6 +67,7 @@ class ZeroShotHead(nn.Module):
 @METHODS.register("zeroshot", "CLIP zero-shot baseline: cos(image, class-name prompt), no training")
 class ZeroShotMethod(Method):
     input_kind = "features"
+    uses_vl_text = True
     default_loss = {"name": "bce"}  # never optimised (nothing is trained); recorded for completeness
     config_defaults = {"train": {"epochs": 0}}
     image_size_from_vl = True
@@ -104,6 +105,7 @@ class VLPLMethod(FinetuneMethod):
     """Finetune a backbone with loss ``vlpl``; pseudo-labels of the training split come from the VL model."""
 
     default_loss = {"name": "vlpl"}
+    uses_vl_text = True
 
     def __init__(self, tau: float = 0.03, theta: float = 0.3, delta: float = 0.0, flip: bool = True,
                  randaugment: bool = False, cutout: float = 0.0, dropout: float = 0.0,
