@@ -62,11 +62,16 @@ def register(sub) -> None:
                    "recipe but not its method hyper-parameters; default: --method / the recipe's method)")
     p.add_argument("--seeds", help="comma-separated run seeds (default: --seed / the recipe's); cells average them")
 
-    p = add_command(sub, "evaluate", "metrics (mAP, CF1/OF1, P@k/R@k) of a run's best checkpoint on val and test",
-                    "mlrkit evaluate runs/yeast-an", cmd_evaluate)
+    p = add_command(sub, "evaluate",
+                    "metrics of a run's best checkpoint on val and test, over the known entries (mAP, micro/"
+                    "weighted AP, AUROC, CF1/OF1, P@k/R@k, ECE, Hamming, Jaccard)",
+                    "mlrkit evaluate runs/yeast-an\n  mlrkit evaluate runs/mine --per-class --json", cmd_evaluate)
     p.add_argument("run", help="run directory")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for CF1/OF1")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="probability threshold for CF1/OF1, Hamming loss and Jaccard")
     p.add_argument("--k", type=int, default=3, help="k of P@k / R@k")
+    p.add_argument("--per-class", action="store_true",
+                   help="print AP and the known positives/negatives of every test class (always on for partial data)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = add_command(sub, "predict", "class probabilities for new inputs (feature files or images)",
@@ -389,16 +394,43 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**res, "grouped_map": grouped} if grouped else res, indent=2))
         return 0
-    keys = [k for k in res["test"] if k not in ("n_classes_scored", "n_classes_skipped")]
-    print(f"{'split':<6}" + "".join(f"{k:>9}" for k in keys))
-    for split, m in res.items():
-        print(f"{split:<6}" + "".join(f"{100 * m[k]:>9.2f}" for k in keys))
-    skipped = res["test"]["n_classes_skipped"]
-    if skipped:
-        print(f"(test mAP averages {res['test']['n_classes_scored']} classes; {skipped} without a positive skipped)")
+    print(_format_evaluation(res, per_class=args.per_class))
     if grouped:
         print(f"classes grouped by number of training annotations (Group 1: fewest):\n{format_grouped(grouped)}")
     return 0
+
+
+_NOT_PERCENT = ("n_classes_scored", "n_classes_skipped", "per_class", "unscored_classes", "known_fraction")
+
+
+def _format_evaluation(res: dict, per_class: bool = False) -> str:
+    """The metrics table (metric rows, split columns, in %), then what the test metrics rest on."""
+    splits = list(res)
+    keys = [k for k in res[splits[0]] if k not in _NOT_PERCENT]
+    lines = [f"{'metric':<13}" + "".join(f"{s:>9}" for s in splits)]
+    for k in keys:
+        cells = ["      n/a" if res[s].get(k) is None else f"{100 * res[s][k]:>9.2f}" for s in splits]
+        lines.append(f"{k:<13}" + "".join(cells))
+    lines.append("(all metrics in %; ece and hamming_loss: lower is better)")
+    for s in splits:
+        m = res[s]
+        known = m.get("known_fraction", 1.0)
+        note = f"{s}: mAP averages {m['n_classes_scored']} classes"
+        if known < 1.0:
+            note += f"; partial ground truth, only the known {100 * known:.2f}% of the entries are scored"
+        if m.get("unscored_classes"):
+            names = m["unscored_classes"]
+            note += f"; not scored (no known positive): {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}"
+        lines.append(note)
+    test = res.get("test")
+    if test and (per_class or test.get("known_fraction", 1.0) < 1.0):
+        rows = test["per_class"]
+        width = max(8, *(len(n) for n in rows))
+        lines.append(f"test per class:\n  {'class':<{width}} {'AP':>7} {'known +':>8} {'known -':>8}")
+        for name, r in rows.items():
+            ap = "    n/a" if r["ap"] is None else f"{100 * r['ap']:>7.2f}"
+            lines.append(f"  {name:<{width}} {ap} {r['known_positives']:>8} {r['known_negatives']:>8}")
+    return "\n".join(lines)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from mlrkit.engine.loaders import make_loader
 from mlrkit.engine.trainer import BuiltRun, build_for_task, predict_scores, resolve_device
 from mlrkit.errors import DataError, MlrkitError
 from mlrkit.methods import TaskInfo
-from mlrkit.metrics import summary
+from mlrkit.metrics import MultiLabelMeter
 
 
 @dataclass
@@ -71,22 +71,26 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
 
 
 def evaluate_run(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"), threshold: float = 0.5,
-                 k: int = 3) -> dict[str, dict[str, float]]:
-    """Metrics of the best checkpoint on the run's own validation and test splits."""
+                 k: int = 3) -> dict[str, dict]:
+    """Metrics of the best checkpoint on the run's own validation and test splits, over their known
+    entries: the :func:`mlrkit.metrics.summary` metrics plus ``per_class`` (AP, AUROC, known
+    positives/negatives per class) and ``unscored_classes``."""
     from mlrkit.engine.run_data import prepare_run_data
 
     run = load_run(run_dir)
     data = prepare_run_data(run.cfg)
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict] = {}
     for name in splits:
         if name == "val":
-            scores = run.scores(data.val)
-            out["val"] = summary(scores, data.val_targets, data.val_mask, threshold, min(k, data.val.num_classes))
+            split, targets, mask = data.val, data.val_targets, data.val_mask
         elif name == "test":
-            scores = run.scores(data.test)
-            out["test"] = summary(scores, data.test.targets, data.test.known, threshold, min(k, data.test.num_classes))
+            split, targets, mask = data.test, data.test.targets, data.test.known
         else:
             raise MlrkitError(f"unknown split {name!r} (val or test)")
+        meter = MultiLabelMeter(data.class_names, threshold, k)
+        meter.update(run.scores(split), targets, mask)
+        out[name] = meter.compute()
+        out[name]["known_fraction"] = 1.0 if mask is None else float(np.asarray(mask).mean())
     return out
 
 
