@@ -30,6 +30,10 @@ def register(sub) -> None:
                    help="observation protocol, e.g. observed (the dataset's own labels), single-positive, partial:0.3")
     p.add_argument("--per-class", action="store_true",
                    help="print known positives/negatives per class (always on for partial ground truth)")
+    p.add_argument("--export-features", metavar="F.npz",
+                   help="datasets with features: also write a features file whose training labels are these "
+                   "observed labels only (observed_train, no Y_train) - real-looking partial data, "
+                   "usable as --dataset features:F.npz --labels observed")
     p.add_argument("--seed", type=int, default=0, help="observation seed")
     p.add_argument("--out", help="where to write the observed labels (.npz); omitted: statistics only")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -371,6 +375,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                  "test_known_fraction": None if ds.test.known is None else float(ds.test.known.mean())}
         write_json(stats_path, stats)
         print(f"wrote {path} and {stats_path}")
+    if args.export_features:
+        from mlrkit.data.datasets.features import save_partial_features
+
+        print(f"wrote {save_partial_features(ds, obs.observed, args.export_features)} "
+              "(training labels = the observed labels only)")
     return 0
 
 
