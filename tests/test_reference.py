@@ -416,7 +416,7 @@ def test_dry_run_prints_train_and_eval_transforms():
     default = dry_run(build_config(CONFIGS / "prompting" / "fashion-mosaic-dualcoop.yaml",
                                    {"vl": {"model": "tiny"}}))["transforms"]
     assert default["train"].startswith("cached, 2 views") and "RandomResizedCrop" in default["train"]
-    scp = dry_run(build_config(CONFIGS / "scpnet" / "fashion-mosaic-heldout" / "reference.yaml",
+    scp = dry_run(build_config(CONFIGS / "scpnet" / "fashion-mosaic-heldout" / "full-reference.yaml",
                                {"vl": {"model": "tiny"}}))["transforms"]
     assert "FixMatchRandAugment" in scp["train"] and "CenterCrop" in scp["eval"]
 
