@@ -289,6 +289,7 @@ def train_config_from_args(args: argparse.Namespace):
             from mlrkit.errors import ConfigError
 
             raise ConfigError(f"--resume continues {saved} as saved; drop {', '.join(given)}")
+        cfg.out = args.out  # the run directory is the one given, wherever it was first written
         return cfg
     flags = {
         "seed": args.seed,
@@ -482,17 +483,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_vl_pretrain(args: argparse.Namespace) -> int:
-    from mlrkit.pretraining import pretrain_mosaic_clip, save_pretrained
+    from mlrkit.pretraining import load_raw_checkpoint, pretrain_mosaic_clip, save_pretrained
 
+    init_payload = load_raw_checkpoint(args.init) if args.init else None  # read safely before any training
     model, config, result, history = pretrain_mosaic_clip(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         time_limit_s=None if args.time_limit is None else 60 * args.time_limit,
         eval_every=args.eval_every, device=args.device, init=args.init, subset_prob=args.subset_prob,
         multi_positive=args.multi_positive, heldout_source=args.heldout_source,
         heldout_mosaics_count=args.heldout_mosaics)
-    import torch
-
-    init_payload = torch.load(args.init, map_location="cpu", weights_only=False) if args.init else None
     from mlrkit.pretraining import BUILTIN_TRAINED_ON, HELDOUT_TRAINED_ON
 
     if args.heldout_source:
