@@ -19,7 +19,7 @@ from mlrkit.engine.loaders import make_loader
 from mlrkit.engine.trainer import BuiltRun, build_for_task, predict_scores, resolve_device
 from mlrkit.errors import DataError, MlrkitError
 from mlrkit.methods import TaskInfo
-from mlrkit.metrics import f1_scores, summary
+from mlrkit.metrics import MultiLabelMeter, f1_scores, hamming_loss, jaccard_index
 
 
 @dataclass
@@ -96,12 +96,14 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
 
 
 def evaluate_run(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"), threshold: float | None = None,
-                 k: int = 3) -> dict[str, dict[str, float]]:
-    """Metrics of the best checkpoint on the run's own validation and test splits.
+                 k: int = 3) -> dict[str, dict]:
+    """Metrics of the best checkpoint on the run's own validation and test splits, over their known
+    entries: the :func:`mlrkit.metrics.summary` metrics plus ``per_class`` (AP, AUROC, known
+    positives/negatives per class) and ``unscored_classes``.
 
-    mAP and P@k/R@k rank the raw scores; CP/CR/CF1/OP/OR/OF1 threshold the calibrated probabilities
-    at the run's per-class thresholds (``calibration.json``), or at ``threshold`` for every class if
-    given; ``ece`` is the expected calibration error of the calibrated probabilities.
+    mAP, AUROC and P@k/R@k rank the raw scores; CP/CR/CF1/OP/OR/OF1, Hamming loss and Jaccard
+    threshold the calibrated probabilities at the run's per-class thresholds (``calibration.json``),
+    or at ``threshold`` for every class if given; ``ece`` is that of the calibrated probabilities.
     """
     from mlrkit.engine.run_data import prepare_run_data
     from mlrkit.metrics import expected_calibration_error
@@ -110,7 +112,7 @@ def evaluate_run(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"),
     data = prepare_run_data(run.cfg)
     cal = run.calibration
     th = cal.threshold_array(threshold)
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict] = {}
     for name in splits:
         if name == "val":
             split, targets, mask = data.val, data.val_targets, data.val_mask
@@ -119,10 +121,15 @@ def evaluate_run(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"),
         else:
             raise MlrkitError(f"unknown split {name!r} (val or test)")
         scores = run.scores(split)
-        m = summary(scores, targets, mask, 0.5, min(k, split.num_classes))
+        meter = MultiLabelMeter(data.class_names, 0.5, k)
+        meter.update(scores, targets, mask)
+        m = meter.compute()
         probs = cal.probabilities(scores)
         m.update(f1_scores(probs, targets, th, mask))
         m["ece"] = expected_calibration_error(probs, targets, mask, cal.n_bins)
+        m["hamming_loss"] = hamming_loss(probs, targets, th, mask)
+        m["jaccard"] = jaccard_index(probs, targets, th, mask)
+        m["known_fraction"] = 1.0 if mask is None else float(np.asarray(mask).mean())
         out[name] = m
     return out
 

@@ -42,7 +42,7 @@ from mlrkit.engine.optim import EMA, build_optimizer, build_scheduler, param_gro
 from mlrkit.engine.run_data import RunData, prepare_run_data, task_info
 from mlrkit.errors import MlrkitError
 from mlrkit.methods import Method, TaskInfo, build_method
-from mlrkit.metrics import map_report, summary
+from mlrkit.metrics import MultiLabelMeter, f1_scores, hamming_loss, jaccard_index, map_report
 from mlrkit.progress import progress as progress_bar
 from mlrkit.utils import derive_seed, seed_everything, write_json
 
@@ -213,7 +213,7 @@ class Trainer:
             raise MlrkitError(f"{self.out} already holds a run; use --resume to continue it or another --out")
         if self.resume:
             saved = self.out / "config.yaml"
-            if saved.exists() and RunConfig.load(saved).to_dict() != cfg.to_dict():
+            if saved.exists() and {**RunConfig.load(saved).to_dict(), "out": None} != {**cfg.to_dict(), "out": None}:
                 raise MlrkitError(f"--resume: the configuration differs from {saved}")
             if not last.exists() and (self.out / "results.json").exists():
                 log.info("%s is finished (results.json; last.pt was removed at the end): nothing to resume", self.out)
@@ -390,18 +390,29 @@ class Trainer:
             val_scores = self.scores(self.data.val)
             scores = self.scores(self.data.test, progress=self.progress, desc="test")
         cal = self._calibrate(val_scores, scores)
-        rep = map_report(scores, self.data.test.targets, self.data.test.known)
         test = self.data.test
-        extra = summary(cal.probabilities(scores), test.targets, test.known, cal.threshold_array())
-        self.trackers.set_pr_data(cal.probabilities(scores), test.targets, test.known, self.data.class_names)
+        meter = MultiLabelMeter(self.data.class_names)
+        meter.update(scores, test.targets, test.known)  # the scores are already gathered from every rank
+        extra = meter.compute()
+        per_class = extra.pop("per_class")
+        # thresholded metrics and ECE on the calibrated probabilities at the per-class thresholds
+        probs, th = cal.probabilities(scores), cal.threshold_array()
+        extra.update(f1_scores(probs, test.targets, th, test.known))
+        extra["ece"] = cal.ece["test_after"]
+        extra["hamming_loss"] = hamming_loss(probs, test.targets, th, test.known)
+        extra["jaccard"] = jaccard_index(probs, test.targets, th, test.known)
+        self.trackers.set_pr_data(probs, test.targets, test.known, self.data.class_names)
         results = {
             "val_map": best_map,
-            "test_map": rep.map,
+            "test_map": extra["map"],
             "best_epoch": best_epoch,
-            "per_class_ap": dict(zip(self.data.class_names, rep.per_class_ap)),
-            "n_classes_scored": rep.n_classes_scored,
-            "n_classes_skipped": rep.n_classes_skipped,
-            "test_metrics": {k: v for k, v in extra.items() if k not in ("map",)},  # at calibration thresholds
+            "per_class_ap": {name: row["ap"] for name, row in per_class.items()},
+            "n_classes_scored": extra["n_classes_scored"],
+            "n_classes_skipped": extra["n_classes_skipped"],
+            "test_metrics": {k: v for k, v in extra.items() if k not in ("map", "unscored_classes")},
+            "test_per_class": per_class,
+            "unscored_classes": extra["unscored_classes"],
+            "test_known_fraction": 1.0 if test.known is None else float(test.known.mean()),
             "calibration": {"temperature": cal.temperature, "thresholds": cal.policy, "ece": cal.ece},
             "observed_sha256": self.data.observed.sha256,
             "dataset": self.data.dataset.name,
@@ -417,7 +428,7 @@ class Trainer:
             results["grouped_map"] = grouped
         if self.env.is_main:
             write_json(self.out / "results.json", results)
-        self._say(f"test mAP {100 * rep.map:.2f}% (best val mAP {100 * best_map:.2f}%, epoch {best_epoch})")
+        self._say(f"test mAP {100 * results['test_map']:.2f}% (best val mAP {100 * best_map:.2f}%, epoch {best_epoch})")
         return results
 
     def _calibrate(self, val_scores: np.ndarray, test_scores: np.ndarray):
