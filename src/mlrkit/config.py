@@ -369,7 +369,38 @@ def build_config(
     if sets:
         user = deep_merge(user, parse_set(sets))
     d = deep_merge(RunConfig().to_dict(), method_defaults(user))
-    return RunConfig.from_dict(deep_merge(d, user))
+    return RunConfig.from_dict(absolute_paths(deep_merge(d, user)))
+
+
+def absolute_paths(d: dict[str, Any]) -> dict[str, Any]:
+    """Relative paths of existing files and folders made absolute, so a saved run works from any directory:
+    ``data.root``, ``data.name`` (``manifest:FILE``, ``features:FILE``), ``labels.protocol`` (a prepared
+    .npz), ``model.weights`` and the file of a ``vl.model`` spec (``openclip:ARCH@FILE``)."""
+    import os
+
+    def absolute(value: Any) -> Any:
+        if isinstance(value, str) and value and not os.path.isabs(value) and os.path.exists(value):
+            return os.path.abspath(value)
+        return value
+
+    data, labels = d.get("data"), d.get("labels")
+    if isinstance(data, dict):
+        data["root"] = absolute(data.get("root"))
+        name = data.get("name")
+        if isinstance(name, str) and ":" in name:
+            kind, _, rest = name.partition(":")
+            data["name"] = f"{kind}:{absolute(rest)}"
+        if isinstance(data.get("options"), dict):  # e.g. classes=FILE
+            data["options"] = {k: absolute(v) for k, v in data["options"].items()}
+    if isinstance(labels, dict):
+        labels["protocol"] = absolute(labels.get("protocol"))
+    if isinstance(d.get("model"), dict) and "weights" in d["model"]:
+        d["model"]["weights"] = absolute(d["model"]["weights"])
+    vl = d.get("vl")
+    if isinstance(vl, dict) and isinstance(vl.get("model"), str) and "@" in vl["model"]:
+        head, _, src = vl["model"].partition("@")
+        vl["model"] = f"{head}@{absolute(src)}"
+    return d
 
 
 def method_defaults(user: dict[str, Any]) -> dict[str, Any]:

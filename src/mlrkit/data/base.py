@@ -348,6 +348,13 @@ def load_dataset(spec: str, root: str | Path | None = None, **options) -> MultiL
     import mlrkit.data.datasets  # noqa: F401 - registers the adapters
 
     name, sep, arg = spec.partition(":")
+    if name not in DATASETS.names():
+        p = Path(spec)
+        if p.suffix.lower() in (".csv", ".jsonl", ".ndjson", ".json", ".tsv") and p.is_file():
+            raise DataError(f"unknown dataset {spec!r}: it is a file; for your own images and labels write "
+                            f"manifest:{spec} (docs/datasets.md, 'Your own data' in the README)")
+        if p.suffix.lower() == ".npz" and p.is_file():
+            raise DataError(f"unknown dataset {spec!r}: it is a file; for precomputed features write features:{spec}")
     builder = DATASETS.get(name)
     if sep:
         options["path"] = arg
