@@ -95,6 +95,25 @@ def register(sub) -> None:
                    "(standard error; json: 'skipped') instead of failing")
     p.add_argument("--output", help="write here instead of standard output")
 
+    p = add_command(sub, "compare", "finished runs side by side: table (mAP, CF1/OF1, ECE, temperature) and plots "
+                    "(learning curves, per-class test AP)",
+                    "mlrkit compare demo_out/runs/* --out compare/\n  mlrkit compare runs/a runs/b --out cmp --json",
+                    cmd_compare)
+    p.add_argument("runs", nargs="+", help="run directories (with results.json)")
+    p.add_argument("--out", default="compare", help="output directory: compare.md, compare.json, curves.png, "
+                   "per_class_ap.png")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
+
+    p = add_command(sub, "export", "a run as a self-contained model for serving: preprocessed batch in, calibrated "
+                    "probabilities out; checked against mlrkit's prediction to 1e-5",
+                    "mlrkit export runs/photos --format torchscript\n  "
+                    "mlrkit export runs/photos --format onnx --out model.onnx", cmd_export)
+    p.add_argument("run", help="run directory")
+    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript",
+                   help="torchscript (torch.jit) or onnx (needs onnx + onnxruntime: pip install 'mlrkit[export]')")
+    p.add_argument("--out", help="file to write (default RUN/model.ts or RUN/model.onnx); export.json-style "
+                   "metadata goes next to it (<stem>.json)")
+
     p = add_command(sub, "demo", "single-positive vs full labels on built-in real data: table + bar plot",
                     "mlrkit demo --out demo_out", cmd_demo)
     p.add_argument("--out", default="demo_out", help="output directory (table, plot, runs)")
@@ -137,7 +156,11 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", help="write X_train, Y_train, X_test, Y_test, class_names (pooled features)")
 
-    vl = sub.add_parser("vl", help="vision-language model tools (pretrain)", description="vision-language model tools")
+    vl = sub.add_parser("vl", help="vision-language model tools (pretrain, export, vocab)",
+                        description="vision-language model tools", formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="examples:\n  mlrkit vl vocab --vl-model mosaic-clip --dataset voc2007\n  "
+                        "mlrkit vl pretrain --steps 2400 --out mosaic_clip_raw.pt\n  "
+                        "mlrkit vl export mosaic_clip_raw.pt --out mosaic_clip.pt")
     vsub = vl.add_subparsers(dest="vl_command", metavar="VL_COMMAND")
     p = add_command(vsub, "pretrain", "train the built-in mosaic-clip contrastively on fashion-mosaic captions",
                     "mlrkit vl pretrain --steps 2400 --batch-size 256 --lr 1e-3 --seed 0 --out mosaic_clip_raw.pt",
@@ -167,6 +190,19 @@ def register(sub) -> None:
     p.add_argument("raw", help="checkpoint written by `mlrkit vl pretrain`")
     p.add_argument("--out", required=True, help="where to write (mosaic_clip.pt + mosaic_clip.json)")
     p.add_argument("--name", default="mosaic-clip", help="model name recorded in the JSON sidecar")
+    p = add_command(vsub, "vocab", "can a VL model's text side tell a class list apart? (mean/max pairwise cosine of "
+                    "the class text embeddings, token coverage; docs/vl-backends.md)",
+                    "mlrkit vl vocab --vl-model mosaic-clip --dataset fashion-mosaic\n  "
+                    "mlrkit vl vocab --vl-model mosaic-clip --dataset voc2007\n  "
+                    "mlrkit vl vocab --vl-model openclip:ViT-B-16@/models/vitb16.pt --classes cat,dog,sofa",
+                    cmd_vl_vocab)
+    p.add_argument("--vl-model", default="mosaic-clip", help="VL model spec (mlrkit list vl-backends)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="dataset whose class names are checked (VOC/COCO work without files)")
+    src.add_argument("--classes", help="comma-separated class names")
+    p.add_argument("--root", help="dataset directory")
+    p.add_argument("--templates", default="single", help="prompt templates: single | ensemble | name")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = add_command(sub, "bench", "benchmarks: metrics, losses, features (cached vs recomputed encoder), "
                     "boostlu (inference cost), boostlu-ablation (fashion-mosaic table), scpnet (step vs fine-tuning), "
@@ -206,7 +242,11 @@ def register(sub) -> None:
     p.add_argument("--text-chunk", type=int, default=None,
                    help="classes: class prompts per checkpointed text pass (default: the methods' 256; 0 = one pass)")
 
-    an = sub.add_parser("analyze", help="analyses of models and runs", description="analyses of models and runs")
+    an = sub.add_parser("analyze", help="analyses of models and runs", description="analyses of models and runs",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="examples:\n  mlrkit analyze prior --vl-model mosaic-clip --dataset fashion-mosaic "
+                        "--out prior.png\n  mlrkit analyze prompts --vl-model mosaic-clip --dataset fashion-mosaic\n  "
+                        "mlrkit analyze pointing runs/fm-llr --json pointing.json")
     asub = an.add_subparsers(dest="analyze_command", metavar="ANALYSIS")
     p = add_command(asub, "prompts",
                     "cosine similarity of positive vs negative vs paraphrased class prompts in a VL text encoder "
@@ -264,15 +304,17 @@ def register(sub) -> None:
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="recipe YAML (configs/...); flags and --set override it")
-    p.add_argument("--dataset", help="registry name or features:PATH.npz")
+    p.add_argument("--dataset", help="registry name (mlrkit list datasets), manifest:FILE.csv|.jsonl for your own "
+                   "images and labels (README 'Your own data'), or features:PATH.npz")
     p.add_argument("--root", help="dataset directory")
-    p.add_argument("--method", help="method name (mlrkit list methods)")
-    p.add_argument("--loss", help="loss name (mlrkit list losses)")
+    p.add_argument("--method", help="method name (mlrkit list methods; default linear)")
+    p.add_argument("--loss", help="loss name (mlrkit list losses; default: the method's own, e.g. vlpl -> vlpl, "
+                   "scpnet -> splc, prompt methods -> asl, cam -> ll_r, linear/mlp/finetune -> an)")
     p.add_argument("--labels", help="observation protocol or a .npz from `mlrkit prepare`")
     p.add_argument("--seed", type=int, help="run seed (also the observation seed unless labels.seed is set)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=int, help="training epochs (train.epochs; default 20, zeroshot 0)")
+    p.add_argument("--batch-size", type=int, help="images or feature rows per step (train.batch_size; default 32)")
+    p.add_argument("--lr", type=float, help="learning rate (train.lr; default 1e-3)")
     p.add_argument("--out", help="run directory")
     p.add_argument("--vl-model", help="vision-language model spec for CLIP-based methods (vl.model; "
                    "default mosaic-clip), e.g. openclip:ViT-B-16@/models/vitb16.pt")
@@ -282,7 +324,11 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="override any config key, e.g. --set train.optimizer=sgd --set loss.alpha=0.2")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and report them")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--quiet", action="store_true", help="no progress output (console.log in the run keeps the lines)")
+    p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard in RUN/tensorboard "
+                   "(track.tensorboard; pip install 'mlrkit[track]')")
+    p.add_argument("--mlflow", metavar="URI", help="also log to MLflow at this tracking URI, e.g. file:./mlruns "
+                   "(track.mlflow; pip install 'mlrkit[track]')")
 
 
 def train_config_from_args(args: argparse.Namespace):
@@ -292,7 +338,7 @@ def train_config_from_args(args: argparse.Namespace):
         saved = Path(args.out) / "config.yaml"
         cfg = RunConfig.load(saved)
         given = [f for f in ("config", "dataset", "method", "loss", "labels", "seed", "epochs", "batch_size", "lr",
-                             "vl_model", "cache_views")
+                             "vl_model", "cache_views", "mlflow")
                  if getattr(args, f, None) is not None] + (["--set"] if args.set else [])
         if given:
             from mlrkit.errors import ConfigError
@@ -310,6 +356,8 @@ def train_config_from_args(args: argparse.Namespace):
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr},
         "vl": {"model": args.vl_model},
         "features": {"cache_views": getattr(args, "cache_views", None)},
+        "track": {"tensorboard": True if getattr(args, "tensorboard", False) else None,
+                  "mlflow": getattr(args, "mlflow", None)},
     }
     return build_config(args.config, flags, args.set)
 
@@ -482,6 +530,52 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.output:
             fh.close()
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mlrkit.analysis.compare import compare_runs
+
+    res = compare_runs(args.runs, args.out)
+    if args.json:
+        print((Path(args.out) / "compare.json").read_text(), end="")
+    else:
+        print(res["table"])
+        print(f"(metrics in %) wrote {', '.join(res['files'])}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mlrkit.engine.export import export_run
+
+    meta = export_run(args.run, args.format, args.out)
+    print(json.dumps({k: meta[k] for k in ("format", "file", "max_abs_diff_vs_mlrkit")} | {"input": meta["input"]}))
+    return 0
+
+
+def cmd_vl_vocab(args: argparse.Namespace) -> int:
+    from mlrkit.config import build_config
+    from mlrkit.methods.vl_methods import templates_of
+    from mlrkit.vl import load
+    from mlrkit.vl.vocabulary import vocabulary_check
+
+    if args.classes:
+        names = [c.strip() for c in args.classes.split(",") if c.strip()]
+    else:
+        from mlrkit.methods.prompting import builtin_class_names
+
+        names = builtin_class_names(args.dataset)
+        if names is None or args.root:
+            from mlrkit.data import load_dataset
+
+            names = load_dataset(args.dataset, args.root).class_names
+    cfg = build_config(flags={"vl": {"model": args.vl_model, "templates": args.templates}})
+    rep = vocabulary_check(load(args.vl_model).freeze(), names, templates_of(cfg))
+    if args.json:
+        print(json.dumps(rep.as_dict(), indent=2))
+    else:
+        print(("PASS: " if rep.passed else "FAIL: ") + rep.message())
+        print("closest pairs: " + ", ".join(f"{a}/{b} {c:.4f}" for a, b, c in rep.closest_pairs))
+    return 0 if rep.passed else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -3,9 +3,9 @@
 from mlrkit.data.base import (
     DATASETS,
     ArrayImageSource,
+    ImageList,
     ImageSource,
     MultiLabelDataset,
-    ImageList,
     PathImageSource,
     Split,
     load_dataset,

@@ -35,8 +35,8 @@ import mlrkit
 from mlrkit import losses
 from mlrkit.config import RunConfig
 from mlrkit.engine import distributed as ddp
-from mlrkit.engine.console import ConsoleLog, console_write
 from mlrkit.engine.checkpoint import load_checkpoint, load_trainable_state, save_checkpoint, trainable_state_dict
+from mlrkit.engine.console import ConsoleLog, console_write
 from mlrkit.engine.loaders import make_loader
 from mlrkit.engine.optim import EMA, build_optimizer, build_scheduler, param_groups
 from mlrkit.engine.run_data import RunData, prepare_run_data, task_info

@@ -112,8 +112,9 @@ def _timm_cached(hub_id: str) -> bool:
 
 def check_timm_weights_reachable(name: str) -> None:
     """Fail fast (clear error) when timm's pretrained weights for ``name`` are neither cached nor downloadable."""
-    import timm
     from urllib.parse import urlparse
+
+    import timm
 
     if name.startswith("hf-hub:"):
         hub_id, host = name[len("hf-hub:"):], "huggingface.co"

@@ -1,4 +1,4 @@
-"""Can a VL model's text side tell a class list apart? Measured before the model is used on it.
+r"""Can a VL model's text side tell a class list apart? Measured before the model is used on it.
 
 Zero-shot scores, VLPL's pseudo-labels, SCPNet's label prior and the prompt methods' text
 initialisation all start from the class-name text embeddings :math:`t_c` (unit vectors, the
