@@ -7,8 +7,10 @@ Eval:  Resize((S, S)) + ToTensor + Normalize.   (Cole et al. use S = 448.)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from torchvision import transforms as T
+if TYPE_CHECKING:  # torchvision (and with it its model zoo) is imported only when a transform is built
+    from torchvision import transforms as T
 
 
 def build_transform(
@@ -22,6 +24,8 @@ def build_transform(
     cutout: float = 0.0,
 ) -> T.Compose:
     """A torchvision pipeline; ``cutout`` is the erased area fraction (RandomErasing), 0 = off."""
+    from torchvision import transforms as T
+
     ops: list = [T.Resize((image_size, image_size))]
     if train and flip:
         ops.append(T.RandomHorizontalFlip(0.5))
