@@ -15,7 +15,7 @@ from mlrkit.engine.build import BuiltRun, build_for_task, resolve_device, score_
 from mlrkit.engine.checkpoint import load_checkpoint, load_trainable_state
 from mlrkit.errors import DataError, MlrkitError
 from mlrkit.methods import TaskInfo
-from mlrkit.metrics import summary
+from mlrkit.metrics import MultiLabelMeter
 
 
 @dataclass
@@ -64,8 +64,10 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
 
 
 def evaluate_run(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"), threshold: float = 0.5,
-                 k: int = 3) -> dict[str, dict[str, float]]:
-    """Metrics of the best checkpoint on the run's own validation and test splits."""
+                 k: int = 3) -> dict[str, dict]:
+    """Metrics of the best checkpoint on the run's own validation and test splits, over their known
+    entries: the :func:`mlrkit.metrics.summary` metrics plus ``per_class`` (AP, AUROC, known
+    positives/negatives per class) and ``unscored_classes``."""
     return evaluate_run_report(run_dir, splits, threshold, k, grouped=False)[0]
 
 
@@ -75,7 +77,7 @@ def evaluate_grouped(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"), threshold: float = 0.5,
-                        k: int = 3, *, grouped: bool = True) -> tuple[dict[str, dict[str, float]], dict | None]:
+                        k: int = 3, *, grouped: bool = True) -> tuple[dict[str, dict], dict | None]:
     """:func:`evaluate_run`'s metrics and the grouped test mAP (:mod:`mlrkit.engine.reports`; None when
     off), from one load of the run and its data."""
     from mlrkit.engine.reports import grouped_report
@@ -85,22 +87,26 @@ def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "
     if not splits and (not grouped or run.built.method.report_groups() == 0):
         return {}, None
     data = prepare_run_data(run.cfg)
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict] = {}
     test_scores = None
     for name in splits:
         if name == "val":
-            scores = run.scores(data.val)
-            out["val"] = summary(scores, data.val_targets, data.val_mask, threshold, min(k, data.val.num_classes))
+            split, targets, mask = data.val, data.val_targets, data.val_mask
         elif name == "test":
-            test_scores = run.scores(data.test)
-            out["test"] = summary(test_scores, data.test.targets, data.test.known, threshold,
-                                  min(k, data.test.num_classes))
+            split, targets, mask = data.test, data.test.targets, data.test.known
         else:
             raise MlrkitError(f"unknown split {name!r} (val or test)")
+        scores = run.scores(split)
+        if name == "test":
+            test_scores = scores
+        meter = MultiLabelMeter(data.class_names, threshold, k)
+        meter.update(scores, targets, mask)
+        out[name] = meter.compute()
+        out[name]["known_fraction"] = 1.0 if mask is None else float(np.asarray(mask).mean())
     report = None
     if grouped:
-        scores_of_test = (lambda: test_scores) if test_scores is not None else (lambda: run.scores(data.test))
-        report = grouped_report(run.built.method, data, scores_of_test)
+        report = grouped_report(run.built.method, data,
+                                (lambda: test_scores) if test_scores is not None else (lambda: run.scores(data.test)))
     return out, report
 
 

@@ -40,7 +40,7 @@ from mlrkit.engine.reports import grouped_report
 from mlrkit.engine.run_data import RunData, prepare_run_data, task_info
 from mlrkit.errors import MlrkitError
 from mlrkit.methods import build_method
-from mlrkit.metrics import map_report, summary
+from mlrkit.metrics import MultiLabelMeter, map_report
 from mlrkit.utils import derive_seed, seed_everything, write_json
 
 log = logging.getLogger("mlrkit")
@@ -147,7 +147,7 @@ class Trainer:
             raise MlrkitError(f"{self.out} already holds a run; use --resume to continue it or another --out")
         if self.resume:
             saved = self.out / "config.yaml"
-            if saved.exists() and RunConfig.load(saved).to_dict() != cfg.to_dict():
+            if saved.exists() and {**RunConfig.load(saved).to_dict(), "out": None} != {**cfg.to_dict(), "out": None}:
                 raise MlrkitError(f"--resume: the configuration differs from {saved}")
         self.env.barrier()  # every rank has checked the directory before rank 0 writes into it
         if main:
@@ -288,16 +288,22 @@ class Trainer:
             self.ema.load_state_dict(ck["ema"])
         with self._eval_model():
             scores = self.scores(self.data.test, progress=self.progress, desc="test")
-        rep = map_report(scores, self.data.test.targets, self.data.test.known)
-        extra = summary(scores, self.data.test.targets, self.data.test.known)
+        test = self.data.test
+        meter = MultiLabelMeter(self.data.class_names)
+        meter.update(scores, test.targets, test.known)  # the scores are already gathered from every rank
+        extra = meter.compute()
+        per_class = extra.pop("per_class")
         results = {
             "val_map": best_map,
-            "test_map": rep.map,
+            "test_map": extra["map"],
             "best_epoch": best_epoch,
-            "per_class_ap": dict(zip(self.data.class_names, rep.per_class_ap)),
-            "n_classes_scored": rep.n_classes_scored,
-            "n_classes_skipped": rep.n_classes_skipped,
-            "test_metrics": {k: v for k, v in extra.items() if k not in ("map",)},
+            "per_class_ap": {name: row["ap"] for name, row in per_class.items()},
+            "n_classes_scored": extra["n_classes_scored"],
+            "n_classes_skipped": extra["n_classes_skipped"],
+            "test_metrics": {k: v for k, v in extra.items() if k not in ("map", "unscored_classes")},
+            "test_per_class": per_class,
+            "unscored_classes": extra["unscored_classes"],
+            "test_known_fraction": 1.0 if test.known is None else float(test.known.mean()),
             "observed_sha256": self.data.observed.sha256,
             "dataset": self.data.dataset.name,
             "method": self.cfg.method.name,
@@ -311,7 +317,8 @@ class Trainer:
         if self.env.is_main:
             write_json(self.out / "results.json", results)
         if self.verbose:
-            tqdm.write(f"test mAP {100 * rep.map:.2f} (best val mAP {100 * best_map:.2f}, epoch {best_epoch + 1})")
+            tqdm.write(f"test mAP {100 * results['test_map']:.2f} "
+                       f"(best val mAP {100 * best_map:.2f}, epoch {best_epoch + 1})")
         return results
 
     def _truncate_metrics(self, start: int) -> None:
