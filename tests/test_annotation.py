@@ -185,27 +185,51 @@ def test_apply_answers_to_csv_manifest(tmp_path, capsys):
                    "b.jpg,cat|dog,train,\n"
                    "c.jpg,,test,x\n")
     ans = tmp_path / "answers.csv"
-    ans.write_text("image,class,answer\nb.jpg,dog,yes\nc.jpg,dog,no\n")  # agrees with complete labels
+    ans.write_text("image,class,answer\nb.jpg,dog,yes\nc.jpg,dog,no\n")  # agrees with the complete labels
     code, out, _ = run_cli(capsys, "apply-answers", str(man), str(ans), "--out", str(tmp_path / "new.csv"))
     assert code == 0 and json.loads(out)["already_known"] == 2 and json.loads(out)["new_positive"] == 0
-    rows = _read_csv(tmp_path / "new.csv")
-    assert [r["positives"] for r in rows] == ["cat", "cat|dog", ""]
-    assert [r["negatives"] for r in rows] == ["dog", "", "cat|dog"]
-    assert [r["note"] for r in rows] == ["first", "", "x"] and "labels" not in rows[0]
+    assert _read_csv(tmp_path / "new.csv") == _read_csv(man)  # complete labels: nothing to add
 
     three = tmp_path / "three.csv"
-    three.write_text("image,positives,negatives,split\n"
-                     "a.jpg,cat,,train\n"
-                     "b.jpg,,dog,train\n"
-                     "c.jpg,dog,,test\n")
+    three.write_text("image,positives,negatives,split,note\n"
+                     "a.jpg,cat,,train,keep\n"
+                     "b.jpg,,dog,train,\n"
+                     "c.jpg,dog,,test,x\n")
     ans.write_text("image,class,answer\na.jpg,dog,no\nb.jpg,cat,yes\nb.jpg,cat,yes\nc.jpg,cat,\n")
     code, out, _ = run_cli(capsys, "apply-answers", str(three), str(ans), "--out", str(tmp_path / "n3.csv"))
     assert code == 0
     assert json.loads(out) == {"out": str(tmp_path / "n3.csv"), "new_positive": 1, "new_negative": 1,
                                "already_known": 0, "unanswered": 1}
     rows = _read_csv(tmp_path / "n3.csv")
-    assert [(r["image"], r["positives"], r["negatives"], r["split"]) for r in rows] == [
-        ("a.jpg", "cat", "dog", "train"), ("b.jpg", "cat", "dog", "train"), ("c.jpg", "dog", "", "test")]
+    assert [(r["image"], r["positives"], r["negatives"], r["split"], r["note"]) for r in rows] == [
+        ("a.jpg", "cat", "dog", "train", "keep"), ("b.jpg", "cat", "dog", "train", ""),
+        ("c.jpg", "dog", "", "test", "x")]
+    # the merged manifest loads as a dataset with exactly those known entries
+    from mlrkit.data import load_dataset
+
+    ds = load_dataset(f"manifest:{tmp_path / 'n3.csv'}")
+    assert ds.class_names == ["cat", "dog"]
+    assert ds.trainval.targets.tolist() == [[1, 0], [1, 0]] and ds.trainval.known is None
+    assert ds.test.known.tolist() == [[False, True]]
+
+
+def test_apply_answers_to_dense_manifest(tmp_path):
+    man = tmp_path / "dense.csv"
+    man.write_text("image,split,cat,dog,bird\n"
+                   "a.jpg,train,1,,-1\n"
+                   "b.jpg,train,0,1,\n"
+                   "c.jpg,test,,,1\n")
+    ans = tmp_path / "a.csv"
+    ans.write_text("image,class,answer\na.jpg,dog,no\na.jpg,bird,yes\nc.jpg,cat,no\n")
+    rep = apply_answers(man, ans, tmp_path / "new.csv")
+    assert (rep.new_positive, rep.new_negative) == (1, 2)
+    assert (tmp_path / "new.csv").read_text() == ("image,split,cat,dog,bird\n"
+                                                  "a.jpg,train,1,0,1\n"
+                                                  "b.jpg,train,0,1,\n"
+                                                  "c.jpg,test,0,,1\n")
+    with pytest.raises(DataError, match="contradicts the existing annotation"):  # -1 read as positive
+        ans.write_text("image,class,answer\na.jpg,bird,no\n")
+        apply_answers(man, ans, tmp_path / "x.csv", uncertain="positive")
 
 
 @pytest.mark.parametrize("answers, message", [
@@ -217,7 +241,8 @@ def test_apply_answers_to_csv_manifest(tmp_path, capsys):
 def test_apply_answers_refuses_bad_answers(tmp_path, capsys, answers, message):
     man = tmp_path / "m.jsonl"
     man.write_text('{"image": "a.jpg", "positives": ["cat"], "negatives": [], "split": "train"}\n'
-                   '{"image": "b.jpg", "positives": [], "negatives": ["dog"], "split": "train"}\n')
+                   '{"image": "b.jpg", "positives": [], "negatives": ["dog"], "split": "train"}\n'
+                   '{"image": "c.jpg", "positives": ["dog"], "split": "test"}\n')
     ans = tmp_path / "answers.csv"
     ans.write_text(answers)
     code, _, err = run_cli(capsys, "apply-answers", str(man), str(ans), "--out", str(tmp_path / "new.jsonl"))
@@ -234,12 +259,12 @@ def test_apply_answers_jsonl_roundtrip_and_same_file_refused(tmp_path):
     man.write_text('{"image": "a.jpg", "positives": ["cat"], "negatives": [], "split": "train", "w": 1}\n'
                    '{"image": "b.jpg", "labels": ["dog"], "split": "test"}\n')
     ans = tmp_path / "answers.csv"
-    ans.write_text("image,class,answer\na.jpg,dog,yes\n")
+    ans.write_text("image,class,answer\na.jpg,dog,yes\nb.jpg,cat,no\n")
     rep = apply_answers(man, ans, tmp_path / "new.jsonl")
-    assert rep.new_positive == 1
+    assert (rep.new_positive, rep.already_known) == (1, 1)
     lines = [json.loads(x) for x in (tmp_path / "new.jsonl").read_text().splitlines()]
     assert lines == [{"image": "a.jpg", "positives": ["cat", "dog"], "negatives": [], "split": "train", "w": 1},
-                     {"image": "b.jpg", "split": "test", "positives": ["dog"], "negatives": ["cat"]}]
+                     {"image": "b.jpg", "labels": ["dog"], "split": "test"}]
     with pytest.raises(MlrkitError, match="is the input file"):
         apply_answers(man, ans, man)
 

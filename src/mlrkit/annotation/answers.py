@@ -9,12 +9,13 @@ convention it means unknown, in ground truth it means absent.
 
 Answers merge into:
 
-* a manifest (CSV or JSON lines): the result has the three-state columns ``positives`` /
-  ``negatives`` (a ``labels`` column, meaning complete labels, is converted: listed = positive,
-  every other class negative); other columns and the row order are kept;
+* a manifest (CSV, JSON lines or a JSON array; see :mod:`mlrkit.data.datasets.manifest`), read and
+  validated as training reads it: the answered rows' ``positives``/``negatives`` (or, in the dense
+  form, their class cells ``1``/``0``) change, every other row, column and the order are kept.
+  Complete rows (``labels``) are fully known: an answer can only agree with them;
 * a features ``.npz``: its ``observed_train`` (int8 [N_train, C]; made from a complete ``Y_train`` when
   absent) is updated, every other array is copied; images are ``train/<row>`` as in
-  ``features:`` datasets;
+  ``features:`` datasets. When ``Y_train`` (the ground truth) is there, answers must agree with it;
 * an observed-label ``.npz`` (``mlrkit prepare``, or a run's ``observed_labels.npz``), matched by
   ``row``; the result trains with ``--labels NEW.npz``.
 
@@ -247,7 +248,7 @@ def _resolve(answers: AnswerSet, names: list[str], image_rows: dict[str, int] | 
 
 
 def apply_answers(target: str | Path, answers_path: str | Path, out: str | Path,
-                  classes: str | Path | None = None) -> MergeReport:
+                  classes: str | Path | None = None, uncertain: str = "unknown") -> MergeReport:
     """Merge an answers file into a manifest, a features ``.npz`` or an observed-label ``.npz``; write ``out``."""
     target, out = Path(target), Path(out)
     if not target.is_file():
@@ -266,7 +267,7 @@ def apply_answers(target: str | Path, answers_path: str | Path, out: str | Path,
             raise DataError(f"{target}: neither a features file (X_train, ...) nor an observed-label file "
                             f"(observed, meta); arrays: {files}")
     else:
-        report = _apply_to_manifest(target, answers, out, classes)
+        report = _apply_to_manifest(target, answers, out, classes, uncertain)
     report.unanswered = answers.unanswered
     return report
 
@@ -300,31 +301,29 @@ def _apply_to_observed_file(target: Path, answers: AnswerSet, out: Path) -> Merg
 
 
 def _apply_to_features(target: Path, answers: AnswerSet, out: Path) -> MergeReport:
+    from mlrkit.data.datasets.features import load_features_npz
+
+    ds = load_features_npz(target)  # the same validation as training on it
     with _open_npz(target) as z:
-        try:
-            arrays = {k: z[k] for k in z.files}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-            raise DataError(f"{target}: cannot read arrays ({e})") from None
+        arrays = {k: z[k] for k in z.files}
+    y = arrays.get("Y_train")
     if "observed_train" in arrays:
         observed = check_observed(arrays["observed_train"], f"{target}: observed_train")
-    elif "Y_train" in arrays:
-        y = np.asarray(arrays["Y_train"])
-        if y.ndim != 2 or not np.isin(y, (0, 1)).all():
-            raise DataError(f"{target}: Y_train must be a 0/1 [N, C] array, got {y.dtype} {y.shape}")
-        observed = np.where(y == 1, POSITIVE, NEGATIVE).astype(np.int8)  # complete labels: every entry known
-    else:
-        raise DataError(f"{target}: has neither observed_train nor Y_train")
-    n, c = observed.shape
-    names = [str(s) for s in arrays["class_names"]] if "class_names" in arrays else [f"class{j}" for j in range(c)]
-    if len(names) != c:
-        raise DataError(f"{target}: class_names has {len(names)} entries, the labels have {c} classes")
-    image_rows = {f"train/{i}": i for i in range(n)}
-    rows, cols, vals, where = _resolve(answers, names, image_rows, n)
+    else:  # complete labels: every entry is known already
+        observed = np.where(np.asarray(y) == 1, POSITIVE, NEGATIVE).astype(np.int8)
+    n = len(observed)
+    names = list(ds.class_names)
+    rows, cols, vals, where = _resolve(answers, names, {sid: i for i, sid in enumerate(ds.trainval.ids)}, n)
     new, report = merge_answers(observed, rows, cols, vals, where)
+    if y is not None:  # Y_train is the ground truth beside the annotations: answers must agree with it
+        for k, (r, c, v) in enumerate(zip(rows, cols, vals)):
+            if (v == POSITIVE) != bool(y[r, c]):
+                raise DataError(f"{where[k]}: answer {_word(int(v))} contradicts Y_train of {target} "
+                                f"(image train/{r}, class {names[c]!r})")
     arrays["observed_train"] = new
     from mlrkit.utils import atomic_write
 
-    with atomic_write(out if out.suffix == ".npz" else out.with_suffix(".npz")) as tmp:
+    with atomic_write(out) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
     return report
@@ -333,101 +332,49 @@ def _apply_to_features(target: Path, answers: AnswerSet, out: Path) -> MergeRepo
 # --------------------------------------------------------------------------- manifests
 
 
-@dataclass
-class _ManifestRow:
-    line: int
-    record: dict  # the row as read (CSV: column -> text; JSONL: the object)
-    image: str
-    positives: list[str]
-    negatives: list[str] | None  # None: complete labels (every other class negative)
+def _manifest_records(path: Path, text: str, kind: str) -> tuple[list[str] | None, list]:
+    """The raw records of a manifest in file order: (CSV header, field lists) or (None, JSON objects)."""
+    if kind == "csv":
+        lines = text.splitlines()
+        while lines and not lines[0].strip(" ,\t"):
+            lines = lines[1:]  # blank lines before the header, as the manifest reader skips them
+        header, table = _csv_table(path, "\n".join(lines), "manifest")
+        return header, [list(fields) for _, fields in table]
+    if kind == "jsonl":
+        return None, [json.loads(line) for line in text.splitlines() if line.strip()]
+    return None, list(json.loads(text))
 
 
-def _split_names(raw: str, where: str) -> list[str]:
-    if not raw.strip():
-        return []
-    names = [x.strip() for x in raw.split("|")]
-    if any(not x for x in names):
-        raise DataError(f"{where}: empty class name in {raw!r}")
-    return names
+def _apply_to_manifest(target: Path, answers: AnswerSet, out: Path, classes: str | Path | None,
+                       uncertain: str = "unknown") -> MergeReport:
+    """Answers into a manifest, keeping its form: the three-state lists (``positives``/``negatives``) or
+    the dense class columns (``1``/``0``) of the answered rows change, nothing else. Complete rows
+    (``labels``) are fully known already: their answers can only agree (or conflict: an error)."""
+    from mlrkit.data.datasets.manifest import (
+        _kind,
+        load_manifest,
+        read_csv_rows,
+        read_json_array_rows,
+        read_jsonl_rows,
+    )
 
-
-def _read_manifest_rows(path: Path) -> tuple[str, list[str] | None, list[_ManifestRow]]:
-    """(format, CSV header or None, rows) of a manifest, three-state or complete."""
-    from mlrkit.data.datasets.manifest import _is_jsonl
-
-    text = _read_text(path, "manifest")
-    rows: list[_ManifestRow] = []
-    if _is_jsonl(path, text):
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}:{e.colno}: malformed JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("image"), str):
-                raise DataError(f"{path}:{lineno}: expected an object with a string 'image'")
-            rows.append(_jsonl_row(path, lineno, obj))
-        return "jsonl", None, rows
-    header, table = _csv_table(path, text, "manifest")
-    three = "positives" in header or "negatives" in header
-    if "image" not in header or (not three and "labels" not in header):
-        raise DataError(f"{path}:1: header {header} needs 'image' and 'positives'/'negatives' (or 'labels')")
-    for lineno, fields in table:
-        rec = dict(zip(header, fields))
-        where = f"{path}:{lineno}"
-        if three:
-            pos = _split_names(rec.get("positives", ""), where)
-            neg = _split_names(rec.get("negatives", ""), where)
-        else:
-            pos, neg = _split_names(rec["labels"], where), None
-        rows.append(_ManifestRow(lineno, rec, rec["image"].strip(), pos, neg))
-    return "csv", header, rows
-
-
-def _jsonl_row(path: Path, lineno: int, obj: dict) -> _ManifestRow:
-    where = f"{path}:{lineno}"
-
-    def names(key: str) -> list[str]:
-        v = obj.get(key, [])
-        if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
-            raise DataError(f"{where}: '{key}' must be a list of class names, got {v!r}")
-        return [x.strip() for x in v]
-
-    if "positives" in obj or "negatives" in obj:
-        return _ManifestRow(lineno, obj, obj["image"].strip(), names("positives"), names("negatives"))
-    if "labels" not in obj:
-        raise DataError(f"{where}: needs 'positives'/'negatives' (or 'labels')")
-    return _ManifestRow(lineno, obj, obj["image"].strip(), names("labels"), None)
-
-
-def _apply_to_manifest(target: Path, answers: AnswerSet, out: Path, classes: str | Path | None) -> MergeReport:
-    fmt, header, rows = _read_manifest_rows(target)
-    if not rows:
-        raise DataError(f"{target}: the manifest has no images")
-    if classes is not None:
-        from mlrkit.data.datasets.manifest import read_class_list
-
-        names = read_class_list(Path(classes))
-    else:
-        names = sorted({x for r in rows for x in r.positives + (r.negatives or [])})
-        if not names:
-            raise DataError(f"{target}: no image has any label, so there are no classes (pass --classes FILE)")
+    ds = load_manifest(target, classes, uncertain)  # the same validation as training on it
+    names = list(ds.class_names)
     col = {n: j for j, n in enumerate(names)}
+    text = _read_text(target, "manifest")
+    kind = _kind(target, text)
+    dense = None
+    if kind == "csv":
+        rows, dense = read_csv_rows(target, text, uncertain)
+    else:
+        rows = read_jsonl_rows(target, text) if kind == "jsonl" else read_json_array_rows(target, text)
+    header, records = _manifest_records(target, text, kind)
+    if len(records) != len(rows):
+        raise DataError(f"{target}: read {len(rows)} manifest rows but {len(records)} records")
     observed = np.zeros((len(rows), len(names)), dtype=np.int8)
     image_rows: dict[str, int] = {}
     for i, r in enumerate(rows):
-        where = f"{target}:{r.line}"
-        if r.image in image_rows:
-            first = rows[image_rows[r.image]].line
-            raise DataError(f"{where}: image {r.image!r} appears twice (first on line {first})")
         image_rows[r.image] = i
-        for x in r.positives + (r.negatives or []):
-            if x not in col:
-                raise DataError(f"{where}: class {x!r} is not in the class list {classes}")
-        both = set(r.positives) & set(r.negatives or [])
-        if both:
-            raise DataError(f"{where}: class {sorted(both)[0]!r} is both positive and negative")
         if r.negatives is None:
             observed[i] = NEGATIVE
         else:
@@ -435,34 +382,41 @@ def _apply_to_manifest(target: Path, answers: AnswerSet, out: Path, classes: str
         observed[i, [col[x] for x in r.positives]] = POSITIVE
     a_rows, a_cols, a_vals, where = _resolve(answers, names, image_rows, len(rows))
     new, report = merge_answers(observed, a_rows, a_cols, a_vals, where)
-    _write_manifest(out, fmt, header, rows, names, new)
-    return report
+    changed = sorted({r for r, _, _ in report.entries})
 
+    def lists(i: int) -> tuple[list[str], list[str]]:
+        return ([names[j] for j in np.flatnonzero(new[i] == POSITIVE)],
+                [names[j] for j in np.flatnonzero(new[i] == NEGATIVE)])
 
-def _write_manifest(out: Path, fmt: str, header: list[str] | None, rows: list[_ManifestRow], names: list[str],
-                    observed: np.ndarray) -> None:
     from mlrkit.utils import atomic_write
 
-    def sets(i: int) -> tuple[list[str], list[str]]:
-        return ([names[j] for j in np.flatnonzero(observed[i] == POSITIVE)],
-                [names[j] for j in np.flatnonzero(observed[i] == NEGATIVE)])
-
+    if header is None:
+        for i in changed:
+            records[i]["positives"], records[i]["negatives"] = lists(i)
+        with atomic_write(out) as tmp:
+            if kind == "jsonl":
+                tmp.write_text("".join(json.dumps(obj, ensure_ascii=False) + "\n" for obj in records),
+                               encoding="utf-8")
+            else:
+                tmp.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        return report
+    header = list(header)
+    if dense is not None:
+        for r, j, v in report.entries:
+            records[r][header.index(names[j])] = "1" if v == POSITIVE else "0"
+    elif changed:
+        for name in ("positives", "negatives"):
+            if name not in header:  # e.g. a positives-only manifest that now has known negatives
+                header.append(name)
+                for rec in records:
+                    rec.append("")
+        for i in changed:
+            pos, neg = lists(i)
+            records[i][header.index("positives")] = "|".join(pos)
+            records[i][header.index("negatives")] = "|".join(neg)
     with atomic_write(out) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            if fmt == "jsonl":
-                for i, r in enumerate(rows):
-                    obj = {k: v for k, v in r.record.items() if k != "labels"}
-                    obj["positives"], obj["negatives"] = sets(i)
-                    fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
-                return
-            assert header is not None
-            cols = [h for h in header if h != "labels"]
-            for extra in ("positives", "negatives"):
-                if extra not in cols:
-                    cols.append(extra)
             w = csv.writer(fh, lineterminator="\n")
-            w.writerow(cols)
-            for i, r in enumerate(rows):
-                pos, neg = sets(i)
-                rec = {**r.record, "positives": "|".join(pos), "negatives": "|".join(neg)}
-                w.writerow([rec.get(h, "") for h in cols])
+            w.writerow(header)
+            w.writerows(records)
+    return report

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
+
+from mlrkit.cli.common import add_command
 
 
 def _strategy_lines() -> str:
@@ -16,7 +17,7 @@ def _strategy_lines() -> str:
     return "\n".join(f"  {e.name}: {e.description}" for e in STRATEGIES.list())
 
 
-def register_annotation(sub, add_command: Callable[..., argparse.ArgumentParser]) -> None:
+def register_annotation(sub) -> None:
     """Add the three annotation commands to the ``mlrkit`` sub-parsers."""
     strategies = _strategy_lines()
     p = add_command(sub, "suggest-labels",
@@ -49,6 +50,8 @@ def register_annotation(sub, add_command: Callable[..., argparse.ArgumentParser]
     p.add_argument("answers", help="CSV with image (or row), class, answer (yes/no; empty = not answered)")
     p.add_argument("--out", required=True, help="where to write the merged labels (a new file)")
     p.add_argument("--classes", help="manifests: class list file (one name per line), as the manifest's classes=")
+    p.add_argument("--uncertain", default="unknown", choices=["unknown", "positive", "negative"],
+                   help="dense manifests: what a -1 cell means, as the manifest's uncertain=")
 
     p = add_command(sub, "simulate-annotation",
                     "annotation rounds answered from the hidden ground truth: train, ask B entries chosen by a "
@@ -119,7 +122,7 @@ def cmd_suggest_labels(args: argparse.Namespace) -> int:
 def cmd_apply_answers(args: argparse.Namespace) -> int:
     from mlrkit.annotation.answers import apply_answers
 
-    report = apply_answers(args.labels, args.answers, args.out, classes=args.classes)
+    report = apply_answers(args.labels, args.answers, args.out, classes=args.classes, uncertain=args.uncertain)
     print(json.dumps({"out": args.out, **report.as_dict()}))
     return 0
 

@@ -254,7 +254,7 @@ def register(sub) -> None:
     register_negation(sub)
     from mlrkit.cli.annotation import register_annotation
 
-    register_annotation(sub, add_command)
+    register_annotation(sub)
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
