@@ -293,3 +293,15 @@ def test_metrics_refuse_a_test_set_with_nothing_known():
 
     with pytest.raises(MlrkitError):
         summary(np.zeros((3, 2)), np.zeros((3, 2)), np.zeros((3, 2), bool))
+
+
+def test_a_test_split_with_nothing_known_is_refused_before_training(tmp_path):
+    from mlrkit.config import build_config
+    from mlrkit.engine.run_data import prepare_run_data
+
+    rows = [f"t{i}.jpg,{'cat' if i % 2 else 'dog'},{'dog' if i % 2 else 'cat'},train" for i in range(10)]
+    (tmp_path / "m.csv").write_text("\n".join(["image,positives,negatives,split", *rows, "x.jpg,,,test"]) + "\n")
+    cfg = build_config(flags={"out": str(tmp_path / "r"), "data": {"name": f"manifest:{tmp_path / 'm.csv'}"},
+                              "labels": {"protocol": "observed"}})
+    with pytest.raises(DataError, match="the test split has no known entry: nothing can be scored"):
+        prepare_run_data(cfg)
