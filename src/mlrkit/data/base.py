@@ -271,6 +271,8 @@ class MultiLabelDataset:
     test: Split
     description: str = ""
     extras: dict = field(default_factory=dict)
+    #: groups of classes (by training annotations) of the grouped mAP report; 0 = no such report
+    report_groups: int = 0
 
     def __post_init__(self) -> None:
         c = len(self.class_names)
