@@ -18,7 +18,7 @@ def register(sub) -> None:
                     "mlrkit list losses", cmd_list)
     p.add_argument("kind", nargs="?", default="all",
                    choices=["all", "datasets", "protocols", "losses", "methods", "backbones", "vl-backends",
-                            "strategies"])
+                            "strategies"], help="which registry to list (default: all)")
 
     p = add_command(sub, "prepare",
                     "make observed labels from a protocol, save them with their SHA-256, print statistics",
@@ -126,9 +126,9 @@ def register(sub) -> None:
                     "VLPL pseudo-labels from a VL model's temperature softmax; precision/recall vs ground truth",
                     "mlrkit pseudo-label --dataset fashion-mosaic --vl-model mosaic-clip --tau 0.03 --theta 0.3 "
                     "--out pl.npz", cmd_pseudo_label)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--root")
-    p.add_argument("--vl-model", default="mosaic-clip")
+    p.add_argument("--dataset", required=True, help="dataset whose training (or test) images are pseudo-labelled")
+    p.add_argument("--root", help="dataset directory (datasets stored on disk)")
+    p.add_argument("--vl-model", default="mosaic-clip", help="VL model spec (mlrkit list vl-backends)")
     p.add_argument("--templates", default="single", help="single | ensemble | name")
     p.add_argument("--tau", type=float, default=0.03, help="softmax temperature")
     p.add_argument("--theta", type=float, default=0.3, help="pseudo-positive threshold")
@@ -136,7 +136,8 @@ def register(sub) -> None:
     p.add_argument("--split", choices=["trainval", "test"], default="trainval",
                    help="official training set (what training uses) or test set")
     p.add_argument("--labels", help="observation protocol: quality is then also reported on the unknown entries")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="observation seed (--labels) and seed of random-weight VL models")
     p.add_argument("--out", help="write the pseudo-labels (.npz)")
 
     p = add_command(sub, "extract-features",
@@ -145,16 +146,17 @@ def register(sub) -> None:
                     "mlrkit extract-features --dataset fashion-mosaic --vl-model mosaic-clip --out fm-clip.npz\n  "
                     "mlrkit extract-features --dataset voc2007 --root /data/VOCdevkit --backbone resnet50 "
                     "--set model.weights=/models/r50.pth --out voc-r50.npz", cmd_extract_features)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--root")
+    p.add_argument("--dataset", required=True, help="dataset whose images are encoded (both splits)")
+    p.add_argument("--root", help="dataset directory (datasets stored on disk)")
     enc = p.add_mutually_exclusive_group(required=True)
     enc.add_argument("--vl-model", help="a VL image encoder (mlrkit list vl-backends)")
     enc.add_argument("--backbone", help="an image backbone (mlrkit list backbones)")
     p.add_argument("--dense", action="store_true", help="VL region/patch features [N, HW, D] (cache only)")
     p.add_argument("--image-size", type=int, help="input resolution (default: the encoder's own / data.image_size)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--seed", type=int, default=0, help="seed of random-weight encoders")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="backbone config, e.g. --set model.weights=/models/r50.pth")
     p.add_argument("--out", help="write X_train, Y_train, X_test, Y_test, class_names (pooled features)")
 
     vl = sub.add_parser("vl", help="vision-language model tools (pretrain, export, vocab)",
@@ -166,13 +168,13 @@ def register(sub) -> None:
     p = add_command(vsub, "pretrain", "train the built-in mosaic-clip contrastively on fashion-mosaic captions",
                     "mlrkit vl pretrain --steps 2400 --batch-size 256 --lr 1e-3 --seed 0 --out mosaic_clip_raw.pt",
                     cmd_vl_pretrain)
-    p.add_argument("--steps", type=int, default=2400)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=2400, help="optimisation steps")
+    p.add_argument("--batch-size", type=int, default=256, help="image-caption pairs per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up then cosine)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, captions and batches")
     p.add_argument("--time-limit", type=float, default=None, help="stop after this many minutes")
     p.add_argument("--eval-every", type=int, default=200, help="zero-shot test mAP every N steps (0 = off)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--init", help="continue from a raw checkpoint of an earlier phase (new warm-up + cosine)")
     p.add_argument("--subset-prob", type=float, default=0.0,
                    help="probability that a caption names only a random subset of the present classes")
@@ -218,7 +220,7 @@ def register(sub) -> None:
                     "mlrkit bench allocator --methods dualcoop --classes 312   # host-memory setting: cost, saving",
                     cmd_bench)
     p.add_argument("what", choices=["metrics", "losses", "features", "prompts", "boostlu", "boostlu-ablation",
-                                    "scpnet", "throughput", "classes", "allocator"])
+                                    "scpnet", "throughput", "classes", "allocator"], help="which benchmark (see above)")
     p.add_argument("--json", help="also write the rows as JSON here")
     p.add_argument("--classes", type=int, default=None, help="number of classes (losses: 1000, boostlu: 80)")
     p.add_argument("--batch", type=int, default=None, help="batch size (losses: 256, prompts: 16)")
@@ -266,7 +268,7 @@ def register(sub) -> None:
                     "tile of the class? With/without BoostLU, chance level, attribution on/off the object",
                     "mlrkit analyze pointing runs/fm-llr runs/fm-full --json pointing.json", cmd_analyze_pointing)
     p.add_argument("runs", nargs="+", help="run directories trained with --method cam")
-    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument("--split", choices=["val", "test"], default="test", help="split whose images are scored")
     p.add_argument("--limit", type=int, help="first N images of the split")
     p.add_argument("--alpha", type=float, help="BoostLU alpha (default: each run's boostlu.alpha)")
     p.add_argument("--json", help="also write the results as JSON here")
