@@ -1,13 +1,17 @@
 """Calibrated scores and decision thresholds, fitted on the validation split of a run.
 
 * **Temperature scaling** (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017),
-  per entry of the multi-label output: :math:`p_{ic} = \\sigma(z_{ic} / T)` with
+  per entry of the multi-label output, with a shift (Platt scaling, Platt 1999) unless
+  ``calibration.bias: false``: :math:`p_{ic} = \\sigma((z_{ic} - b) / T)` with
 
-  .. math:: T^* = \\arg\\min_{T>0} \\sum_{(i,c)\\ \\text{known}} -y_{ic}\\log\\sigma(z_{ic}/T)
-            - (1-y_{ic})\\log(1-\\sigma(z_{ic}/T)).
+  .. math:: (T^*, b^*) = \\arg\\min_{T>0,\\,b} \\sum_{(i,c)\\ \\text{known}} -y_{ic}\\log p_{ic}
+            - (1-y_{ic})\\log(1-p_{ic}).
 
-  The objective is convex in :math:`\\beta = 1/T`, solved by Newton's method. Dividing by a
-  positive constant keeps every ranking, so mAP is unchanged; only the probabilities move.
+  The objective is convex in :math:`(1/T, -b/T)`, solved by Newton's method on standardised
+  logits. One increasing map for all classes keeps every ranking, so mAP is unchanged; only the
+  probabilities move. The shift matters when every raw score saturates on one side (zero-shot
+  CLIP: :math:`s\\cos(f, t) \\approx 20\\ldots35` for every class, so :math:`\\sigma \\approx 1`):
+  a temperature alone can then only push all probabilities towards 0.5.
 * **Per-class thresholds**: for each class the threshold on the calibrated probability that
   maximises that class's F1 on validation (known entries only); a class without a validation
   positive keeps the global threshold. ``policy: global`` uses one threshold for every class.
@@ -81,6 +85,39 @@ def fit_temperature(logits, targets, mask=None, iters: int = 100) -> float:
     return float(1.0 / beta)
 
 
+def fit_platt(logits, targets, mask=None, iters: int = 100) -> tuple[float, float]:
+    """:math:`(T^*, b^*)` of the module docstring; ``(1, 0)`` when there is nothing to fit."""
+    z, y = _known(logits, targets, mask)
+    if z.size == 0 or y.min() == y.max():
+        return 1.0, 0.0
+    mu, sd = float(z.mean()), float(z.std())
+    if sd <= 0:
+        return 1.0, 0.0
+    u = (z - mu) / sd  # p = sigma(a u + c)
+
+    def nll(a: float, c: float) -> float:
+        s = a * u + c
+        return float(np.mean(np.logaddexp(0.0, s) - y * s))
+
+    rate = float(y.mean())
+    a, c = 1.0, float(np.log(rate / (1 - rate)))
+    for _ in range(iters):
+        p = sigmoid(a * u + c)
+        r, w = p - y, p * (1 - p)
+        g = np.array([np.mean(r * u), np.mean(r)])
+        h = np.array([[np.mean(w * u * u), np.mean(w * u)], [np.mean(w * u), np.mean(w)]]) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(h, g)
+        f0, t = nll(a, c), 1.0
+        while (a - t * step[0] <= 0 or nll(a - t * step[0], c - t * step[1]) > f0 + 1e-15) and t > 1e-10:
+            t /= 2
+        a, c = a - t * step[0], c - t * step[1]
+        if np.abs(t * step).max() < 1e-10:
+            break
+    # sigma(a (z - mu) / sd + c) = sigma((z - b) / T)
+    T = sd / a
+    return float(T), float(mu - c * T)
+
+
 def best_f1_threshold(probs: np.ndarray, targets: np.ndarray) -> float | None:
     """The threshold on ``probs`` maximising F1 = 2TP / (2TP + FP + FN); None without a positive.
 
@@ -105,9 +142,10 @@ def best_f1_threshold(probs: np.ndarray, targets: np.ndarray) -> float | None:
 
 @dataclass
 class Calibration:
-    """What ``calibration.json`` holds (probabilities are ``sigmoid(logit / temperature)``)."""
+    """What ``calibration.json`` holds (probabilities are ``sigmoid((logit - bias) / temperature)``)."""
 
     temperature: float = 1.0
+    bias: float = 0.0
     thresholds: list[float] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
     policy: str = "global"  # f1 | global
@@ -118,7 +156,7 @@ class Calibration:
     n_bins: int = 15
 
     def probabilities(self, logits) -> np.ndarray:
-        return sigmoid(np.asarray(logits, np.float64) / self.temperature)
+        return sigmoid((np.asarray(logits, np.float64) - self.bias) / self.temperature)
 
     def threshold_array(self, override: float | None = None) -> np.ndarray:
         """Per-class thresholds (``override``: one global threshold instead)."""
@@ -159,7 +197,8 @@ class Calibration:
 
 
 def calibrate(val_logits, val_targets, val_mask, class_names: list[str], *, policy: str = "f1",
-              temperature: bool = True, global_threshold: float = 0.5, n_bins: int = 15) -> Calibration:
+              temperature: bool = True, bias: bool = True, global_threshold: float = 0.5,
+              n_bins: int = 15) -> Calibration:
     """Fit the temperature and the thresholds on validation (module docstring)."""
     from mlrkit.metrics import expected_calibration_error
 
@@ -170,8 +209,12 @@ def calibrate(val_logits, val_targets, val_mask, class_names: list[str], *, poli
     z = np.asarray(val_logits, np.float64)
     y = np.asarray(val_targets)
     mask = None if val_mask is None else np.asarray(val_mask, bool)
-    T = fit_temperature(z, y, mask) if temperature else 1.0
-    raw, cal = sigmoid(z), sigmoid(z / T)
+    T, b = 1.0, 0.0
+    if temperature and bias:
+        T, b = fit_platt(z, y, mask)
+    elif temperature:
+        T = fit_temperature(z, y, mask)
+    raw, cal = sigmoid(z), sigmoid((z - b) / T)
     known = np.ones(z.shape, bool) if mask is None else mask
     sat = float(((raw > 0.99) | (raw < 0.01))[known].mean()) if known.any() else 0.0
     thresholds, fallback = [], []
@@ -185,6 +228,6 @@ def calibrate(val_logits, val_targets, val_mask, class_names: list[str], *, poli
         thresholds.append(global_threshold if th is None else th)
     ece = {"val_before": expected_calibration_error(raw, y, mask, n_bins),
            "val_after": expected_calibration_error(cal, y, mask, n_bins)}
-    return Calibration(temperature=T, thresholds=thresholds, class_names=list(class_names), policy=policy,
+    return Calibration(temperature=T, bias=b, thresholds=thresholds, class_names=list(class_names), policy=policy,
                        global_threshold=global_threshold, fallback_classes=fallback, ece=ece,
                        saturated_share=sat, n_bins=n_bins)

@@ -129,6 +129,7 @@ class CalibrationConfig:
     thresholds: str = "f1"  # f1: per-class thresholds maximising validation F1 | global: `threshold` for all
     threshold: float = 0.5  # the global threshold (and the fallback of a class without validation positives)
     temperature: bool = True  # temperature scaling of the scores, fitted on validation
+    bias: bool = True  # ... with a shift b: sigmoid((z - b) / T) (Platt scaling); false: temperature only
     n_bins: int = 15  # ECE bins
 
 

@@ -1,7 +1,7 @@
 """``mlrkit export RUN --format torchscript|onnx``: a self-contained model for serving.
 
 The exported model takes a **preprocessed batch** and returns **calibrated probabilities**
-:math:`p = \\sigma(f(x) / T)` [B, C] (the run's temperature :math:`T`, ``calibration.json``):
+:math:`p = \\sigma((f(x) - b) / T)` [B, C] (the run's calibration, ``calibration.json``):
 
 * runs on images (``finetune``, ``cam``, ``vlpl``, prompt methods, ``scpnet``, ...): a batch
   [B, 3, S, S] resized to the run's ``image_size`` and normalised with the model's mean/std
@@ -32,16 +32,17 @@ TOLERANCE = 1e-5
 
 
 class ProbabilityModel(nn.Module):
-    """``sigmoid(head(encoder(x)) / T)``; ``encoder`` is the identity for models that take their input directly."""
+    """``sigmoid((head(encoder(x)) - b) / T)``; ``encoder`` is the identity for models that take their input as is."""
 
-    def __init__(self, model: nn.Module, temperature: float, encoder: nn.Module | None = None) -> None:
+    def __init__(self, model: nn.Module, calibration, encoder: nn.Module | None = None) -> None:
         super().__init__()
         self.encoder = encoder if encoder is not None else nn.Identity()
         self.model = model
-        self.register_buffer("inv_temperature", torch.tensor(1.0 / float(temperature)))
+        self.register_buffer("inv_temperature", torch.tensor(1.0 / float(calibration.temperature)))
+        self.register_buffer("bias", torch.tensor(float(calibration.bias)))
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.sigmoid(self.model(self.encoder(x)).float() * self.inv_temperature)
+        return torch.sigmoid((self.model(self.encoder(x)).float() - self.bias) * self.inv_temperature)
 
 
 class _VLImageEncoder(nn.Module):
@@ -63,9 +64,9 @@ def serving_model(run) -> tuple[ProbabilityModel, dict[str, Any]]:
     enc_kind = task.extras.get("feature_encoder")
     if task.input_kind == "images":
         tf = method.transform(False) if hasattr(method, "transform") else None
-        return ProbabilityModel(model, cal.temperature), _image_input(cfg, tf, task)
+        return ProbabilityModel(model, cal), _image_input(cfg, tf, task)
     if not enc_kind:
-        return ProbabilityModel(model, cal.temperature), {"kind": "features", "shape": ["B", task.feature_dim]}
+        return ProbabilityModel(model, cal), {"kind": "features", "shape": ["B", task.feature_dim]}
     name = cfg.model.name or ""
     if enc_kind == "vl" or name.startswith("vl:"):
         from mlrkit import vl as vlmod
@@ -82,7 +83,7 @@ def serving_model(run) -> tuple[ProbabilityModel, dict[str, Any]]:
         torch.manual_seed(derive_seed(cfg.seed, 99))  # as frozen_features builds it
         enc = backbone_from_config(cfg).eval()
         tf = build_transform(cfg.data.image_size, enc.mean, enc.std, train=False)
-    return ProbabilityModel(model, cal.temperature, enc.to(run.device)), _image_input(cfg, tf, task)
+    return ProbabilityModel(model, cal, enc.to(run.device)), _image_input(cfg, tf, task)
 
 
 def _image_input(cfg, tf, task) -> dict[str, Any]:
@@ -165,8 +166,8 @@ def export_run(run_dir: str | Path, fmt: str = "torchscript", out: str | Path | 
         raise MlrkitError(f"the exported {fmt} model differs from mlrkit's by {diff:.3g} (> {TOLERANCE}) on a check "
                           f"batch; not written as valid ({out} left for inspection)")
     meta = {"format": fmt, "file": out.name, "run": str(Path(run_dir).resolve()), "input": info,
-            "output": "probabilities [B, C] = sigmoid(logits / temperature)",
-            "temperature": run.calibration.temperature, "class_names": list(run.class_names),
+            "output": "probabilities [B, C] = sigmoid((logits - bias) / temperature)",
+            "temperature": run.calibration.temperature, "bias": run.calibration.bias, "class_names": list(run.class_names),
             "thresholds": dict(zip(run.class_names, map(float, run.calibration.threshold_array()))),
             "max_abs_diff_vs_mlrkit": diff}
     (out.parent / (out.stem + ".json")).write_text(json.dumps(meta, indent=2) + "\n")

@@ -414,7 +414,8 @@ class Trainer:
             "test_per_class": per_class,
             "unscored_classes": extra["unscored_classes"],
             "test_known_fraction": 1.0 if test.known is None else float(test.known.mean()),
-            "calibration": {"temperature": cal.temperature, "thresholds": cal.policy, "ece": cal.ece},
+            "calibration": {"temperature": cal.temperature, "bias": cal.bias, "thresholds": cal.policy,
+                            "ece": cal.ece},
             "observed_sha256": self.data.observed.sha256,
             "dataset": self.data.dataset.name,
             "method": self.cfg.method.name,
@@ -437,21 +438,21 @@ class Trainer:
 
         cc, d = self.cfg.calibration, self.data
         cal = calibrate(val_scores, d.val_targets, d.val_mask, d.class_names, policy=cc.thresholds,
-                        temperature=cc.temperature, global_threshold=cc.threshold, n_bins=cc.n_bins)
+                        temperature=cc.temperature, bias=cc.bias, global_threshold=cc.threshold, n_bins=cc.n_bins)
         cal.ece["test_before"] = expected_calibration_error(sigmoid(test_scores), d.test.targets, d.test.known,
                                                             cc.n_bins)
         cal.ece["test_after"] = expected_calibration_error(cal.probabilities(test_scores), d.test.targets,
                                                            d.test.known, cc.n_bins)
         if cal.saturated_share > SATURATED_SHARE:
             self.method.warn(f"raw scores saturate: {100 * cal.saturated_share:.0f}% of the validation scores are "
-                             f"above 0.99 or below 0.01; temperature scaling (T = {cal.temperature:.3g}) and "
+                             f"above 0.99 or below 0.01; temperature scaling (T = {cal.temperature:.3g}, b = {cal.bias:.3g}) and "
                              "per-class thresholds fitted on validation are applied by evaluate and predict")
         if cal.fallback_classes:
             self.method.warn(f"{len(cal.fallback_classes)} classes have no validation positive and keep the global "
                              f"threshold {cal.global_threshold}: {', '.join(cal.fallback_classes[:10])}")
         if self.env.is_main:
             cal.save(self.out)
-        self._say(f"calibration on validation: T = {cal.temperature:.3g}, ECE {100 * cal.ece['val_before']:.2f}% -> "
+        self._say(f"calibration on validation: T = {cal.temperature:.3g}, b = {cal.bias:.3g}, ECE {100 * cal.ece['val_before']:.2f}% -> "
                   f"{100 * cal.ece['val_after']:.2f}% (test {100 * cal.ece['test_before']:.2f}% -> "
                   f"{100 * cal.ece['test_after']:.2f}%), thresholds: {cal.policy}")
         return cal
