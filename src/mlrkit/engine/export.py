@@ -167,7 +167,8 @@ def export_run(run_dir: str | Path, fmt: str = "torchscript", out: str | Path | 
                           f"batch; not written as valid ({out} left for inspection)")
     meta = {"format": fmt, "file": out.name, "run": str(Path(run_dir).resolve()), "input": info,
             "output": "probabilities [B, C] = sigmoid((logits - bias) / temperature)",
-            "temperature": run.calibration.temperature, "bias": run.calibration.bias, "class_names": list(run.class_names),
+            "temperature": run.calibration.temperature, "bias": run.calibration.bias,
+            "class_names": list(run.class_names),
             "thresholds": dict(zip(run.class_names, map(float, run.calibration.threshold_array()))),
             "max_abs_diff_vs_mlrkit": diff}
     (out.parent / (out.stem + ".json")).write_text(json.dumps(meta, indent=2) + "\n")

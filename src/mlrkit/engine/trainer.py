@@ -445,14 +445,16 @@ class Trainer:
                                                            d.test.known, cc.n_bins)
         if cal.saturated_share > SATURATED_SHARE:
             self.method.warn(f"raw scores saturate: {100 * cal.saturated_share:.0f}% of the validation scores are "
-                             f"above 0.99 or below 0.01; temperature scaling (T = {cal.temperature:.3g}, b = {cal.bias:.3g}) and "
+                             f"above 0.99 or below 0.01; temperature scaling (T = {cal.temperature:.3g}, "
+                             f"b = {cal.bias:.3g}) and "
                              "per-class thresholds fitted on validation are applied by evaluate and predict")
         if cal.fallback_classes:
             self.method.warn(f"{len(cal.fallback_classes)} classes have no validation positive and keep the global "
                              f"threshold {cal.global_threshold}: {', '.join(cal.fallback_classes[:10])}")
         if self.env.is_main:
             cal.save(self.out)
-        self._say(f"calibration on validation: T = {cal.temperature:.3g}, b = {cal.bias:.3g}, ECE {100 * cal.ece['val_before']:.2f}% -> "
+        self._say(f"calibration on validation: T = {cal.temperature:.3g}, b = {cal.bias:.3g}, "
+                  f"ECE {100 * cal.ece['val_before']:.2f}% -> "
                   f"{100 * cal.ece['val_after']:.2f}% (test {100 * cal.ece['test_before']:.2f}% -> "
                   f"{100 * cal.ece['test_after']:.2f}%), thresholds: {cal.policy}")
         return cal
