@@ -129,6 +129,8 @@ def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "
             split, targets, mask = data.test, data.test.targets, data.test.known
         else:
             raise MlrkitError(f"unknown split {name!r} (val or test)")
+        if run.built.task.input_kind == "features" and split.features is None:  # e.g. zeroshot, vl:/backbone probes
+            run.built.method.attach_features({name: split}, device=run.device, progress=False)
         scores = run.scores(split)
         if name == "test":
             test_scores = scores

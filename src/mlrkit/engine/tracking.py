@@ -60,7 +60,7 @@ class Trackers:
     def log_results(self, results: dict[str, Any], run_info: dict[str, Any]) -> None:
         if self.tb is None and self.mlflow is None:
             return
-        final = {"test_map": results["test_map"], "val_map": results["val_map"]}
+        final = {"test_map": results["test_map"], "best_val_map": results["val_map"]}
         final.update({f"ece_{k}": v for k, v in results.get("calibration", {}).get("ece", {}).items()})
         final.update({f"test_{k}": v for k, v in results.get("test_metrics", {}).items()
                       if isinstance(v, (int, float))})
@@ -78,7 +78,7 @@ class Trackers:
                         self.tb.add_pr_curve(f"pr/{name}", targets[rows, c].astype(bool), probs[rows, c],
                                              global_step=int(results.get("best_epoch", 0)))
         if self.mlflow is not None:
-            self._mlflow.log_metrics({k.replace("/", "_"): float(v) for k, v in {**final, **ap}.items()})
+            self._mlflow.log_metrics({_mlflow_key(k): float(v) for k, v in {**final, **ap}.items()})
             for name in ("results.json", "run.json", "calibration.json", "config.yaml", "console.log"):
                 if (self.out / name).is_file():
                     self._mlflow.log_artifact(str(self.out / name))
@@ -96,6 +96,13 @@ class Trackers:
         if self.mlflow is not None:
             self._mlflow.end_run()
             self.mlflow = None
+
+
+def _mlflow_key(name: str) -> str:
+    """MLflow metric names allow letters, digits, ``_ - . : /`` and spaces (``P@3`` -> ``P_at_3``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_\-.:/ ]", "_", name.replace("@", "_at_"))
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
