@@ -228,9 +228,19 @@ def _methods():
     return METHODS
 
 
+def method_class(name: str) -> type:
+    """The registered method class ``name`` (an unknown name is a ConfigError with suggestions)."""
+    from mlrkit.errors import MlrkitError
+
+    try:
+        return _methods().get(name)
+    except MlrkitError as e:
+        raise ConfigError(f"method.name: {e}") from None
+
+
 def method_sections(name: str) -> dict[str, type]:
     """The extra sections (name -> schema) the method ``name`` reads."""
-    return dict(_methods().get(name).config_sections)
+    return dict(method_class(name).config_sections)
 
 
 def claim_sections(cfg: RunConfig, sections: dict[str, Any], core: list[str]) -> dict[str, Any]:
@@ -265,12 +275,17 @@ def check_components(cfg: RunConfig) -> None:
     """The open sections' hyper-parameters against their components' signatures, and the sections the
     active method does not read (``model``, ``vl``) left at their defaults."""
     import mlrkit.losses.zoo  # noqa: F401 - registers every loss
+    from mlrkit.errors import MlrkitError
     from mlrkit.losses import LOSSES
     from mlrkit.models.backbones import backbone_param_names
 
-    cls = _methods().get(cfg.method.name)
-    check_params(cfg.method.params, cls.__init__, "method", skip=("self", "params"))
-    check_params(cfg.loss.params, LOSSES.get(cfg.loss.name).__init__, "loss", skip=("self",))
+    cls = method_class(cfg.method.name)
+    check_params(cfg.method.params, cls.__init__, "method", component=cfg.method.name)
+    try:
+        loss_cls = LOSSES.get(cfg.loss.name)
+    except MlrkitError as e:
+        raise ConfigError(f"loss.name: {e}") from None
+    check_params(cfg.loss.params, loss_cls.__init__, "loss", component=cfg.loss.name)
     if not cls.uses_model and (cfg.model.name or cfg.model.params):
         raise ConfigError(f"method {cfg.method.name!r} reads no model section (got model: {_to_dict(cfg.model)}); "
                           "its networks come from vl.model")

@@ -175,7 +175,8 @@ def coerce(v: Any, tp: Any, key: str) -> Any:
     return v
 
 
-def check_params(params: dict[str, Any], fn: Any, where: str, *, skip: tuple[str, ...] = ("self",)) -> None:
+def check_params(params: dict[str, Any], fn: Any, where: str, *, skip: tuple[str, ...] = ("self",),
+                 component: str = "") -> None:
     """Check an open section's hyper-parameters against the signature of ``fn`` (a class's
     ``__init__`` or a builder): unknown names (with did-you-mean) and values of the wrong simple type."""
     import inspect
@@ -189,7 +190,9 @@ def check_params(params: dict[str, Any], fn: Any, where: str, *, skip: tuple[str
         hints = {}
     for k, v in params.items():
         if k not in names:
-            raise unknown_key(k, where, names)
+            what = f"{where} {component!r}" if component else where
+            raise ConfigError(f"unknown config key '{where}.{k}'{suggest(k, names)} ({what} has no hyper-parameter "
+                              f"{k!r}); valid: {', '.join(names) or 'none'}")
         tp = hints.get(k)
         if tp is not None and _simple(tp):
             coerce(v, tp, f"{where}.{k}")

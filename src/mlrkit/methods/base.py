@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from mlrkit.errors import ConfigError
 from mlrkit.registry import Registry
 
 
@@ -143,7 +144,7 @@ def build_method(cfg) -> Method:
 
     cls = METHODS.get(cfg.method.name)
     params = dict(cfg.method.params or {})
-    check_params(params, cls.__init__, "method")  # configs built without the loader (RunConfig(...)) too
+    check_params(params, cls.__init__, "method", component=cfg.method.name)  # configs built without the loader (RunConfig(...)) too
     method = cls(**params)
     method.configure(cfg)
     return method
