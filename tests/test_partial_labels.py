@@ -293,3 +293,29 @@ def test_metrics_refuse_a_test_set_with_nothing_known():
 
     with pytest.raises(MlrkitError):
         summary(np.zeros((3, 2)), np.zeros((3, 2)), np.zeros((3, 2), bool))
+
+
+def test_a_test_split_with_nothing_known_is_refused_before_training(tmp_path):
+    from mlrkit.config import build_config
+    from mlrkit.engine.run_data import prepare_run_data
+
+    rows = [f"t{i}.jpg,{'cat' if i % 2 else 'dog'},{'dog' if i % 2 else 'cat'},train" for i in range(10)]
+    (tmp_path / "m.csv").write_text("\n".join(["image,positives,negatives,split", *rows, "x.jpg,,,test"]) + "\n")
+    cfg = build_config(flags={"out": str(tmp_path / "r"), "data": {"name": f"manifest:{tmp_path / 'm.csv'}"},
+                              "labels": {"protocol": "observed"}})
+    with pytest.raises(DataError, match="the test split has no known entry: nothing can be scored"):
+        prepare_run_data(cfg)
+
+
+def test_prepared_labels_are_refused_after_the_manifest_changes_what_is_known(tmp_path, capsys):
+    rows = [f"t{i}.jpg,{'cat' if i % 2 else 'dog'},{'bird' if i % 3 else ''},train" for i in range(10)]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(["image,positives,negatives,split", *rows, "x.jpg,cat,dog,test"]) + "\n")
+    out = tmp_path / "obs.npz"
+    assert main(["prepare", "--dataset", f"manifest:{manifest}", "--labels", "observed", "--out", str(out)]) == 0
+    ds = load_dataset(f"manifest:{manifest}")
+    ObservedLabels.load(out).check_matches(ds.trainval.targets, ds.name, ds.trainval.known)
+    manifest.write_text(manifest.read_text().replace("t1.jpg,cat,bird", "t1.jpg,cat,"))  # one negative fewer
+    ds = load_dataset(f"manifest:{manifest}")
+    with pytest.raises(DataError, match="other ground truth"):
+        ObservedLabels.load(out).check_matches(ds.trainval.targets, ds.name, ds.trainval.known)

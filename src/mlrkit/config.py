@@ -134,8 +134,13 @@ class TrainConfig(Section):
     schedule_epochs: int | None = setting(None, min=1, help="length of the lr schedule; null = epochs")
     classifier_lr_mult: float = setting(1.0, min=0.0, min_open=True)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_workers: int = setting(0, min=0)
-    amp: bool = False
+    num_workers: int | None = setting(None, min=0, help="image DataLoader workers; null = auto (0 on the CPU, "
+                                                         "from the CPUs on CUDA)")
+    amp: bool | None = setting(None, help="null = auto: bf16 autocast on CUDA devices that support it, off on the CPU")
+    threads: int = setting(0, min=0, help="torch intra-op threads; 0 = the thread policy (mlrkit.engine.threads)")
+    compile: bool | str = setting(False, help="torch.compile the model: true (inductor) or a backend name, e.g. eager")
+    checkpoint_every_s: float = setting(60.0, min=0.0, help="write last.pt at most this often (and after the last "
+                                                            "epoch); 0 = every epoch")
     ema: float = setting(0.0, min=0.0, max=1.0, help="EMA decay of the weights (0 = off)")
     grad_clip: float = setting(0.0, min=0.0)
     progress: bool = True

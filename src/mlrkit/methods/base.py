@@ -144,7 +144,8 @@ def build_method(cfg) -> Method:
 
     cls = METHODS.get(cfg.method.name)
     params = dict(cfg.method.params or {})
-    check_params(params, cls.__init__, "method", component=cfg.method.name)  # configs built without the loader (RunConfig(...)) too
+    # configs built without the loader (RunConfig(...)) are checked too
+    check_params(params, cls.__init__, "method", component=cfg.method.name)
     method = cls(**params)
     method.configure(cfg)
     return method
