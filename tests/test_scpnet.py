@@ -67,6 +67,8 @@ def scp_cfg(out=None, spec: str = "tiny", size: int = 32, scpnet: dict | None = 
              "vl": {"model": spec}, "scpnet": {"confident_k": 3, **(scpnet or {})}}
     for k, v in over.items():
         flags[k] = {**flags.get(k, {}), **v} if isinstance(v, dict) else v
+    if flags["method"]["name"] != "scpnet":  # only method scpnet reads the scpnet section (others: an error)
+        flags.pop("scpnet")
     return build_config(flags=flags)
 
 
