@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from torch import nn
+from torch import Tensor, nn
 
 from mlrkit.errors import ConfigError
 from mlrkit.registry import Registry
@@ -40,6 +40,18 @@ class TaskInfo:
             "image_size": self.image_size,
             "extras": self.extras,
         }
+
+
+@dataclass
+class StepOutput:
+    """What :meth:`Method.training_step` returns: the loss to optimise and named extra terms.
+
+    ``terms`` are scalars for the record (e.g. SCPNet's L_cls, L_cst, L_dstl): the Trainer averages
+    each over the epoch's examples and writes them to ``metrics.jsonl`` (``"terms": {name: mean}``).
+    """
+
+    loss: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)
 
 
 class Method:
@@ -102,18 +114,35 @@ class Method:
         checkpoint will overwrite the state right after (expensive initialisations may skip).
         """
 
-    def training_step(self, model: nn.Module, batch: dict, loss_fn, epoch: int):
-        """One step's loss. Default: ``loss_fn(model(inputs), observed, index=, epoch=)``.
+    def training_step(self, model: nn.Module, batch: dict, loss_fn, epoch: int) -> StepOutput:
+        """One step. Default: ``StepOutput(loss_fn(model(inputs), observed, index=, epoch=))``.
 
-        Methods with several views or extra terms (SCPNet) override this; ``batch`` holds
-        ``inputs``, ``observed`` (int8), ``targets`` (never to be used for training), ``index``
-        (row in the training split) and whatever the method's loader adds.
+        Methods with several views or extra terms (SCPNet) override this and name their terms in
+        :attr:`StepOutput.terms`; ``batch`` holds ``inputs``, ``observed`` (int8), ``targets`` (never
+        to be used for training), ``index`` (row in the training split) and whatever the method's
+        loader adds.
         """
         logits = model(batch["inputs"])
-        return loss_fn(logits.float(), batch["observed"], index=batch["index"], epoch=epoch)
+        return StepOutput(loss_fn(logits.float(), batch["observed"], index=batch["index"], epoch=epoch))
+
+    def make_loader(self, split, observed, batch_size: int, *, train: bool, seed: int,
+                    shard: tuple[int, int] = (0, 1)):
+        """The batches of ``split`` this method trains/scores on, or None for the engine's default
+        (whole-split feature tensors, for ``input_kind = "features"``).
+
+        A loader yields dicts with ``inputs``, ``observed``, ``targets``, ``index``, shuffles from
+        ``(seed, epoch)`` (``set_epoch``) when ``train``, and, with ``shard=(rank, world)``, yields the
+        rank's slice of every *global* batch plus ``n_global`` (unless :attr:`loader_shards` is False:
+        the engine then slices each global batch itself).
+        """
+        return None
+
+    #: whether :meth:`make_loader` honours ``shard`` itself
+    loader_shards: ClassVar[bool] = True
 
     def classifier_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """Parameters that get ``train.classifier_lr_mult`` (default: a ``classifier`` submodule)."""
+        """Parameters that get ``train.classifier_lr_mult`` (default: a ``classifier`` submodule); the
+        learning-rate multiplier of a loss's own parameters is the loss's ``lr_mult``."""
         head = getattr(model, "classifier", None)
         return list(head.parameters()) if isinstance(head, nn.Module) else []
 
