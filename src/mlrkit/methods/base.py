@@ -63,7 +63,7 @@ class Method:
     config_sections: ClassVar[dict[str, type]] = {}
     #: whether the method reads the ``model`` section (a backbone); if not, setting it is an error
     uses_model: ClassVar[bool] = False
-    #: whether the method reads the ``vl`` section (a vision-language model); if not, setting it is an error
+    #: whether the method uses the ``vl`` section's vision-language model (the section is the run's: always allowed)
     uses_vl: ClassVar[bool] = False
 
     def __init__(self) -> None:
