@@ -154,7 +154,7 @@ class RunConfig:
 
 
 # Extra top-level sections that methods may own (free-form; validated by the method).
-EXTRA_SECTIONS = ("boostlu", "prompt", "scpnet", "vlpl", "features", "negation")
+EXTRA_SECTIONS = ("boostlu", "prompt", "scpnet", "vlpl", "features", "negation", "mix", "cft")
 
 
 def _to_dict(obj: Any) -> Any:

@@ -80,20 +80,33 @@ def parse_protocol(protocol: str) -> tuple[str, float | None]:
         raise MlrkitError(f"label protocol must be a non-empty string, got {protocol!r}")
     name, sep, arg = protocol.strip().partition(":")
     PROTOCOLS.entry(name)  # raises with suggestions
-    needs_arg = name in ("partial", "drop-positives")
+    parse_arg = PROTOCOL_ARGS.get(name)
+    needs_arg = parse_arg is not None
     if needs_arg and not sep:
-        raise MlrkitError(f"protocol {name!r} needs a fraction, e.g. '{name}:0.5'")
+        raise MlrkitError(f"protocol {name!r} needs an argument, e.g. '{name}:{PROTOCOL_ARG_EXAMPLES[name]}'")
     if not needs_arg and sep:
         raise MlrkitError(f"protocol {name!r} takes no argument, got {protocol!r}")
     value: float | None = None
-    if needs_arg:
-        try:
-            value = float(arg)
-        except ValueError:
-            raise MlrkitError(f"protocol {protocol!r}: {arg!r} is not a number") from None
-        if not 0.0 < value <= 1.0:
-            raise MlrkitError(f"protocol {protocol!r}: the fraction must be in (0, 1], got {value}")
+    if parse_arg is not None:
+        value = parse_arg(protocol, arg)
     return name, value
+
+
+def parse_fraction(protocol: str, arg: str) -> float:
+    """A protocol's fraction argument, in (0, 1]."""
+    try:
+        value = float(arg)
+    except ValueError:
+        raise MlrkitError(f"protocol {protocol!r}: {arg!r} is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise MlrkitError(f"protocol {protocol!r}: the fraction must be in (0, 1], got {value}")
+    return value
+
+
+#: protocols that take an argument (``name:<arg>``): the parser of the argument, and an example value.
+#: A protocol module registered below adds its own entry.
+PROTOCOL_ARGS: dict[str, Callable[[str, str], float]] = {"partial": parse_fraction, "drop-positives": parse_fraction}
+PROTOCOL_ARG_EXAMPLES: dict[str, str] = {"partial": "0.5", "drop-positives": "0.5"}
 
 
 def make_observed(
@@ -169,6 +182,18 @@ def _drop_positives(
     obs = np.zeros(t.size, dtype=np.int8)
     obs[keep] = POSITIVE
     return obs.reshape(t.shape)
+
+
+def _register_protocol_modules() -> None:
+    """Import the protocol modules that live outside this file (each registers into ``PROTOCOLS``)."""
+    from importlib import import_module
+
+    for mod in PROTOCOL_MODULES:
+        import_module(mod)
+
+
+#: protocol modules outside this file: ``fpc`` (Ben-Baruch et al. 2022)
+PROTOCOL_MODULES = ("mlrkit.protocols_fpc",)
 
 
 # --------------------------------------------------------------------------- artifact
@@ -331,3 +356,6 @@ def label_stats(matrix: np.ndarray, class_names: list[str] | None = None) -> Lab
         positives_per_class=[int(x) for x in ppc],
         classes_without_positive=[names[j] for j in np.flatnonzero(ppc == 0)],
     )
+
+
+_register_protocol_modules()

@@ -128,6 +128,11 @@ class Trainer:
         self.model.to(self.device)
         self.loss = build_run_loss(cfg).to(self.device)
         self.loss.prepare(torch.from_numpy(self.data.observed_train).to(self.device))
+        from mlrkit.cft import parse_cft
+        from mlrkit.mixing import build_mixer
+
+        self.mixer = build_mixer(cfg, self.method, self.loss)  # mix: LogicMix / MixUp-PME (None when off)
+        self.cft = parse_cft(cfg.extra.get("cft"))  # cft: category-wise fine-tuning after training
         resuming = self.resume and (self.out / "last.pt").exists()
         self.method.init_from_train(self.model, self.data, self.loss, device=self.device, resuming=resuming)
         tc = cfg.train
@@ -248,7 +253,15 @@ class Trainer:
         self.timings["train_s"] = time.perf_counter() - t_train
         if epoch_times:
             self.timings["epoch_s_mean"] = float(np.mean(epoch_times))
-        results = self._test_best(best_map, best_epoch)
+        extra_results = {}
+        if self.cft is not None and cfg.train.epochs > 0:
+            from mlrkit.cft import apply_cft
+
+            t0 = time.perf_counter()
+            extra_results["cft"] = {**apply_cft(self, self.cft), "val_map_before": best_map}
+            best_map = self._validate()  # of the fine-tuned head, which _test_best reloads from best.pt
+            self.timings["cft_s"] = time.perf_counter() - t0
+        results = self._test_best(best_map, best_epoch, extra_results)
         run_info["timings"] = self.timings
         run_info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         if main:
@@ -267,8 +280,11 @@ class Trainer:
         for batch in bar:
             n_global = int(batch.pop("n_global", len(batch["index"])))
             batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            loss_fn = self.loss
+            if self.mixer is not None:
+                batch, loss_fn = self.mixer(batch)
             with self.autocast():
-                loss = self.method.training_step(self.model, batch, self.loss, epoch)
+                loss = self.method.training_step(self.model, batch, loss_fn, epoch)
             x = batch["inputs"]
             if not torch.isfinite(loss):
                 raise MlrkitError(f"loss became {loss.item()} at epoch {epoch + 1}; lower train.lr?")
@@ -338,7 +354,8 @@ class Trainer:
             scores = self.scores(self.data.val)
         return map_report(scores, self.data.val_targets, self.data.val_mask).map
 
-    def _test_best(self, best_map: float, best_epoch: int) -> dict[str, Any]:
+    def _test_best(self, best_map: float, best_epoch: int,
+                   extra_results: dict[str, Any] | None = None) -> dict[str, Any]:
         best = self.out / "best.pt"
         ck = load_checkpoint(best)
         load_trainable_state(self.model, ck["model"])
@@ -368,6 +385,7 @@ class Trainer:
         grouped = run_grouped_map(self.cfg, self.data, scores)  # OpenImages: mAP per annotation-count group
         if grouped is not None:
             results["grouped_map"] = grouped
+        results.update(extra_results or {})  # e.g. the cft summary
         if self.env.is_main:
             write_json(self.out / "results.json", results)
         if self.verbose:

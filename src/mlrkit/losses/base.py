@@ -53,6 +53,9 @@ class MultiLabelLoss(nn.Module):
 
     #: whether the loss keeps per-example state keyed by ``index`` (needs ``index`` in forward)
     stateful: bool = False
+    #: whether each entry's loss depends only on that entry's logit and label (no batch-level
+    #: selection, no per-row normalisation): MixUp-PME may then mix per-entry losses (mlrkit.mixing)
+    entrywise: bool = False
 
     def prepare(self, observed: Tensor) -> None:
         """Called once before training with the training split's observed labels [N, C] (int8)."""
