@@ -83,7 +83,8 @@ def parse_protocol(protocol: str) -> tuple[str, float | None]:
     parse_arg = PROTOCOL_ARGS.get(name)
     needs_arg = parse_arg is not None
     if needs_arg and not sep:
-        raise MlrkitError(f"protocol {name!r} needs an argument, e.g. '{name}:{PROTOCOL_ARG_EXAMPLES[name]}'")
+        what, example = PROTOCOL_ARG_EXAMPLES[name]
+        raise MlrkitError(f"protocol {name!r} needs {what}, e.g. '{name}:{example}'")
     if not needs_arg and sep:
         raise MlrkitError(f"protocol {name!r} takes no argument, got {protocol!r}")
     value: float | None = None
@@ -103,10 +104,11 @@ def parse_fraction(protocol: str, arg: str) -> float:
     return value
 
 
-#: protocols that take an argument (``name:<arg>``): the parser of the argument, and an example value.
+#: protocols that take an argument (``name:<arg>``): the parser of the argument, and what it is (+ an example).
 #: A protocol module registered below adds its own entry.
 PROTOCOL_ARGS: dict[str, Callable[[str, str], float]] = {"partial": parse_fraction, "drop-positives": parse_fraction}
-PROTOCOL_ARG_EXAMPLES: dict[str, str] = {"partial": "0.5", "drop-positives": "0.5"}
+PROTOCOL_ARG_EXAMPLES: dict[str, tuple[str, str]] = {"partial": ("a fraction", "0.5"),
+                                                     "drop-positives": ("a fraction", "0.5")}
 
 
 def make_observed(

@@ -61,4 +61,4 @@ def fixed_per_category(
 PROTOCOLS.add("fpc", fixed_per_category,
               "fpc:<N> - up to N positives and N negatives known per class (Ben-Baruch et al. 2022)")
 PROTOCOL_ARGS["fpc"] = parse_count
-PROTOCOL_ARG_EXAMPLES["fpc"] = "100"
+PROTOCOL_ARG_EXAMPLES["fpc"] = ("a count per class", "100")
