@@ -605,7 +605,7 @@ def test_manifest_errors(manifest_dir):
     fails(
         "nolabels.jsonl",
         '{"image": "imgs/a.jpg", "split": "train"}\n',
-        r"nolabels\.jsonl:1: missing key\(s\) \['labels'\]",
+        r"nolabels\.jsonl:1: missing key\(s\) \['labels \(or positives/negatives\)'\]",
     )
     with pytest.raises(DataError, match="manifest not found"):
         load_dataset(f"manifest:{manifest_dir / 'nope.csv'}")

@@ -251,7 +251,7 @@ def test_each_method_trains_one_epoch_on_cached_features(method, tmp_path, cache
     assert (tmp_path / "run" / "results.json").is_file()
     assert 0.0 <= res["test_map"] <= 1.0
     # checkpoints hold the learned tensors only: no CLIP weights inside
-    ck = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    ck = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert ck["model"] and not any(k.startswith("vl.") for k in ck["model"])
     n_values = sum(v.numel() for v in ck["model"].values())
     clip_values = sum(p.numel() for p in vl.load("tiny").parameters())

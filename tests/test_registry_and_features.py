@@ -135,7 +135,8 @@ def test_features_missing_array(tmp_path, missing):
     a = _arrays()
     a.pop(missing)
     path = _save(tmp_path / "missing.npz", **a)
-    _fails(path, rf"missing arrays \['{missing}'\]")
+    shown = "Y_train \\(or observed_train\\)" if missing == "Y_train" else missing
+    _fails(path, rf"missing arrays \['{shown}'\]")
 
 
 @pytest.mark.parametrize(

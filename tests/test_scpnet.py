@@ -332,7 +332,7 @@ def test_one_epoch_training_run(tmp_path):
     out = tmp_path / "run"
     res = train(scp_cfg(out, train={"ema": 0.9}), quiet=True)
     assert 0.0 <= res["test_map"] <= 1.0 and (out / "scpnet_prior.npz").is_file()
-    ck = torch.load(out / "last.pt", weights_only=False)
+    ck = torch.load(out / "last.pt", weights_only=True)
     keys = list(ck["model"])
     assert not any(k.startswith("vl.") for k in keys), "the frozen text side must stay out of checkpoints"
     assert not any(k.startswith("vl.") for k in ck["ema"]["shadow"]), "... and out of the weight EMA"
@@ -359,12 +359,12 @@ def test_learning_status_state_survives_checkpoint_and_resume(tmp_path, monkeypa
     monkeypatch.setattr(tr.Trainer, "_train_epoch", dies_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         tr.train(scp_cfg(killed, train={"epochs": 2}), quiet=True)
-    after_one = torch.load(killed / "last.pt", weights_only=False)["model"]["selected"]
+    after_one = torch.load(killed / "last.pt", weights_only=True)["model"]["selected"]
     assert int(after_one.sum()) > 0
     monkeypatch.setattr(tr.Trainer, "_train_epoch", original)
     tr.train(scp_cfg(killed, train={"epochs": 2}), resume=True, quiet=True)
-    a = torch.load(straight / "last.pt", weights_only=False)["model"]
-    b = torch.load(killed / "last.pt", weights_only=False)["model"]
+    a = torch.load(straight / "last.pt", weights_only=True)["model"]
+    b = torch.load(killed / "last.pt", weights_only=True)["model"]
     assert torch.equal(a["selected"], b["selected"]) and torch.equal(a["prompt.ctx"], b["prompt.ctx"])
     assert json.loads((straight / "results.json").read_text()) == json.loads((killed / "results.json").read_text())
 

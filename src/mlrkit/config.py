@@ -104,6 +104,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     scheduler: str = "none"  # none | cosine | onecycle
     warmup_epochs: int = 0
+    warmup: str = "linear"  # linear (0 -> lr) | constant (warmup_lr for warmup_epochs: Dassl's, DualCoOp's code)
+    warmup_lr: float = 1e-5  # the constant warm-up's lr (every parameter group)
+    pct_start: float = 0.3  # onecycle: fraction of the schedule spent increasing the lr (SCPNet's code: 0.2)
+    schedule_epochs: int | None = None  # length of the lr schedule; null = epochs (SCPNet COCO: 80, trains 60)
     classifier_lr_mult: float = 1.0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0

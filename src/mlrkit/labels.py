@@ -10,9 +10,15 @@ A protocol turns ``targets`` into ``observed`` deterministically from a seed:
 * ``single-positive``        one positive per image drawn uniformly; images without positives keep none.
 * ``partial:<f>``            a uniformly random subset of round(f*N*C) entries is known (DualCoOp).
 * ``drop-positives:<f>``     round(f*P) of the P positives are kept, nothing else is known (SPLC).
+* ``observed``               the dataset's own annotations exactly as given (real incomplete labels).
 
-Where the ground truth itself is incomplete (OpenImages), a ``known`` mask restricts every
-protocol to the entries whose ground truth is known; the rest stay 0.
+Where the ground truth itself is incomplete (a three-state manifest, a features file's
+``observed_train``, LVIS/CheXpert/VAW/OpenImages), a ``known`` mask restricts every protocol to the
+entries whose ground truth is known; the rest stay 0. ``observed`` is then exactly those known
+entries (+1/-1); on complete ground truth it equals ``full``. A dataset that ships both complete
+ground truth and its own partial annotations (a features file with ``Y_train`` *and*
+``observed_train``) passes the latter as ``annotations``: ``observed`` returns them as they are,
+while the simulating protocols draw from the complete ground truth.
 """
 
 from __future__ import annotations
@@ -112,12 +118,16 @@ PROTOCOL_ARG_EXAMPLES: dict[str, tuple[str, str]] = {"partial": ("a fraction", "
 
 
 def make_observed(
-    targets: np.ndarray, protocol: str, seed: int, *, known: np.ndarray | None = None
+    targets: np.ndarray, protocol: str, seed: int, *, known: np.ndarray | None = None,
+    annotations: np.ndarray | None = None,
 ) -> np.ndarray:
     """Apply an observation protocol to ground truth; returns int8 [N, C] in {-1, 0, +1}.
 
     Deterministic in ``(targets, protocol, seed, known)``. ``known`` (bool [N, C]) marks the
     entries whose ground truth exists; entries outside it are always 0 (unknown).
+    ``annotations`` (int8 [N, C], optional) are a dataset's own three-state labels where they are
+    not simply its known ground truth; only the ``observed`` protocol reads them, and they must
+    agree with ``targets`` wherever ``known``.
     """
     t = check_targets(targets)
     if known is not None:
@@ -125,9 +135,27 @@ def make_observed(
         if known.shape != t.shape:
             raise DataError(f"known mask shape {known.shape} != targets shape {t.shape}")
     name, value = parse_protocol(protocol)
+    if name == "observed" and annotations is not None:
+        a = check_observed(annotations, "dataset annotations")
+        if a.shape != t.shape:
+            raise DataError(f"annotations shape {a.shape} != targets shape {t.shape}")
+        check_consistent(a, t, known, "dataset annotations")
+        return a.copy()
     rng = np.random.default_rng(seed)
     out = PROTOCOLS.get(name)(t, known, rng, value)
     return check_observed(out)
+
+
+def check_consistent(observed: np.ndarray, targets: np.ndarray, known: np.ndarray | None, what: str) -> None:
+    """Refuse observed labels that contradict the ground truth or claim an entry it does not know."""
+    o = observed
+    wrong = ((o == POSITIVE) & (targets == 0)) | ((o == NEGATIVE) & (targets == 1))
+    if known is not None:
+        wrong |= (o != UNKNOWN) & ~np.asarray(known, dtype=bool)
+    if wrong.any():
+        r, c = np.argwhere(wrong)[0]
+        raise DataError(f"{what} contradict the ground truth at {int(wrong.sum())} entries "
+                        f"(first: row {r}, class {c})")
 
 
 def _known(t: np.ndarray, known: np.ndarray | None) -> np.ndarray:
@@ -184,6 +212,14 @@ def _drop_positives(
     obs = np.zeros(t.size, dtype=np.int8)
     obs[keep] = POSITIVE
     return obs.reshape(t.shape)
+
+
+@PROTOCOLS.register(
+    "observed", "the dataset's own annotations as given: known positives +1, known negatives -1, rest 0 "
+    "(= full on complete ground truth)"
+)
+def _observed(t: np.ndarray, known: np.ndarray | None, rng: np.random.Generator, _: float | None) -> np.ndarray:
+    return _full(t, known, rng, None)
 
 
 def _register_protocol_modules() -> None:
@@ -264,14 +300,7 @@ class ObservedLabels:
                 f"observed labels were made for dataset {self.dataset!r} with other ground truth "
                 f"(hash mismatch) - not for {dataset!r}; run `mlrkit prepare` again"
             )
-        o = self.observed
-        wrong = ((o == POSITIVE) & (targets == 0)) | ((o == NEGATIVE) & (targets == 1))
-        if known is not None:
-            wrong |= (o != UNKNOWN) & ~np.asarray(known, dtype=bool)
-        if wrong.any():
-            r, c = np.argwhere(wrong)[0]
-            raise DataError(f"observed labels contradict the ground truth at {int(wrong.sum())} entries "
-                            f"(first: row {r}, class {c})")
+        check_consistent(self.observed, targets, known, "observed labels")
 
 
 def observe(
@@ -281,9 +310,10 @@ def observe(
     dataset: str,
     class_names: list[str] | None = None,
     known: np.ndarray | None = None,
+    annotations: np.ndarray | None = None,
 ) -> ObservedLabels:
     """:func:`make_observed` wrapped into a hashed, saveable :class:`ObservedLabels`."""
-    obs = make_observed(targets, protocol, seed, known=known)
+    obs = make_observed(targets, protocol, seed, known=known, annotations=annotations)
     return ObservedLabels(
         observed=obs,
         protocol=protocol,
@@ -299,6 +329,8 @@ def observe(
 
 @dataclass
 class LabelStats:
+    """Label statistics of a ground-truth or observed-label matrix (see :func:`label_stats`)."""
+
     n_images: int
     n_classes: int
     positives_per_image_mean: float
@@ -310,8 +342,13 @@ class LabelStats:
     known_negatives: int
     positives_per_class: list[int]
     classes_without_positive: list[str]
+    negatives_per_class: list[int] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
 
-    def format(self) -> str:
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def format(self, per_class: bool = False) -> str:
         lines = [
             f"images {self.n_images}, classes {self.n_classes}",
             f"positives per image: mean {self.positives_per_image_mean:.3f}, "
@@ -324,13 +361,19 @@ class LabelStats:
                + (", ..." if len(self.classes_without_positive) > 10 else "") + ")"
                if self.classes_without_positive else ""),
         ]
+        if per_class and self.negatives_per_class:
+            width = max(8, *(len(n) for n in self.class_names))
+            lines.append(f"{'class':<{width}} {'known +':>8} {'known -':>8} {'unknown':>8}")
+            for name, npos, nneg in zip(self.class_names, self.positives_per_class, self.negatives_per_class):
+                lines.append(f"{name:<{width}} {npos:>8} {nneg:>8} {self.n_images - npos - nneg:>8}")
         return "\n".join(lines)
 
 
 def label_stats(matrix: np.ndarray, class_names: list[str] | None = None) -> LabelStats:
     """Statistics of a ground-truth (0/1) or observed (-1/0/+1) matrix.
 
-    For ground truth every entry counts as known; for observed labels, positives are the +1s.
+    For ground truth every entry counts as known; for observed labels, positives are the +1s,
+    negatives the -1s, and per-class counts of both are given (``unknown = N - known +/-``).
     """
     m = np.asarray(matrix)
     n, c = m.shape
@@ -357,6 +400,8 @@ def label_stats(matrix: np.ndarray, class_names: list[str] | None = None) -> Lab
         known_negatives=int(neg.sum()),
         positives_per_class=[int(x) for x in ppc],
         classes_without_positive=[names[j] for j in np.flatnonzero(ppc == 0)],
+        negatives_per_class=[int(x) for x in neg.sum(axis=0)],
+        class_names=names,
     )
 
 

@@ -207,7 +207,7 @@ def pretrain_mosaic_clip(
 
     previous: dict | None = None
     if init is not None:
-        previous = torch.load(init, map_location="cpu", weights_only=False)
+        previous = load_raw_checkpoint(init)
         config = previous["config"]
     config = config or MOSAIC_CLIP_CONFIG
     ds = load_dataset("fashion-mosaic", **({"limit_train": limit_train} if limit_train else {}))
@@ -312,7 +312,7 @@ def save_pretrained(model: nn.Module, config: dict, path, *, result: PretrainRes
     description of the training images (``trained_on``)."""
     from dataclasses import asdict
 
-    from mlrkit.utils import atomic_write
+    from mlrkit.utils import save_torch_file
 
     phases = []
     if init_payload is not None:
@@ -324,8 +324,21 @@ def save_pretrained(model: nn.Module, config: dict, path, *, result: PretrainRes
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                "result": asdict(result), "history": history, "command": command, "phases": phases,
                "trained_on": trained_on}
-    with atomic_write(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch_file(path, payload)
+
+
+RAW_KEYS = ("config", "seed", "state_dict", "result")
+
+
+def load_raw_checkpoint(path: str | Path) -> dict:
+    """A raw ``vl pretrain`` checkpoint, read with ``weights_only=True``; a foreign file is a clear error."""
+    from mlrkit.utils import load_torch_file
+
+    raw = load_torch_file(path, "raw pre-training checkpoint")
+    missing = [k for k in RAW_KEYS if not isinstance(raw, dict) or k not in raw]
+    if missing:
+        raise MlrkitError(f"{path}: not a raw checkpoint of `mlrkit vl pretrain` (missing {', '.join(missing)})")
+    return raw
 
 
 def export_mosaic_clip(raw_path, out_path, name: str = "mosaic-clip") -> dict:
@@ -337,7 +350,7 @@ def export_mosaic_clip(raw_path, out_path, name: str = "mosaic-clip") -> dict:
 
     from mlrkit.vl import save_vl_checkpoint
 
-    raw = torch.load(raw_path, map_location="cpu", weights_only=False)
+    raw = load_raw_checkpoint(raw_path)
     model = build_clip(raw["config"], raw["seed"])
     model.load_state_dict(raw["state_dict"])
     phases = raw.get("phases") or [{"result": raw["result"], "command": raw["command"], "history": raw["history"]}]

@@ -88,3 +88,85 @@ def load_array_with_meta(path: str | Path, name: str, what: str) -> tuple[np.nda
             return z[name], json.loads(str(z["meta"]))
     except (KeyError, ValueError, OSError, EOFError) as e:
         raise DataError(f"{path}: not an mlrkit {what} file ({e})") from None
+
+
+def plain_data(obj: Any, where: str = "payload") -> Any:
+    """``obj`` as tensors and plain data only, what ``torch.load(weights_only=True)`` reads back.
+
+    Tensors, ``None``, bool/int/float/str, and lists/tuples/dicts of them are kept; NumPy arrays
+    become tensors, NumPy scalars Python numbers, paths strings and dataclasses dicts. Anything
+    else raises a :class:`~mlrkit.errors.MlrkitError` naming where it sits (``where``), so that
+    a file that could not be read back safely is never written.
+    """
+    import dataclasses
+
+    import torch
+
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor, torch.dtype, torch.Size)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        if obj.dtype == object:
+            raise _not_plain(where, obj)
+        return torch.from_numpy(np.ascontiguousarray(obj).copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, (str, int, float, bool)) and k is not None:
+                raise _not_plain(f"{where} key {k!r}", k)
+            out[k] = plain_data(v, f"{where}[{k!r}]")
+        return out
+    if isinstance(obj, (list, tuple)):
+        items = [plain_data(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    raise _not_plain(where, obj)
+
+
+def _not_plain(where: str, obj: Any) -> Exception:
+    from mlrkit.errors import MlrkitError
+
+    return MlrkitError(f"cannot save {where}: a {type(obj).__module__}.{type(obj).__qualname__} is not a tensor or "
+                       "plain data (checkpoints are read back with weights_only=True)")
+
+
+def save_torch_file(path: str | Path, payload: Any) -> None:
+    """``torch.save`` of :func:`plain_data` (``payload``), written atomically."""
+    import torch
+
+    data = plain_data(payload)
+    with atomic_write(path) as tmp:
+        torch.save(data, tmp)
+
+
+def load_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain data only, no pickled code is run.
+
+    A missing file, a file that is not a PyTorch archive (truncated, corrupt) or one that holds
+    other Python objects (which could execute code when unpickled) is a one-line
+    :class:`~mlrkit.errors.MlrkitError` naming the file.
+    """
+    import pickle
+    import re
+
+    import torch
+
+    from mlrkit.errors import MlrkitError
+
+    path = Path(path)
+    if not path.is_file():
+        raise MlrkitError(f"{what} not found: {path}" + (" (a directory)" if path.is_dir() else ""))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)|Unsupported operand (\S+)", str(e))
+        obj = next((g for g in (found.groups() if found else ()) if g), "a Python object")
+        raise MlrkitError(f"{what} {path} holds {obj} besides tensors and plain data; refused (it is read with "
+                          "weights_only=True, so that no pickled code runs)") from None
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a corrupt or truncated file
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise MlrkitError(f"cannot read {what} {path}: not a complete PyTorch file ({reason})") from None

@@ -21,10 +21,15 @@ def register(sub) -> None:
 
     p = add_command(sub, "prepare",
                     "make observed labels from a protocol, save them with their SHA-256, print statistics",
-                    "mlrkit prepare --dataset scene --labels single-positive --seed 0 --out scene-sp0.npz", cmd_prepare)
-    p.add_argument("--dataset", required=True, help="registry name or features:PATH.npz")
+                    "mlrkit prepare --dataset scene --labels single-positive --seed 0 --out scene-sp0.npz\n  "
+                    "mlrkit prepare --dataset manifest:my_photos.csv --labels observed --out mine.npz   "
+                    "# your own partial labels", cmd_prepare)
+    p.add_argument("--dataset", required=True, help="registry name, features:PATH.npz or manifest:PATH.csv")
     p.add_argument("--root", help="dataset directory (datasets stored on disk)")
-    p.add_argument("--labels", default="full", help="observation protocol, e.g. single-positive, partial:0.3")
+    p.add_argument("--labels", default="full",
+                   help="observation protocol, e.g. observed (the dataset's own labels), single-positive, partial:0.3")
+    p.add_argument("--per-class", action="store_true",
+                   help="print known positives/negatives per class (always on for partial ground truth)")
     p.add_argument("--seed", type=int, default=0, help="observation seed")
     p.add_argument("--out", help="where to write the observed labels (.npz); omitted: statistics only")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -275,6 +280,7 @@ def train_config_from_args(args: argparse.Namespace):
             from mlrkit.errors import ConfigError
 
             raise ConfigError(f"--resume continues {saved} as saved; drop {', '.join(given)}")
+        cfg.out = args.out  # the run directory is the one given, wherever it was first written
         return cfg
     flags = {
         "seed": args.seed,
@@ -334,20 +340,33 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from mlrkit.config import parse_set
     from mlrkit.data import load_dataset
     from mlrkit.labels import label_stats, observe
+    from mlrkit.utils import write_json
 
     ds = load_dataset(args.dataset, args.root, **parse_set(args.option))
     tv = ds.trainval
-    obs = observe(tv.targets, args.labels, args.seed, ds.name, ds.class_names, known=tv.known)
+    obs = observe(tv.targets, args.labels, args.seed, ds.name, ds.class_names, known=tv.known,
+                  annotations=tv.annotations)
     print(f"dataset {ds.name}: {len(tv)} official-train images (validation = 20% of them), "
           f"{len(ds.test)} test, {ds.num_classes} classes")
-    print("ground truth (official train):")
-    print(_indent(label_stats(tv.targets if tv.known is None else _gt_as_observed(tv), ds.class_names).format()))
+    partial = tv.known is not None
+    gt_stats = label_stats(tv.targets if not partial else _gt_as_observed(tv), ds.class_names)
+    print("ground truth (official train)" + (", partial: only known entries counted" if partial else "") + ":")
+    print(_indent(gt_stats.format()))
+    obs_stats = label_stats(obs.observed, ds.class_names)
     print(f"observed labels ({args.labels}, seed {args.seed}):")
-    print(_indent(label_stats(obs.observed, ds.class_names).format()))
+    print(_indent(obs_stats.format(per_class=partial or args.per_class)))
+    if ds.test.known is not None:
+        print(f"test split: partial ground truth, {100 * float(ds.test.known.mean()):.2f}% of its entries known "
+              "(test metrics score only those)")
     print(f"sha256 {obs.sha256}")
     if args.out:
         path = obs.save(args.out)
-        print(f"wrote {path}")
+        stats_path = path.with_suffix(".stats.json")
+        stats = {"ground_truth": gt_stats.as_dict(), "observed": obs_stats.as_dict(), "protocol": args.labels,
+                 "seed": args.seed, "sha256": obs.sha256,
+                 "test_known_fraction": None if ds.test.known is None else float(ds.test.known.mean())}
+        write_json(stats_path, stats)
+        print(f"wrote {path} and {stats_path}")
     return 0
 
 
@@ -423,17 +442,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_vl_pretrain(args: argparse.Namespace) -> int:
-    from mlrkit.pretraining import pretrain_mosaic_clip, save_pretrained
+    from mlrkit.pretraining import load_raw_checkpoint, pretrain_mosaic_clip, save_pretrained
 
+    init_payload = load_raw_checkpoint(args.init) if args.init else None  # read safely before any training
     model, config, result, history = pretrain_mosaic_clip(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         time_limit_s=None if args.time_limit is None else 60 * args.time_limit,
         eval_every=args.eval_every, device=args.device, init=args.init, subset_prob=args.subset_prob,
         multi_positive=args.multi_positive, heldout_source=args.heldout_source,
         heldout_mosaics_count=args.heldout_mosaics)
-    import torch
-
-    init_payload = torch.load(args.init, map_location="cpu", weights_only=False) if args.init else None
     from mlrkit.pretraining import BUILTIN_TRAINED_ON, HELDOUT_TRAINED_ON
 
     if args.heldout_source:

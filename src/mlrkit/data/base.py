@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from mlrkit.errors import DataError, MlrkitError
-from mlrkit.labels import check_targets
+from mlrkit.labels import check_consistent, check_observed, check_targets
 from mlrkit.registry import Registry
 
 DEFAULT_SPLIT_SEED = 1200  # Cole et al.'s split_seed
@@ -131,8 +131,11 @@ class Split:
     """One split: ground truth, ids, and either precomputed features or images (or both).
 
     ``known`` (bool [N, C]) is None when the ground truth is complete; otherwise it marks the
-    entries whose ground truth exists (OpenImages' human-verified labels), and evaluation
-    ignores the rest. ``index`` maps rows back to the official training set (for observed labels).
+    entries whose ground truth exists (a three-state manifest's positives/negatives, OpenImages'
+    human-verified labels, ...), and evaluation ignores the rest. ``annotations`` (int8 [N, C] in
+    {-1, 0, +1}, optional) are the dataset's own observed labels where they are *not* simply its
+    known ground truth (a features file with both ``Y_train`` and ``observed_train``); the
+    ``observed`` protocol trains on them. ``index`` maps rows back to the official training set.
     """
 
     targets: np.ndarray
@@ -142,6 +145,7 @@ class Split:
     known: np.ndarray | None = None
     index: np.ndarray | None = None
     extras: dict = field(default_factory=dict)
+    annotations: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.targets = check_targets(self.targets)
@@ -162,6 +166,11 @@ class Split:
             self.known = np.asarray(self.known, dtype=bool)
             if self.known.shape != self.targets.shape:
                 raise DataError(f"known mask {self.known.shape} != targets {self.targets.shape}")
+        if self.annotations is not None:
+            self.annotations = check_observed(self.annotations, "annotations")
+            if self.annotations.shape != self.targets.shape:
+                raise DataError(f"annotations {self.annotations.shape} != targets {self.targets.shape}")
+            check_consistent(self.annotations, self.targets, self.known, "annotations")
         if self.index is None:
             self.index = np.arange(n)
 
@@ -183,7 +192,13 @@ class Split:
             known=None if self.known is None else self.known[idx],
             index=self.index[idx],
             extras={k: _subset_extra(v, idx) for k, v in self.extras.items()},
+            annotations=None if self.annotations is None else self.annotations[idx],
         )
+
+    @property
+    def is_partial(self) -> bool:
+        """True when part of this split's ground truth is unknown."""
+        return self.known is not None and not bool(self.known.all())
 
 
 def _subset_extra(v, idx):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mlrkit.errors import MlrkitError
-from mlrkit.utils import atomic_write
+from mlrkit.utils import load_torch_file, save_torch_file
 
 
 def frozen_prefixes(model: nn.Module) -> list[str]:
@@ -35,15 +35,13 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    with atomic_write(path) as tmp:
-        torch.save(payload, tmp)
+    """Write ``payload`` atomically as tensors and plain data (:func:`mlrkit.utils.plain_data`)."""
+    save_torch_file(path, payload)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise MlrkitError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a corrupt file
-        raise MlrkitError(f"cannot read checkpoint {path}: {e}") from None
+    """Read a checkpoint with ``weights_only=True`` (no pickled code runs); anything else is a clear error."""
+    ck = load_torch_file(path, "checkpoint")
+    if not isinstance(ck, dict) or "model" not in ck:
+        raise MlrkitError(f"checkpoint {path}: not an mlrkit checkpoint (no 'model' state)")
+    return ck

@@ -55,27 +55,44 @@ def build_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimiz
 def build_scheduler(
     opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """A per-step schedule: ``none`` (constant after warm-up), ``cosine`` or ``onecycle``."""
-    total = max(1, cfg.epochs * steps_per_epoch)
+    """A per-step schedule: ``none`` (constant after warm-up), ``cosine`` or ``onecycle``.
+
+    The schedule spans ``schedule_epochs`` (default ``epochs``; SCPNet's COCO code sets up an 80-epoch
+    one-cycle and stops after 60). Warm-up: ``linear`` (lr x (step+1)/warm) or ``constant`` (every group
+    at ``warmup_lr``, then the schedule from its start: Dassl's ConstantWarmupScheduler, which DualCoOp
+    and PositiveCoOp use). OneCycle: torch's ``OneCycleLR`` with ``pct_start``.
+    """
+    sched_epochs = cfg.epochs if cfg.schedule_epochs is None else int(cfg.schedule_epochs)
+    if sched_epochs < cfg.epochs:
+        raise ConfigError(f"train.schedule_epochs ({sched_epochs}) must be >= train.epochs ({cfg.epochs})")
+    total = max(1, sched_epochs * steps_per_epoch)
     warm = cfg.warmup_epochs * steps_per_epoch
     name = cfg.scheduler.lower()
+    if cfg.warmup not in ("linear", "constant"):
+        raise ConfigError(f"train.warmup must be linear or constant, got {cfg.warmup!r}")
     if name == "onecycle":
+        if not 0.0 < cfg.pct_start < 1.0:
+            raise ConfigError(f"train.pct_start must be in (0, 1), got {cfg.pct_start}")
         max_lr = [g["lr"] for g in opt.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total)
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total, pct_start=cfg.pct_start)
     if name not in ("none", "cosine"):
         raise ConfigError(f"train.scheduler must be none, cosine or onecycle, got {cfg.scheduler!r}")
     if name == "none" and warm == 0:
         return None
+    constant = cfg.warmup == "constant"
+    if constant and not cfg.warmup_lr > 0:
+        raise ConfigError(f"train.warmup_lr must be > 0, got {cfg.warmup_lr}")
+    bases = [float(g["lr"]) for g in opt.param_groups]
 
-    def factor(step: int) -> float:
+    def factor(step: int, base: float) -> float:
         if step < warm:
-            return (step + 1) / warm
+            return cfg.warmup_lr / base if constant else (step + 1) / warm
         if name == "none":
             return 1.0
         t = (step - warm) / max(1, total - warm)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return torch.optim.lr_scheduler.LambdaLR(opt, [lambda step, b=b: factor(step, b) for b in bases])
 
 
 class EMA:

@@ -3,7 +3,8 @@
 The observed labels are made on the whole official training set (or read from a
 ``mlrkit prepare`` file, checked against the dataset); the validation split is then carved
 out of it (Cole et al.). Validation uses clean labels by default (Cole's ``val_set_variant =
-'clean'``); ``data.val_labels: observed`` selects on the observed labels instead (unknowns count
+'clean'``; on partial ground truth, the known entries of the validation rows);
+``data.val_labels: observed`` selects on the observed labels instead (unknowns count
 as negatives, as Cole's ``observed`` variant). The test split always uses the ground truth.
 """
 
@@ -67,7 +68,8 @@ def resolve_observed(cfg: RunConfig, ds: MultiLabelDataset) -> ObservedLabels:
         if cfg.labels.seed is not None and cfg.labels.seed != obs.seed:
             raise ConfigError(f"labels.seed={cfg.labels.seed} but {proto} was made with seed {obs.seed}")
         return obs
-    return observe(tv.targets, proto, cfg.labels_seed, ds.name, ds.class_names, known=tv.known)
+    return observe(tv.targets, proto, cfg.labels_seed, ds.name, ds.class_names, known=tv.known,
+                   annotations=tv.annotations)
 
 
 def prepare_run_data(cfg: RunConfig) -> RunData:
@@ -77,13 +79,24 @@ def prepare_run_data(cfg: RunConfig) -> RunData:
     obs_train = observed.observed[train.index]
     if cfg.data.val_labels == "full":
         val_targets, val_mask = val.targets, val.known
+        if val.is_partial:
+            log.warning("the ground truth of %s is partial: validation (model selection) scores only the known "
+                        "entries of its %d rows (%.1f%% of their entries); there is no clean validation set",
+                        ds.name, len(val), 100 * float(val.known.mean()))
     elif cfg.data.val_labels == "observed":
         val_targets = (observed.observed[val.index] == 1).astype(np.uint8)
         val_mask = None
     else:
         raise ConfigError(f"data.val_labels must be 'full' or 'observed', got {cfg.data.val_labels!r}")
-    if not (val_targets.sum(axis=0) > 0).any():
-        raise DataError("the validation split has no positive label: mAP cannot select a model")
+    if not ((val_targets if val_mask is None else val_targets & val_mask).sum(axis=0) > 0).any():
+        raise DataError("the validation split has no (known) positive label: mAP cannot select a model")
+    test = ds.test
+    if test.known is not None:
+        if not test.known.any():
+            raise DataError(f"{ds.name}: the test split has no known entry: nothing can be scored")
+        if test.is_partial:
+            log.info("test metrics of %s score only the known entries (%.1f%% of the test entries)",
+                     ds.name, 100 * float(test.known.mean()))
     return RunData(ds, train, val, ds.test, observed, obs_train, val_targets, val_mask, skipped)
 
 

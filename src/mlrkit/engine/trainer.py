@@ -199,7 +199,7 @@ class Trainer:
             raise MlrkitError(f"{self.out} already holds a run; use --resume to continue it or another --out")
         if self.resume:
             saved = self.out / "config.yaml"
-            if saved.exists() and RunConfig.load(saved).to_dict() != cfg.to_dict():
+            if saved.exists() and {**RunConfig.load(saved).to_dict(), "out": None} != {**cfg.to_dict(), "out": None}:
                 raise MlrkitError(f"--resume: the configuration differs from {saved}")
         self.env.barrier()  # every rank has checked the directory before rank 0 writes into it
         if main:

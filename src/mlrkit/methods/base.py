@@ -70,6 +70,11 @@ class Method:
     def build_model(self, task: TaskInfo) -> nn.Module:
         raise NotImplementedError
 
+    def transform_summary(self) -> dict[str, str]:
+        """The resolved ``train`` and ``eval`` image transforms (printed by ``train --dry-run``); call after
+        :meth:`build_model`. Methods on fixed features have none."""
+        return {"train": "none (fixed features)", "eval": "none (fixed features)"}
+
     def init_from_train(self, model: nn.Module, data, loss, *, device, resuming: bool = False) -> None:
         """One-off initialisation from the training data (e.g. standardisation statistics).
 

@@ -2,6 +2,15 @@
 
 Optional ``class_names`` (array of strings). This is the format of the Mulan benchmarks in
 ``shared/data`` and of Cole et al.'s ``linear_fixed_features`` mode.
+
+Real incomplete labels:
+
+* ``observed_train`` (int8 ``[N_train, C]`` in {+1, 0, -1}): the training set's own annotations.
+  Without ``Y_train`` they *are* the training ground truth (known = non-zero entries). With
+  ``Y_train`` they must agree with it and are what the ``observed`` protocol trains on, while the
+  simulating protocols and validation use the complete ``Y_train``.
+* ``known_test`` (bool ``[N_test, C]``): the entries of ``Y_test`` that are real ground truth;
+  test metrics score only those.
 """
 
 from __future__ import annotations
@@ -14,7 +23,8 @@ import numpy as np
 from mlrkit.data.base import DATASETS, MultiLabelDataset, Split
 from mlrkit.errors import DataError
 
-REQUIRED = ("X_train", "Y_train", "X_test", "Y_test")
+REQUIRED = ("X_train", "X_test", "Y_test")
+OPTIONAL = ("Y_train", "observed_train", "known_test")
 
 
 def load_features_npz(path: str | Path, name: str | None = None, description: str = "") -> MultiLabelDataset:
@@ -30,14 +40,23 @@ def load_features_npz(path: str | Path, name: str | None = None, description: st
         raise DataError(f"{path}: a single array, not an .npz archive with X_train, Y_train, X_test, Y_test")
     with z:
         missing = [k for k in REQUIRED if k not in z.files]
+        if "Y_train" not in z.files and "observed_train" not in z.files:
+            missing.insert(1, "Y_train (or observed_train)")
         if missing:
-            raise DataError(f"{path}: missing arrays {missing} (needs {list(REQUIRED)}, optional class_names)")
+            raise DataError(f"{path}: missing arrays {missing} (needs X_train, Y_train and/or observed_train, "
+                            "X_test, Y_test; optional known_test, class_names)")
         try:
-            arrays = {k: z[k] for k in REQUIRED}
+            arrays = {k: z[k] for k in (*REQUIRED, *OPTIONAL) if k in z.files}
             names = [str(s) for s in z["class_names"]] if "class_names" in z.files else None
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
             raise DataError(f"{path}: cannot read arrays ({e}); class_names must be a string array, "
                             "not an object array") from None
+    obs = arrays.get("observed_train")
+    y_given = "Y_train" in arrays
+    if obs is not None:
+        obs = _check_observed_train(path, obs, arrays["X_train"], arrays.get("Y_train"))
+        if "Y_train" not in arrays:
+            arrays["Y_train"] = (obs == 1).astype(np.uint8)
     for part in ("train", "test"):
         x, y = arrays[f"X_{part}"], arrays[f"Y_{part}"]
         if x.ndim != 2 or y.ndim != 2 or len(x) != len(y):
@@ -56,26 +75,71 @@ def load_features_npz(path: str | Path, name: str | None = None, description: st
     c = arrays["Y_train"].shape[1]
     if arrays["Y_test"].shape[1] != c:
         raise DataError(f"{path}: Y_train has {c} classes, Y_test {arrays['Y_test'].shape[1]}")
+    known_test = arrays.get("known_test")
+    if known_test is not None:
+        known_test = _check_known_test(path, known_test, arrays["Y_test"].shape)
     if names is None:
         names = [f"class{j}" for j in range(c)]
     elif len(names) != c:
         raise DataError(f"{path}: class_names has {len(names)} entries, labels have {c} classes")
 
-    def split(part: str) -> Split:
-        n = len(arrays[f"Y_{part}"])
-        return Split(
-            targets=arrays[f"Y_{part}"].astype(np.uint8),
-            ids=[f"{part}/{i}" for i in range(n)],
-            features=arrays[f"X_{part}"].astype(np.float32),
-        )
-
+    train = Split(
+        targets=arrays["Y_train"].astype(np.uint8),
+        ids=[f"train/{i}" for i in range(len(arrays["Y_train"]))],
+        features=arrays["X_train"].astype(np.float32),
+        known=None if obs is None or y_given else _mask_or_none(obs != 0),
+        annotations=obs if obs is not None and y_given else None,
+    )
+    test = Split(
+        targets=arrays["Y_test"].astype(np.uint8),
+        ids=[f"test/{i}" for i in range(len(arrays["Y_test"]))],
+        features=arrays["X_test"].astype(np.float32),
+        known=None if known_test is None else _mask_or_none(known_test),
+    )
     return MultiLabelDataset(
         name=name or f"features:{path}",
         class_names=names,
-        trainval=split("train"),
-        test=split("test"),
+        trainval=train,
+        test=test,
         description=description,
     )
+
+
+def _mask_or_none(mask: np.ndarray) -> np.ndarray | None:
+    return None if mask.all() else mask
+
+
+def _check_observed_train(path: Path, obs: np.ndarray, x: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+    if obs.ndim != 2 or len(obs) != len(x):
+        raise DataError(f"{path}: observed_train {obs.shape} must be [N_train={len(x)}, C]")
+    if not np.issubdtype(obs.dtype, np.number) and obs.dtype != bool:
+        raise DataError(f"{path}: observed_train must be integer (int8) in {{-1, 0, +1}}, got {obs.dtype}")
+    bad = ~np.isin(obs, (-1, 0, 1))
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise DataError(f"{path}: observed_train must hold only -1/0/+1; row {r}, class {c} is {obs[r, c]!r} "
+                        f"({int(bad.sum())} such entries)")
+    obs = obs.astype(np.int8)
+    if y is not None:
+        if y.shape != obs.shape:
+            raise DataError(f"{path}: observed_train {obs.shape} and Y_train {y.shape} differ in shape")
+        wrong = ((obs == 1) & (y == 0)) | ((obs == -1) & (y == 1))
+        if wrong.any():
+            r, c = np.argwhere(wrong)[0]
+            raise DataError(f"{path}: observed_train contradicts Y_train at {int(wrong.sum())} entries "
+                            f"(first: row {r}, class {c}: observed {int(obs[r, c])}, Y_train {int(y[r, c])})")
+    return obs
+
+
+def _check_known_test(path: Path, known: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if known.shape != shape:
+        raise DataError(f"{path}: known_test has shape {known.shape}, Y_test has {shape}")
+    if known.dtype != bool and not (np.issubdtype(known.dtype, np.integer) and np.isin(known, (0, 1)).all()):
+        raise DataError(f"{path}: known_test must be boolean (or 0/1), got {known.dtype}")
+    known = known.astype(bool)
+    if not known.any():
+        raise DataError(f"{path}: known_test marks no entry as known: nothing in the test set can be scored")
+    return known
 
 
 @DATASETS.register("features", "features:<file.npz> - precomputed X_train, Y_train, X_test, Y_test (+class_names)")
