@@ -364,7 +364,10 @@ class Trainer:
         with self._eval_model():
             scores = self.scores(self.data.test, progress=self.progress, desc="test")
         rep = map_report(scores, self.data.test.targets, self.data.test.known)
-        extra = summary(scores, self.data.test.targets, self.data.test.known)
+        probs = None
+        if hasattr(self.loss, "probabilities"):  # thresholded/calibration metrics on the calibrated link (spa)
+            probs = losses.probabilities(self.cfg.loss.name, dict(self.cfg.loss.params), scores)
+        extra = summary(scores if probs is None else probs, self.data.test.targets, self.data.test.known)
         results = {
             "val_map": best_map,
             "test_map": rep.map,

@@ -213,7 +213,8 @@ class StrictlyProperAsymmetricLoss(MultiLabelLoss):
 
     def probabilities(self, logits: Tensor) -> Tensor:
         r"""The calibrated probability :math:`\hat\eta(x)` (the inverse link), finite for every logit."""
-        x = torch.as_tensor(logits).float()
+        x = torch.as_tensor(logits)
+        x = x if x.dtype == torch.float64 else x.float()
         c = math.log(self.k_neg * self.zeta_pos / (self.k_pos * self.zeta_neg))
         return torch.sigmoid(c + log_p(self.k_neg * (x - self.b_neg)) - log_1mp(self.k_pos * (x - self.b_pos)))
 
