@@ -141,6 +141,7 @@ def predict_inputs(run: LoadedRun, inputs: list[str | Path]) -> tuple[list[str],
 
 def _metric_scores(run: LoadedRun, logits: np.ndarray) -> np.ndarray:
     """What the metrics read: the logits, or the calibrated probabilities of a loss with an inverse link (spa)."""
+    import mlrkit.losses.zoo  # noqa: F401 - registers every loss
     from mlrkit.losses import LOSSES
 
     return run_probabilities(run, logits) if hasattr(LOSSES.get(run.cfg.loss.name), "probabilities") else logits
