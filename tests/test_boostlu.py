@@ -114,11 +114,13 @@ def test_cam_method_reads_the_boostlu_section():
     ({"groups": -1}, r"boostlu.groups must be a non-negative integer"),
 ])
 def test_bad_boostlu_section_is_a_config_error(section, match):
-    from mlrkit.methods import build_method
+    with pytest.raises(ConfigError, match=match):  # when the configuration is loaded, before anything is built
+        build_config(None, {"data": {"name": "fashion-mosaic"}, "method": {"name": "cam"}, "boostlu": section})
 
-    cfg = build_config(None, {"data": {"name": "fashion-mosaic"}, "method": {"name": "cam"}, "boostlu": section})
-    with pytest.raises(ConfigError, match=match):
-        build_method(cfg)
+
+def test_boostlu_section_with_another_method_is_an_error():
+    with pytest.raises(ConfigError, match="'boostlu' is read by method cam, but the active method is 'finetune'"):
+        build_config(None, {"method": {"name": "finetune"}, "model": {"name": "smallcnn"}, "boostlu": {"groups": 5}})
 
 
 def test_unknown_boostlu_key_on_the_command_line(tmp_path, capsys):
@@ -192,7 +194,7 @@ def test_explain_writes_pngs_and_scores(cam_run, mosaic_pngs, tmp_path, capsys):
         with Image.open(im["png"]) as png:
             assert png.format == "PNG" and png.size[0] > 300
     # default: the top-k predicted classes
-    from mlrkit.explain import explain_images
+    from mlrkit.analysis.explain import explain_images
 
     rep = explain_images(cam_run, mosaic_pngs[:1], top_k=2, out_dir=tmp_path / "ex2")
     sc = rep["images"][0]["classes"]
@@ -366,7 +368,7 @@ def test_openimages_run_reports_grouped_map(tmp_path, capsys):
 
 
 def test_no_grouped_map_elsewhere_unless_asked(cam_run):
-    from mlrkit.metrics_groups import evaluate_grouped
+    from mlrkit.engine.inference import evaluate_grouped
 
     assert "grouped_map" not in json.loads((cam_run / "results.json").read_text())
     assert evaluate_grouped(cam_run) is None

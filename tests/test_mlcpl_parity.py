@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import torch
 
+from mlrkit.engine.mixing import logic_mix_labels
 from mlrkit.losses import build
-from mlrkit.mixing import logic_mix_labels
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import mlcpl_cases as mc  # noqa: E402

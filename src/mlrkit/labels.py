@@ -11,6 +11,7 @@ A protocol turns ``targets`` into ``observed`` deterministically from a seed:
 * ``partial:<f>``            a uniformly random subset of round(f*N*C) entries is known (DualCoOp).
 * ``drop-positives:<f>``     round(f*P) of the P positives are kept, nothing else is known (SPLC).
 * ``observed``               the dataset's own annotations exactly as given (real incomplete labels).
+* ``fpc:<N>``                up to N positives and N negatives known per class (Ben-Baruch et al. 2022).
 
 Where the ground truth itself is incomplete (a three-state manifest, a features file's
 ``observed_train``, LVIS/CheXpert/VAW/OpenImages), a ``known`` mask restricts every protocol to the
@@ -47,6 +48,15 @@ def array_sha256(a: np.ndarray) -> str:
     h.update(f"{a.dtype.str}|{a.shape}|".encode())
     h.update(a.tobytes())
     return h.hexdigest()
+
+
+def ground_truth_sha256(targets: np.ndarray, known: np.ndarray | None = None) -> str:
+    """SHA-256 of a ground truth: of ``targets`` alone when complete, of targets and ``known`` when
+    partial (so that editing which entries are known changes it)."""
+    t = array_sha256(check_targets(targets))
+    if known is None:
+        return t
+    return hashlib.sha256(f"{t}|{array_sha256(np.asarray(known, dtype=bool))}".encode()).hexdigest()
 
 
 def check_targets(targets: np.ndarray, what: str = "targets") -> np.ndarray:
@@ -111,10 +121,14 @@ def parse_fraction(protocol: str, arg: str) -> float:
 
 
 #: protocols that take an argument (``name:<arg>``): the parser of the argument, and what it is (+ an example).
-#: A protocol module registered below adds its own entry.
-PROTOCOL_ARGS: dict[str, Callable[[str, str], float]] = {"partial": parse_fraction, "drop-positives": parse_fraction}
-PROTOCOL_ARG_EXAMPLES: dict[str, tuple[str, str]] = {"partial": ("a fraction", "0.5"),
-                                                     "drop-positives": ("a fraction", "0.5")}
+PROTOCOL_ARGS: dict[str, Callable[[str, str], float]] = {}
+PROTOCOL_ARG_EXAMPLES: dict[str, tuple[str, str]] = {}
+
+
+def protocol_argument(name: str, parse: Callable[[str, str], float], what: str, example: str) -> None:
+    """Declare that protocol ``name`` takes an argument (``name:<arg>``), parsed by ``parse(protocol, arg)``."""
+    PROTOCOL_ARGS[name] = parse
+    PROTOCOL_ARG_EXAMPLES[name] = (what, example)
 
 
 def make_observed(
@@ -222,16 +236,53 @@ def _observed(t: np.ndarray, known: np.ndarray | None, rng: np.random.Generator,
     return _full(t, known, rng, None)
 
 
-def _register_protocol_modules() -> None:
-    """Import the protocol modules that live outside this file (each registers into ``PROTOCOLS``)."""
-    from importlib import import_module
+def parse_count(protocol: str, arg: str) -> float:
+    """``fpc``'s argument: a whole number of annotations per class and side, >= 1."""
+    try:
+        value = float(arg)
+    except ValueError:
+        raise MlrkitError(f"protocol {protocol!r}: {arg!r} is not a number") from None
+    if not value.is_integer() or value < 1:
+        raise MlrkitError(f"protocol {protocol!r}: the count per class must be a whole number >= 1, got {arg}")
+    return value
 
-    for mod in PROTOCOL_MODULES:
-        import_module(mod)
+
+@PROTOCOLS.register("fpc", "fpc:<N> - up to N positives and N negatives known per class (Ben-Baruch et al. 2022)")
+def _fixed_per_category(
+    targets: np.ndarray, known: np.ndarray | None, rng: np.random.Generator, n_per_class: float | None
+) -> np.ndarray:
+    r"""``fpc:<N>``, fixed per category (Ben-Baruch, Ridnik, Friedman, Ben-Cohen, Zamir, Noy, Zelnik-Manor,
+    "Multi-label classification with partial annotations using class-aware selective loss", CVPR 2022).
+
+    For every class :math:`c` independently,
+
+    .. math::
+        \mathcal P_c \subset \{i : y_{ic}=1\},\ |\mathcal P_c| = \min(N, n^+_c), \qquad
+        \mathcal N_c \subset \{i : y_{ic}=0\},\ |\mathcal N_c| = \min(N, n^-_c)
+
+    are drawn uniformly without replacement; :math:`o_{ic}=+1` on :math:`\mathcal P_c`, :math:`-1` on
+    :math:`\mathcal N_c`, 0 elsewhere: every class gets up to :math:`N` positive *and* up to :math:`N`
+    negative annotations whatever its frequency (the paper: :math:`N=1000` on COCO). This follows the
+    paper's code (``simulate_coco``, mode ``fpc``). mlcpl's ``drop_labels_fix_per_category(N)`` keeps
+    :math:`\min(n^+_c, n^-_c, \lfloor N/2\rfloor)` of *each* instead (balanced, at most :math:`N` in
+    all); docs/comparison.md has the difference. With a ``known`` mask only known entries are candidates.
+    """
+    assert n_per_class is not None
+    n = int(n_per_class)
+    t = targets
+    ok = np.ones(t.shape, dtype=bool) if known is None else known
+    obs = np.zeros(t.shape, dtype=np.int8)
+    for c in range(t.shape[1]):
+        for value, label in ((1, POSITIVE), (0, NEGATIVE)):
+            rows = np.flatnonzero((t[:, c] == value) & ok[:, c])
+            keep = rows[rng.permutation(rows.size)[: min(n, rows.size)]]
+            obs[keep, c] = label
+    return obs
 
 
-#: protocol modules outside this file: ``fpc`` (Ben-Baruch et al. 2022)
-PROTOCOL_MODULES = ("mlrkit.protocols_fpc",)
+protocol_argument("partial", parse_fraction, "a fraction", "0.5")
+protocol_argument("drop-positives", parse_fraction, "a fraction", "0.5")
+protocol_argument("fpc", parse_count, "a count per class", "100")
 
 
 # --------------------------------------------------------------------------- artifact
@@ -241,8 +292,9 @@ PROTOCOL_MODULES = ("mlrkit.protocols_fpc",)
 class ObservedLabels:
     """An observed-label matrix with the parameters that made it, saved as one ``.npz``.
 
-    ``sha256`` is :func:`array_sha256` of ``observed``; ``targets_sha256`` that of the ground
-    truth it was drawn from, so a file made for another dataset or split is refused.
+    ``sha256`` is :func:`array_sha256` of ``observed``; ``targets_sha256`` the
+    :func:`ground_truth_sha256` of the ground truth it was drawn from (with its known mask),
+    so a file made for another dataset or split is refused.
     """
 
     observed: np.ndarray
@@ -295,7 +347,7 @@ class ObservedLabels:
                 f"observed labels have shape {self.observed.shape} but dataset {dataset!r} "
                 f"training split has {targets.shape}"
             )
-        if self.targets_sha256 != array_sha256(check_targets(targets)):
+        if self.targets_sha256 != ground_truth_sha256(targets, known):
             raise DataError(
                 f"observed labels were made for dataset {self.dataset!r} with other ground truth "
                 f"(hash mismatch) - not for {dataset!r}; run `mlrkit prepare` again"
@@ -319,7 +371,7 @@ def observe(
         protocol=protocol,
         seed=int(seed),
         dataset=dataset,
-        targets_sha256=array_sha256(check_targets(targets)),
+        targets_sha256=ground_truth_sha256(targets, known),
         class_names=list(class_names or []),
     )
 
@@ -403,6 +455,3 @@ def label_stats(matrix: np.ndarray, class_names: list[str] | None = None) -> Lab
         negatives_per_class=[int(x) for x in neg.sum(axis=0)],
         class_names=names,
     )
-
-
-_register_protocol_modules()

@@ -99,6 +99,7 @@ class ClassAwareSelectiveLoss(MultiLabelLoss):
         self.prior_threshold = float(prior_threshold)
         self.detach_focusing = bool(detach_focusing)
         self.fixed_priors = priors is not None
+        self.needs_epoch_scores = not self.fixed_priors  # the trainer passes the training split's logits
         if priors is not None:
             pr = torch.as_tensor(priors, dtype=torch.float32)
             if pr.ndim != 1 or not ((pr >= 0) & (pr <= 1)).all():
@@ -291,6 +292,7 @@ class CurriculumLabellingLoss(ResizableStateMixin, _PartialBCE):
     """
 
     stateful = True
+    needs_epoch_scores = True  # the trainer passes the training split's logits after every epoch
     _state_names = ("pseudo", "unknown")
 
     def __init__(self, strategy: str = "proportion", threshold: float = 0.1, start_epoch: int = 1, every: int = 1,

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlrkit.errors import ConfigError, MlrkitError
+from mlrkit.features.options import FeaturesSection
 from mlrkit.methods.base import METHODS, Method, TaskInfo
 from mlrkit.methods.image import FinetuneMethod
 
@@ -21,20 +22,16 @@ log = logging.getLogger("mlrkit")
 
 
 def load_vl(cfg, device=None):
-    """The configured VL model, frozen (a ``frozen`` module: checkpoints leave it out)."""
-    from mlrkit import vl
+    """The configured VL model, frozen and shared (:func:`mlrkit.vl.load_frozen`; checkpoints leave it out)."""
+    from mlrkit.vl import load_frozen
 
-    return vl.load(cfg.vl.model, seed=cfg.seed, device=device).freeze()
+    return load_frozen(cfg.vl.model, seed=cfg.seed, device=device)
 
 
 def templates_of(cfg) -> tuple[str, ...]:
-    from mlrkit.vl import TEMPLATES
+    from mlrkit.vl.model import prompt_templates
 
-    if cfg.vl.templates == "name":
-        return ("{}.",)
-    if cfg.vl.templates not in TEMPLATES:
-        raise ConfigError(f"vl.templates must be one of {sorted(TEMPLATES) + ['name']}, got {cfg.vl.templates!r}")
-    return TEMPLATES[cfg.vl.templates]
+    return prompt_templates(cfg.vl.templates)
 
 
 def vl_features_for(cfg, model, splits: dict, *, device, progress: bool) -> None:
@@ -42,7 +39,7 @@ def vl_features_for(cfg, model, splits: dict, *, device, progress: bool) -> None
     from mlrkit.features import FeatureStore
     from mlrkit.vl.features import vl_image_features
 
-    store = FeatureStore(cfg.extra.get("features", {}).get("cache_dir"))
+    store = FeatureStore(cfg.section("features").cache_dir)
     for name, split in splits.items():
         if split.images is None:
             raise MlrkitError(f"method needs images, the {name} split has none")
@@ -67,6 +64,8 @@ class ZeroShotHead(nn.Module):
 @METHODS.register("zeroshot", "CLIP zero-shot baseline: cos(image, class-name prompt), no training")
 class ZeroShotMethod(Method):
     input_kind = "features"
+    uses_vl = True
+    config_sections = {"features": FeaturesSection}
 
     def __init__(self) -> None:
         super().__init__()
@@ -106,6 +105,9 @@ class VLPLMethod(FinetuneMethod):
     pseudo-labels are recomputed from it; slower, a VL forward per step).
     """
 
+    uses_vl = True
+    config_sections = {"features": FeaturesSection}
+
     def __init__(self, tau: float = 0.03, theta: float = 0.3, delta: float = 0.0, flip: bool = True,
                  randaugment: bool = False, cutout: float = 0.0, dropout: float = 0.0,
                  freeze_backbone: bool = False, linear_init_epochs: int = 0, linear_init_lr: float = 1e-3,
@@ -115,7 +117,6 @@ class VLPLMethod(FinetuneMethod):
                          linear_init_lr=linear_init_lr, linear_init_batch_size=linear_init_batch_size)
         if pseudo_labels not in ("once", "every_step"):
             raise ConfigError(f"method.pseudo_labels must be once or every_step, got {pseudo_labels!r}")
-        self.params.update(tau=tau, theta=theta, delta=delta, pseudo_labels=pseudo_labels)
         self.tau, self.theta, self.delta = float(tau), float(theta), float(delta)
         self.pseudo_mode = pseudo_labels
         self.quality: dict = {}
@@ -169,17 +170,16 @@ class VLPLMethod(FinetuneMethod):
         super().init_from_train(model, data, loss, device=device, resuming=resuming)
 
     def compute_pseudo_labels(self, data, *, device, progress: bool = False):
-        from mlrkit.data import Split
-        from mlrkit.pseudo_labels import PseudoLabels, ids_sha256, pseudo_label_quality, vl_pseudo_labels
+        from mlrkit.features import FeatureStore
+        from mlrkit.vl.pseudo_labels import PseudoLabels, compute_vl_pseudo_labels, ids_sha256, pseudo_label_quality
 
-        vl_model = load_vl(self.cfg, device)
         train = data.train
-        tmp = Split(targets=train.targets, ids=train.ids, images=train.images)
-        vl_features_for(self.cfg, vl_model, {"train": tmp}, device=device, progress=progress)
-        with torch.no_grad():
-            text = vl_model.class_text_embeddings(data.class_names, templates_of(self.cfg)).cpu().numpy()
-        f = tmp.features / np.linalg.norm(tmp.features, axis=1, keepdims=True).clip(1e-12)
-        labels = vl_pseudo_labels(f @ text.T, self.tau, self.theta, self.delta)
+        labels = compute_vl_pseudo_labels(
+            load_vl(self.cfg, device), train.images, data.class_names, templates=templates_of(self.cfg),
+            tau=self.tau, theta=self.theta, delta=self.delta,
+            store=FeatureStore(self.cfg.section("features").cache_dir), seed=self.cfg.seed,
+            device=device, batch_size=max(64, self.cfg.train.batch_size), progress=progress,
+            desc=f"{self.cfg.vl.model} features (train)")
         quality = pseudo_label_quality(labels, train.targets, data.observed_train)
         return PseudoLabels(labels=labels, vl_model=self.cfg.vl.model, tau=self.tau, theta=self.theta,
                             delta=self.delta, templates=self.cfg.vl.templates, dataset=data.dataset.name,

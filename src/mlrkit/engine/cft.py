@@ -36,10 +36,8 @@ and ``cft.json`` lists every class's validation AP before and after.
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
-from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -47,79 +45,18 @@ import torch
 from torch import Tensor, nn
 
 from mlrkit.errors import ConfigError, MlrkitError
+from mlrkit.methods.training_sections import CFTSection
 from mlrkit.metrics import average_precision
 
 log = logging.getLogger("mlrkit")
 
 
-@dataclass(frozen=True)
-class CFTSpec:
-    """A validated ``cft`` section."""
-
-    variant: str = "bp"
-    epochs: int = 30
-    patience: int = 10  # stop a class after this many epochs without a better validation AP
-    # bp
-    loss: str = "asl"
-    lr: float = 1e-4
-    batch_size: int = 32
-    # ga
-    population: int = 50
-    crossover: float = 0.2
-    mutation_p: float = 0.5
-    mutation_genes: float = 1.0
-    mutation_range: float = 1e-3
-    elitism: int = 1
-
-
-def parse_cft(section: Any) -> CFTSpec | None:
-    """The ``cft`` section as a :class:`CFTSpec`; None when absent or ``variant: none``."""
-    if section is None or (isinstance(section, dict) and section.get("variant") == "none"):
+def parse_cft(section: Any) -> CFTSection | None:
+    """The ``cft`` section, checked (:class:`~mlrkit.methods.training_sections.CFTSection`); None if absent/``none``."""
+    if section is None:
         return None
-    if not isinstance(section, dict):
-        raise ConfigError(f"cft must be a mapping like {{variant: bp}}, got {section!r}")
-    names = [f.name for f in fields(CFTSpec)]
-    for key in section:
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            raise ConfigError(f"unknown config key 'cft.{key}'" + (f" (did you mean {close[0]}?)" if close else "")
-                              + f"; valid: {names}")
-    kw = {k: _coerce(f"cft.{k}", v, type(getattr(CFTSpec, k))) for k, v in section.items()}
-    spec = CFTSpec(**kw)
-    if spec.variant not in ("bp", "ga"):
-        raise ConfigError(f"cft.variant must be 'bp' or 'ga' (or 'none'), got {spec.variant!r}")
-    for name in ("epochs", "population", "batch_size"):
-        if getattr(spec, name) < 1:
-            raise ConfigError(f"cft.{name} must be >= 1, got {getattr(spec, name)}")
-    if spec.lr <= 0 or spec.patience < 1 or spec.mutation_range < 0:
-        raise ConfigError("cft: lr must be > 0, patience >= 1, mutation_range >= 0")
-    for name in ("crossover", "mutation_p", "mutation_genes"):
-        if not 0.0 <= getattr(spec, name) <= 1.0:
-            raise ConfigError(f"cft.{name} is a probability in [0, 1], got {getattr(spec, name)}")
-    if not 0 <= spec.elitism < spec.population:
-        raise ConfigError(f"cft.elitism must be in [0, population), got {spec.elitism}")
-    if spec.variant == "bp":
-        from mlrkit.losses import LOSSES, build
-
-        build("an")  # registers every loss
-        LOSSES.entry(spec.loss)
-    return spec
-
-
-def _coerce(key: str, v: Any, tp: type) -> Any:
-    if isinstance(v, bool) or v is None or isinstance(v, (dict, list)):
-        raise ConfigError(f"{key} must be a {tp.__name__}, got {v!r}")
-    if tp is str:
-        return str(v)
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be a {tp.__name__}, got {v!r}") from None
-    if tp is int:
-        if not f.is_integer():
-            raise ConfigError(f"{key} must be a whole number, got {v!r}")
-        return int(f)
-    return f
+    spec = CFTSection.parse(section, "cft")
+    return None if spec.variant == "none" else spec
 
 
 # --------------------------------------------------------------------------- features
@@ -160,7 +97,7 @@ def _ap(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return average_precision(scores, t)
 
 
-def _bp_epochs(spec: CFTSpec, w: Tensor, z: Tensor, y: Tensor, gen: torch.Generator):
+def _bp_epochs(spec: CFTSection, w: Tensor, z: Tensor, y: Tensor, gen: torch.Generator):
     from mlrkit.losses import build
 
     loss = build(spec.loss)
@@ -179,7 +116,7 @@ def _bp_epochs(spec: CFTSpec, w: Tensor, z: Tensor, y: Tensor, gen: torch.Genera
         yield param.detach().clone()
 
 
-def _ga_epochs(spec: CFTSpec, w: Tensor, z: Tensor, y: Tensor, gen: torch.Generator):
+def _ga_epochs(spec: CFTSection, w: Tensor, z: Tensor, y: Tensor, gen: torch.Generator):
     zb = torch.cat([z, torch.ones(len(z), 1)], dim=1).double()
     pop = w.double().repeat(spec.population, 1)
     labels = y.numpy().astype(np.uint8)
@@ -202,7 +139,7 @@ def _ga_epochs(spec: CFTSpec, w: Tensor, z: Tensor, y: Tensor, gen: torch.Genera
         pop = child
 
 
-def finetune_class(spec: CFTSpec, w: Tensor, z_tr: Tensor, y_tr: Tensor, z_va: Tensor, y_va: np.ndarray,
+def finetune_class(spec: CFTSection, w: Tensor, z_tr: Tensor, y_tr: Tensor, z_va: Tensor, y_va: np.ndarray,
                    seed: int) -> tuple[Tensor, dict[str, Any]]:
     """Fine-tune one class's row ``w`` = [w_c, b_c] (D+1,); returns the selected row and a record."""
     zv = torch.cat([z_va, torch.ones(len(z_va), 1)], dim=1)
@@ -222,7 +159,7 @@ def finetune_class(spec: CFTSpec, w: Tensor, z_tr: Tensor, y_tr: Tensor, z_va: T
                   "val_ap_after": best_ap, "best_epoch": best_epoch}
 
 
-def category_wise_finetune(spec: CFTSpec, head: nn.Linear, z_train: Tensor, observed_train: np.ndarray,
+def category_wise_finetune(spec: CFTSection, head: nn.Linear, z_train: Tensor, observed_train: np.ndarray,
                            z_val: Tensor, val_targets: np.ndarray, val_mask: np.ndarray | None, seed: int,
                            class_names: list[str]) -> list[dict[str, Any]]:
     """CFT of every class of ``head`` (in place); one record per class."""
@@ -256,7 +193,7 @@ def category_wise_finetune(spec: CFTSpec, head: nn.Linear, z_train: Tensor, obse
 
 
 # --------------------------------------------------------------------------- the trainer's post-training step
-def apply_cft(trainer, spec: CFTSpec) -> dict[str, Any]:
+def apply_cft(trainer, spec: CFTSection) -> dict[str, Any]:
     """Fine-tune the head of ``trainer``'s best checkpoint, write it back into ``best.pt``; returns the summary."""
     from mlrkit.engine.checkpoint import load_checkpoint, load_trainable_state, save_checkpoint, trainable_state_dict
     from mlrkit.utils import write_json
@@ -279,7 +216,7 @@ def apply_cft(trainer, spec: CFTSpec) -> dict[str, Any]:
     records = category_wise_finetune(spec, head, z_tr, data.observed_train, z_va, data.val_targets, data.val_mask,
                                      trainer.cfg.seed, data.class_names)
     tuned = [r for r in records if r["status"] != "skipped"]
-    summary = {"spec": asdict(spec),
+    summary = {"spec": spec.as_dict(),
                "classes_tuned": sum(r["status"] == "tuned" for r in records),
                "classes_kept": sum(r["status"] == "kept" for r in records),
                "classes_skipped": sum(r["status"] == "skipped" for r in records),

@@ -39,8 +39,6 @@ Defaults (mlcpl's): LogicMix :math:`p=1`, :math:`k_{\min}=2`, :math:`k_{\max}=3`
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,52 +46,15 @@ from torch import Tensor
 
 from mlrkit.errors import ConfigError
 from mlrkit.losses import MultiLabelLoss
-
-MIX_KEYS = {"logicmix": ("name", "p", "k_min", "k_max"), "mixup": ("name", "alpha")}
-
-
-@dataclass(frozen=True)
-class MixSpec:
-    """A validated ``mix`` section."""
-
-    name: str
-    p: float = 1.0
-    k_min: int = 2
-    k_max: int = 3
-    alpha: float = 0.75
+from mlrkit.methods.training_sections import MixSection
 
 
-def parse_mix(section: Any) -> MixSpec | None:
-    """The ``mix`` section (``{name: logicmix|mixup, ...}``) as a :class:`MixSpec`; None when absent/off."""
-    if section is None or section == {} or (isinstance(section, dict) and section.get("name") in (None, "none")):
-        if isinstance(section, dict) and set(section) - {"name"}:
-            raise ConfigError(f"mix: options {sorted(set(section) - {'name'})} given without mix.name")
+def parse_mix(section: Any) -> MixSection | None:
+    """The ``mix`` section, checked (:class:`~mlrkit.methods.training_sections.MixSection`); None if absent/``none``."""
+    if section is None:
         return None
-    if not isinstance(section, dict):
-        raise ConfigError(f"mix must be a mapping like {{name: logicmix}}, got {section!r}")
-    name = section.get("name")
-    if name not in MIX_KEYS:
-        close = difflib.get_close_matches(str(name), list(MIX_KEYS), n=1)
-        raise ConfigError(f"mix.name {name!r} is not one of {sorted(MIX_KEYS)}"
-                          + (f" (did you mean {close[0]}?)" if close else ""))
-    for key in section:
-        if key not in MIX_KEYS[name]:
-            close = difflib.get_close_matches(key, MIX_KEYS[name], n=1)
-            raise ConfigError(f"unknown config key 'mix.{key}' for mix {name!r}; valid: {list(MIX_KEYS[name])}"
-                              + (f" (did you mean {close[0]}?)" if close else ""))
-    try:
-        spec = MixSpec(name=name, **{k: v for k, v in section.items() if k != "name"})
-        spec = MixSpec(name=name, p=float(spec.p), k_min=int(spec.k_min), k_max=int(spec.k_max),
-                       alpha=float(spec.alpha))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"mix: {e}") from None
-    if not 0.0 <= spec.p <= 1.0:
-        raise ConfigError(f"mix.p must be in [0, 1], got {spec.p}")
-    if not 2 <= spec.k_min <= spec.k_max:
-        raise ConfigError(f"mix: need 2 <= k_min <= k_max, got k_min={spec.k_min}, k_max={spec.k_max}")
-    if not 0.0 <= spec.alpha <= 1.0:
-        raise ConfigError(f"mix.alpha must be in [0, 1] (lambda ~ U(alpha, 1)), got {spec.alpha}")
-    return spec
+    spec = MixSection.parse(section, "mix")
+    return None if spec.name == "none" else spec
 
 
 def logic_mix_labels(parts: Tensor, used: Tensor | None = None) -> Tensor:
@@ -108,7 +69,7 @@ def logic_mix_labels(parts: Tensor, used: Tensor | None = None) -> Tensor:
     return torch.where(any_pos, torch.ones_like(out), out)
 
 
-def logic_mix(inputs: Tensor, observed: Tensor, spec: MixSpec) -> tuple[Tensor, Tensor]:
+def logic_mix(inputs: Tensor, observed: Tensor, spec: MixSection) -> tuple[Tensor, Tensor]:
     """Apply LogicMix to a batch; returns (mixed inputs, mixed observed labels)."""
     b = inputs.shape[0]
     dev = inputs.device
@@ -123,7 +84,7 @@ def logic_mix(inputs: Tensor, observed: Tensor, spec: MixSpec) -> tuple[Tensor, 
     return x, logic_mix_labels(observed[idx], used)
 
 
-def mixup_pme(inputs: Tensor, observed: Tensor, spec: MixSpec) -> tuple[Tensor, Tensor, Tensor]:
+def mixup_pme(inputs: Tensor, observed: Tensor, spec: MixSection) -> tuple[Tensor, Tensor, Tensor]:
     """MixUp-PME on a batch; returns (mixed inputs, soft targets t [B, C], lambda [B])."""
     b = inputs.shape[0]
     dev = inputs.device
@@ -159,17 +120,16 @@ class SoftTargetLoss:
 class Mixer:
     """Applies the configured mix to training batches; built once per run by the trainer."""
 
-    def __init__(self, spec: MixSpec, loss: MultiLabelLoss, method) -> None:
-        from mlrkit.methods import Method
-
+    def __init__(self, spec: MixSection, loss: MultiLabelLoss, *, method_name: str = "",
+                 own_training_step: bool = False) -> None:
         if getattr(loss, "stateful", False):
             raise ConfigError(f"mix {spec.name!r}: loss {type(loss).__name__} keeps per-image state keyed by "
                               "dataset rows, which a mixed sample does not have; use a loss without state")
         if spec.name == "mixup" and not getattr(loss, "entrywise", False):
             raise ConfigError(f"mix mixup needs a loss whose entries are independent (bce, an, focal, asl, hill, "
                               f"em, entmin, spa); {type(loss).__name__} selects or normalises across the batch")
-        if type(method).training_step is not Method.training_step:
-            raise ConfigError(f"mix {spec.name!r}: method {type(method).__name__} has its own training step "
+        if own_training_step:
+            raise ConfigError(f"mix {spec.name!r}: method {method_name!r} has its own training step "
                               "(several views or extra terms); mixing applies to single-view methods only")
         self.spec, self.loss = spec, loss
 
@@ -185,7 +145,10 @@ class Mixer:
         return batch, SoftTargetLoss(self.loss, soft)
 
 
-def build_mixer(cfg, method, loss: MultiLabelLoss) -> Mixer | None:
-    """The run's :class:`Mixer` from ``cfg``'s ``mix`` section, or None."""
+def build_mixer(cfg, method, loss: MultiLabelLoss, own_training_step: bool) -> Mixer | None:
+    """The run's :class:`Mixer` from ``cfg``'s ``mix`` section, or None. ``own_training_step``: whether
+    ``method`` overrides :meth:`mlrkit.methods.Method.training_step` (then it cannot be mixed)."""
     spec = parse_mix(cfg.extra.get("mix"))
-    return None if spec is None else Mixer(spec, loss, method)
+    if spec is None:
+        return None
+    return Mixer(spec, loss, method_name=cfg.method.name, own_training_step=own_training_step)
