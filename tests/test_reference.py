@@ -487,3 +487,14 @@ def test_negation_finetune_every_row_per_epoch_as_the_reference_loader():
     assert steps == {"image": n_train // 4, "all": (3 * n_train) // 4}
     with pytest.raises(Exception, match="rows_per_epoch"):
         FinetuneConfig(rows_per_epoch="caption").validate()
+
+
+def test_negation_reference_recipe_sets_the_reference_loader():
+    from mlrkit.cli.main import build_parser
+    from mlrkit.negation.cli import apply_recipe
+
+    args = build_parser().parse_args(["negation", "finetune", "--config", str(CONFIGS / "negation" / "reference.yaml"),
+                                      "--captions", "x.jsonl", "--out", "y.pt"])
+    args = apply_recipe(args)
+    assert (args.rows_per_epoch, int(args.batch_size), float(args.p_negated), bool(args.train_logit_scale)) == \
+        ("all", 512, 1.0, True)
