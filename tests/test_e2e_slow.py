@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mlrkit.config import build_config
-from mlrkit.demo import DEMO_RECIPE
+from mlrkit.engine.demo import DEMO_RECIPE
 from mlrkit.engine.trainer import train
 
 from .test_recipes import CONFIGS

@@ -14,7 +14,6 @@ import platform
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,74 +23,27 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import mlrkit
-from mlrkit import losses
 from mlrkit.config import RunConfig
 from mlrkit.engine import distributed as ddp
+from mlrkit.engine.build import (  # noqa: F401 - re-exported: build_run_loss, predict_scores
+    BuiltRun,
+    build_for_task,
+    build_run_loss,
+    predict_scores,
+    resolve_device,
+    score_split,
+)
 from mlrkit.engine.checkpoint import load_checkpoint, load_trainable_state, save_checkpoint, trainable_state_dict
 from mlrkit.engine.loaders import make_loader
 from mlrkit.engine.optim import EMA, build_optimizer, build_scheduler, param_groups
+from mlrkit.engine.reports import grouped_report
 from mlrkit.engine.run_data import RunData, prepare_run_data, task_info
 from mlrkit.errors import MlrkitError
-from mlrkit.methods import Method, TaskInfo, build_method
-from mlrkit.metrics import map_report, summary
+from mlrkit.methods import build_method
+from mlrkit.metrics import MultiLabelMeter, map_report
 from mlrkit.utils import derive_seed, seed_everything, write_json
 
 log = logging.getLogger("mlrkit")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MlrkitError(f"train.device={name!r} but CUDA is not available")
-    return dev
-
-
-@dataclass
-class BuiltRun:
-    """A method, its model and loss, built for a task (shared by train, evaluate and predict)."""
-
-    method: Method
-    model: nn.Module
-    task: TaskInfo
-
-
-def build_for_task(cfg: RunConfig, task: TaskInfo, method: Method | None = None) -> BuiltRun:
-    method = method or build_method(cfg)
-    if method.input_kind == "features" and task.feature_dim is None:
-        raise MlrkitError(f"method {cfg.method.name!r} needs features; the dataset has images only "
-                          "(set model.name to a backbone for frozen features)")
-    task.input_kind = method.input_kind
-    return BuiltRun(method, method.build_model(task), task)
-
-
-def build_run_loss(cfg: RunConfig) -> losses.MultiLabelLoss:
-    """The configured loss; ``data.expected_num_pos`` feeds losses that take it (EPR, ROLE) and the run's
-    length feeds schedules that span it (EM+APL's ``num_epochs``), unless set explicitly."""
-    import inspect
-
-    import mlrkit.losses.zoo  # noqa: F401
-
-    params = dict(cfg.loss.params)
-    accepts = inspect.signature(losses.LOSSES.get(cfg.loss.name).__init__).parameters
-    if cfg.data.expected_num_pos is not None and "expected_num_pos" in accepts:
-        params.setdefault("expected_num_pos", cfg.data.expected_num_pos)
-    if "num_epochs" in accepts:  # schedules that span the run (EM+APL)
-        params.setdefault("num_epochs", max(1, cfg.train.epochs))
-    return losses.build(cfg.loss.name, **params)
-
-
-@torch.no_grad()
-def predict_scores(
-    model: nn.Module, loader, device: torch.device, progress: bool = False, desc: str = ""
-) -> np.ndarray:
-    """Logits for every row of a (non-shuffled) loader, in order."""
-    model.eval()
-    out = []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        out.append(model(batch["inputs"].to(device)).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
 class Trainer:
@@ -134,7 +86,8 @@ class Trainer:
         self.train_loader = make_loader(self.method, self.data.train, self.data.observed_train, tc.batch_size,
                                         train=True, seed=cfg.seed, cfg=cfg,
                                         shard=(self.env.rank, self.env.world))
-        extra = [(list(self.loss.parameters()), getattr(self.loss, "lr_mult", tc.classifier_lr_mult))]
+        loss_mult = self.loss.lr_mult if self.loss.lr_mult is not None else tc.classifier_lr_mult
+        extra = [(list(self.loss.parameters()), loss_mult)]
         if tc.epochs == 0:  # evaluation only (e.g. zero-shot): nothing to optimise
             self.optimizer = _NoOptimizer()
             self.scheduler = None
@@ -305,28 +258,17 @@ class Trainer:
         return total / max(n, 1)
 
     def _end_epoch_hooks(self, epoch: int) -> None:
-        update = getattr(self.loss, "update_pseudo_labels", None)
-        if update is not None:
+        if self.loss.needs_epoch_scores:
             scores = torch.from_numpy(self.scores(self.data.train, self.data.observed_train)).to(self.device)
-            update(scores, epoch)
+            self.loss.update_pseudo_labels(scores, epoch)
         self.loss.on_epoch_end(epoch)
         if self.env.enabled:
             self.loss.sync_state(lambda t: ddp.all_reduce_max_(t, self.env))
 
     def scores(self, split, observed=None, progress: bool = False, desc: str = "") -> np.ndarray:
         """Logits of every row of ``split``; with several ranks each scores rows rank::world, then all gather."""
-        env = self.env
-        bs = max(self.cfg.train.batch_size, 256)
-        if not env.enabled:
-            loader = make_loader(self.method, split, observed, bs, train=False, seed=self.cfg.seed, cfg=self.cfg)
-            return predict_scores(self.model, loader, self.device, progress, desc)
-        rows = np.arange(len(split))[env.rank :: env.world]
-        part = split.subset(rows)
-        obs = None if observed is None else observed[rows]
-        loader = make_loader(self.method, part, obs, bs, train=False, seed=self.cfg.seed, cfg=self.cfg)
-        local = predict_scores(self.model, loader, self.device, progress, desc) if len(rows) else \
-            np.zeros((0, split.num_classes), np.float32)
-        return ddp.gather_rows(rows, local.astype(np.float32), len(split), env)
+        return score_split(self.method, self.model, split, observed, batch_size=max(self.cfg.train.batch_size, 256),
+                           device=self.device, cfg=self.cfg, progress=progress, desc=desc)
 
     def _eval_model(self):
         if self.ema is None:
@@ -346,16 +288,22 @@ class Trainer:
             self.ema.load_state_dict(ck["ema"])
         with self._eval_model():
             scores = self.scores(self.data.test, progress=self.progress, desc="test")
-        rep = map_report(scores, self.data.test.targets, self.data.test.known)
-        extra = summary(scores, self.data.test.targets, self.data.test.known)
+        test = self.data.test
+        meter = MultiLabelMeter(self.data.class_names)
+        meter.update(scores, test.targets, test.known)  # the scores are already gathered from every rank
+        extra = meter.compute()
+        per_class = extra.pop("per_class")
         results = {
             "val_map": best_map,
-            "test_map": rep.map,
+            "test_map": extra["map"],
             "best_epoch": best_epoch,
-            "per_class_ap": dict(zip(self.data.class_names, rep.per_class_ap)),
-            "n_classes_scored": rep.n_classes_scored,
-            "n_classes_skipped": rep.n_classes_skipped,
-            "test_metrics": {k: v for k, v in extra.items() if k not in ("map",)},
+            "per_class_ap": {name: row["ap"] for name, row in per_class.items()},
+            "n_classes_scored": extra["n_classes_scored"],
+            "n_classes_skipped": extra["n_classes_skipped"],
+            "test_metrics": {k: v for k, v in extra.items() if k not in ("map", "unscored_classes")},
+            "test_per_class": per_class,
+            "unscored_classes": extra["unscored_classes"],
+            "test_known_fraction": 1.0 if test.known is None else float(test.known.mean()),
             "observed_sha256": self.data.observed.sha256,
             "dataset": self.data.dataset.name,
             "method": self.cfg.method.name,
@@ -363,15 +311,14 @@ class Trainer:
             "labels": self.cfg.labels.protocol,
             "seed": self.cfg.seed,
         }
-        from mlrkit.metrics_groups import run_grouped_map
-
-        grouped = run_grouped_map(self.cfg, self.data, scores)  # OpenImages: mAP per annotation-count group
+        grouped = grouped_report(self.method, self.data, scores)  # OpenImages: mAP per annotation-count group
         if grouped is not None:
             results["grouped_map"] = grouped
         if self.env.is_main:
             write_json(self.out / "results.json", results)
         if self.verbose:
-            tqdm.write(f"test mAP {100 * rep.map:.2f} (best val mAP {100 * best_map:.2f}, epoch {best_epoch + 1})")
+            tqdm.write(f"test mAP {100 * results['test_map']:.2f} "
+                       f"(best val mAP {100 * best_map:.2f}, epoch {best_epoch + 1})")
         return results
 
     def _truncate_metrics(self, start: int) -> None:

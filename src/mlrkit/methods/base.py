@@ -67,6 +67,10 @@ class Method:
         """Extra facts for ``run.json`` (e.g. pseudo-label quality)."""
         return {}
 
+    def report_groups(self) -> int | None:
+        """Groups of the grouped mAP report the method's config asks for (None: the dataset's choice)."""
+        return None
+
     def build_model(self, task: TaskInfo) -> nn.Module:
         raise NotImplementedError
 

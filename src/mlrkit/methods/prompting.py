@@ -70,25 +70,6 @@ from mlrkit.utils import derive_seed
 
 log = logging.getLogger("mlrkit")
 
-_VL_CACHE: dict[tuple[str, int], Any] = {}
-
-
-def load_frozen_vl(spec: str, seed: int = 0, device: torch.device | str | None = None):
-    """``mlrkit.vl.load(spec, seed=seed).freeze()``, loaded once per process (runs of a sweep share it)."""
-    from mlrkit import vl
-
-    key = (spec, int(seed))
-    if key not in _VL_CACHE:
-        _VL_CACHE[key] = vl.load(spec, seed=seed).freeze()
-    model = _VL_CACHE[key]
-    return model.to(device) if device is not None else model
-
-
-def clear_vl_cache() -> None:
-    """Forget the VL models loaded by :func:`load_frozen_vl` (frees their memory once no run uses them)."""
-    _VL_CACHE.clear()
-
-
 # ---------------------------------------------------------------------------- cached dense views
 class _Prepared:
     """Stands in for the transform in FeatureStore keys: images arrive already transformed."""
@@ -331,7 +312,9 @@ class RegionMethod(Method):
 
     # -------------------------------------------------------------- VL model and features
     def vl_model(self, device=None):
-        return load_frozen_vl(self.cfg.vl.model, seed=self.cfg.seed, device=device)
+        from mlrkit.vl import load_frozen
+
+        return load_frozen(self.cfg.vl.model, seed=self.cfg.seed, device=device)
 
     def encoder_key(self) -> str:
         if self._key is None:

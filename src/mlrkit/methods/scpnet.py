@@ -471,9 +471,9 @@ class SCPNetMethod(Method):
                               "scpnet.require_splc: false to train SCPNet with another loss (e.g. the `an` baseline)")
 
     def vl_model(self, device=None):
-        from mlrkit.methods.prompting import load_frozen_vl
+        from mlrkit.vl import load_frozen
 
-        return load_frozen_vl(self.cfg.vl.model, seed=self.cfg.seed, device=device)
+        return load_frozen(self.cfg.vl.model, seed=self.cfg.seed, device=device)
 
     # -------------------------------------------------------------- data
     def prepare_data(self, data, *, device, progress: bool = True) -> None:
@@ -592,9 +592,9 @@ class CLIPFinetuneMethod(Method):
         self._transforms: tuple | None = None
 
     def vl_model(self, device=None):
-        from mlrkit.methods.prompting import load_frozen_vl
+        from mlrkit.vl import load_frozen
 
-        return load_frozen_vl(self.cfg.vl.model, seed=self.cfg.seed, device=device)
+        return load_frozen(self.cfg.vl.model, seed=self.cfg.seed, device=device)
 
     def build_model(self, task: TaskInfo) -> nn.Module:
         with torch.random.fork_rng(devices=[]):

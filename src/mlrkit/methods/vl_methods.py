@@ -21,20 +21,16 @@ log = logging.getLogger("mlrkit")
 
 
 def load_vl(cfg, device=None):
-    """The configured VL model, frozen (a ``frozen`` module: checkpoints leave it out)."""
-    from mlrkit import vl
+    """The configured VL model, frozen and shared (:func:`mlrkit.vl.load_frozen`; checkpoints leave it out)."""
+    from mlrkit.vl import load_frozen
 
-    return vl.load(cfg.vl.model, seed=cfg.seed, device=device).freeze()
+    return load_frozen(cfg.vl.model, seed=cfg.seed, device=device)
 
 
 def templates_of(cfg) -> tuple[str, ...]:
-    from mlrkit.vl import TEMPLATES
+    from mlrkit.vl.model import prompt_templates
 
-    if cfg.vl.templates == "name":
-        return ("{}.",)
-    if cfg.vl.templates not in TEMPLATES:
-        raise ConfigError(f"vl.templates must be one of {sorted(TEMPLATES) + ['name']}, got {cfg.vl.templates!r}")
-    return TEMPLATES[cfg.vl.templates]
+    return prompt_templates(cfg.vl.templates)
 
 
 def vl_features_for(cfg, model, splits: dict, *, device, progress: bool) -> None:
@@ -169,17 +165,16 @@ class VLPLMethod(FinetuneMethod):
         super().init_from_train(model, data, loss, device=device, resuming=resuming)
 
     def compute_pseudo_labels(self, data, *, device, progress: bool = False):
-        from mlrkit.data import Split
-        from mlrkit.pseudo_labels import PseudoLabels, ids_sha256, pseudo_label_quality, vl_pseudo_labels
+        from mlrkit.features import FeatureStore
+        from mlrkit.vl.pseudo_labels import PseudoLabels, compute_vl_pseudo_labels, ids_sha256, pseudo_label_quality
 
-        vl_model = load_vl(self.cfg, device)
         train = data.train
-        tmp = Split(targets=train.targets, ids=train.ids, images=train.images)
-        vl_features_for(self.cfg, vl_model, {"train": tmp}, device=device, progress=progress)
-        with torch.no_grad():
-            text = vl_model.class_text_embeddings(data.class_names, templates_of(self.cfg)).cpu().numpy()
-        f = tmp.features / np.linalg.norm(tmp.features, axis=1, keepdims=True).clip(1e-12)
-        labels = vl_pseudo_labels(f @ text.T, self.tau, self.theta, self.delta)
+        labels = compute_vl_pseudo_labels(
+            load_vl(self.cfg, device), train.images, data.class_names, templates=templates_of(self.cfg),
+            tau=self.tau, theta=self.theta, delta=self.delta,
+            store=FeatureStore(self.cfg.extra.get("features", {}).get("cache_dir")), seed=self.cfg.seed,
+            device=device, batch_size=max(64, self.cfg.train.batch_size), progress=progress,
+            desc=f"{self.cfg.vl.model} features (train)")
         quality = pseudo_label_quality(labels, train.targets, data.observed_train)
         return PseudoLabels(labels=labels, vl_model=self.cfg.vl.model, tau=self.tau, theta=self.theta,
                             delta=self.delta, templates=self.cfg.vl.templates, dataset=data.dataset.name,
