@@ -491,7 +491,7 @@ def test_negation_finetune_every_row_per_epoch_as_the_reference_loader():
 
 def test_negation_reference_recipe_sets_the_reference_loader():
     from mlrkit.cli.main import build_parser
-    from mlrkit.negation.cli import apply_recipe
+    from mlrkit.cli.negation import apply_recipe
 
     args = build_parser().parse_args(["negation", "finetune", "--config", str(CONFIGS / "negation" / "reference.yaml"),
                                       "--captions", "x.jsonl", "--out", "y.pt"])
