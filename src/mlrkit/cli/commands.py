@@ -17,7 +17,8 @@ def register(sub) -> None:
     p = add_command(sub, "list", "list registered datasets, protocols, losses or methods",
                     "mlrkit list losses", cmd_list)
     p.add_argument("kind", nargs="?", default="all",
-                   choices=["all", "datasets", "protocols", "losses", "methods", "backbones", "vl-backends"])
+                   choices=["all", "datasets", "protocols", "losses", "methods", "backbones", "vl-backends",
+                            "strategies"])
 
     p = add_command(sub, "prepare",
                     "make observed labels from a protocol, save them with their SHA-256, print statistics",
@@ -251,6 +252,9 @@ def register(sub) -> None:
     from mlrkit.cli.negation import register_negation
 
     register_negation(sub)
+    from mlrkit.cli.annotation import register_annotation
+
+    register_annotation(sub)
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -326,6 +330,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from mlrkit.methods.base import register_all
 
     register_all()
+    from mlrkit.annotation.strategies import STRATEGIES
     from mlrkit.data import DATASETS
     from mlrkit.labels import PROTOCOLS
     from mlrkit.losses import LOSSES
@@ -334,7 +339,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from mlrkit.vl import VL_BACKENDS
 
     regs = {"datasets": DATASETS, "protocols": PROTOCOLS, "losses": LOSSES, "methods": METHODS,
-            "backbones": BACKBONES, "vl-backends": VL_BACKENDS}
+            "backbones": BACKBONES, "vl-backends": VL_BACKENDS, "strategies": STRATEGIES}
     kinds = list(regs) if args.kind == "all" else [args.kind]
     for kind in kinds:
         entries = regs[kind].list()

@@ -53,6 +53,9 @@ class MultiLabelLoss(nn.Module):
 
     #: whether the loss keeps per-example state keyed by ``index`` (needs ``index`` in forward)
     stateful: bool = False
+    #: whether ``forward`` checks its inputs (:func:`check_inputs`); the trainer turns it off after the
+    #: first batch, since every later batch comes from the same validated tensors
+    validate_inputs: bool = True
     #: facts of the run this loss takes as constructor arguments, filled in by the engine unless set
     #: in the ``loss`` section: ``expected_num_pos`` (``data.expected_num_pos``), ``num_epochs``
     #: (``train.epochs``)
@@ -92,7 +95,8 @@ class MultiLabelLoss(nn.Module):
     def forward(
         self, logits: Tensor, observed: Tensor, *, index: Tensor | None = None, epoch: int = 0
     ) -> Tensor:
-        check_inputs(logits, observed, index)
+        if self.validate_inputs:
+            check_inputs(logits, observed, index)
         if self.stateful and index is None:
             raise ValueError(f"{type(self).__name__} is stateful: pass index= (dataset row ids)")
         matrix, reg = self.loss_matrix(logits.float(), observed, index=index, epoch=epoch)
