@@ -94,6 +94,15 @@ class Trainer:
             self.model._mlrkit_channels_last = True
         self.loss = build_run_loss(cfg).to(self.device)
         self.loss.prepare(torch.from_numpy(self.data.observed_train).to(self.device))
+        from mlrkit.engine.cft import classifier_of, parse_cft
+        from mlrkit.engine.mixing import build_mixer
+        from mlrkit.methods import Method
+
+        own_step = type(self.method).training_step is not Method.training_step
+        self.mixer = build_mixer(cfg, self.method, self.loss, own_step)  # mix: LogicMix / MixUp-PME (None: off)
+        self.cft = parse_cft(cfg.extra.get("cft"))  # cft: category-wise fine-tuning after training (None: off)
+        if self.cft is not None:
+            classifier_of(self.model)  # a head CFT can tune, checked before training
         resuming = self.resume and (self.out / "last.pt").exists()
         self.method.init_from_train(self.model, self.data, self.loss, device=self.device, resuming=resuming)
         self._eval_loaders: dict[tuple[int, int], Any] = {}
@@ -249,7 +258,15 @@ class Trainer:
         self.timings["train_s"] = time.perf_counter() - t_train
         if epoch_times:
             self.timings["epoch_s_mean"] = float(np.mean(epoch_times))
-        results = self._test_best(best_map, best_epoch)
+        extra_results = {}
+        if self.cft is not None and cfg.train.epochs > 0:
+            from mlrkit.engine.cft import apply_cft
+
+            t0 = time.perf_counter()
+            extra_results["cft"] = {**apply_cft(self, self.cft), "val_map_before": best_map}
+            best_map = self._validate()  # of the fine-tuned head, which _test_best reloads from best.pt
+            self.timings["cft_s"] = time.perf_counter() - t0
+        results = self._test_best(best_map, best_epoch, extra_results)
         run_info["timings"] = self.timings
         run_info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         if main:
@@ -283,8 +300,11 @@ class Trainer:
                 batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
             if channels_last and batch["inputs"].ndim == 4:
                 batch["inputs"] = batch["inputs"].contiguous(memory_format=torch.channels_last)
+            loss_fn = self.loss
+            if self.mixer is not None:  # mix: LogicMix / MixUp-PME
+                batch, loss_fn = self.mixer(batch)
             with self.autocast():
-                out = self.method.training_step(self.model, batch, self.loss, epoch)
+                out = self.method.training_step(self.model, batch, loss_fn, epoch)
             loss = out.loss
             # the loss contract's input checks ran on the first batch; the loader serves the same tensors
             self.loss.validate_inputs = False
@@ -354,7 +374,8 @@ class Trainer:
             scores = self.scores(self.data.val)
         return map_report(scores, self.data.val_targets, self.data.val_mask).map
 
-    def _test_best(self, best_map: float, best_epoch: int) -> dict[str, Any]:
+    def _test_best(self, best_map: float, best_epoch: int,
+                   extra_results: dict[str, Any] | None = None) -> dict[str, Any]:
         best = self.out / "best.pt"
         ck = load_checkpoint(best)
         load_trainable_state(self.model, ck["model"])
@@ -364,7 +385,12 @@ class Trainer:
             scores = self.scores(self.data.test, progress=self.progress, desc="test")
         test = self.data.test
         meter = MultiLabelMeter(self.data.class_names)
-        meter.update(scores, test.targets, test.known)  # the scores are already gathered from every rank
+        metric_scores = scores
+        if hasattr(self.loss, "probabilities"):  # a loss with a calibrated inverse link (spa): its probabilities
+            from mlrkit.losses import probabilities
+
+            metric_scores = probabilities(self.cfg.loss.name, dict(self.cfg.loss.params), scores)
+        meter.update(metric_scores, test.targets, test.known)  # the scores are already gathered from every rank
         extra = meter.compute()
         per_class = extra.pop("per_class")
         results = {
@@ -388,6 +414,7 @@ class Trainer:
         grouped = grouped_report(self.method, self.data, scores)  # OpenImages: mAP per annotation-count group
         if grouped is not None:
             results["grouped_map"] = grouped
+        results.update(extra_results or {})  # e.g. the cft summary
         if self.env.is_main:
             write_json(self.out / "results.json", results)
         if self.verbose:

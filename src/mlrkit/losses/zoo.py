@@ -2,5 +2,5 @@
 
 from mlrkit.registry import import_modules
 
-import_modules("mlrkit.losses", ("basic", "regularized", "robust", "pseudo", "large_loss", "vlpl"),
+import_modules("mlrkit.losses", ("basic", "regularized", "robust", "pseudo", "large_loss", "vlpl", "partial"),
                skip=("base", "zoo"))

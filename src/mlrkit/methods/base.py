@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from mlrkit.errors import ConfigError
+from mlrkit.methods.training_sections import TRAINING_SECTIONS
 from mlrkit.registry import Registry
 
 
@@ -59,12 +60,18 @@ class Method:
 
     input_kind: str = "features"
     #: extra config sections the method reads: name -> schema (a :class:`mlrkit.schema.Section`);
-    #: the config loader rejects any other section, and a section of another method names this one
-    config_sections: ClassVar[dict[str, type]] = {}
+    #: the config loader rejects any other section, and a section of another method names this one.
+    #: Every method also reads the trainer's optional steps ``mix`` and ``cft`` (added below).
+    config_sections: ClassVar[dict[str, type]] = dict(TRAINING_SECTIONS)
+
     #: whether the method reads the ``model`` section (a backbone); if not, setting it is an error
     uses_model: ClassVar[bool] = False
     #: whether the method uses the ``vl`` section's vision-language model (the section is the run's: always allowed)
     uses_vl: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.config_sections = {**TRAINING_SECTIONS, **cls.config_sections}
 
     def __init__(self) -> None:
         self.cfg = None  # the run's RunConfig, given by configure() when build_method builds the method

@@ -112,11 +112,9 @@ class ViewImages:
 
 
 def _interp(vl, name: str):
-    from mlrkit.data.transforms import interpolation_mode
+    from mlrkit.data.transforms import model_interpolation
 
-    if name == "model":
-        name = str(vl.preprocess_cfg.get("interpolation", "bicubic"))
-    return interpolation_mode(name, "features.interpolation")
+    return model_interpolation(vl.preprocess_cfg, name, "features.interpolation")
 
 
 def _image_size(vl, image_size: int | None) -> int:

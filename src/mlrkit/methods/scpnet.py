@@ -360,11 +360,9 @@ def scpnet_step(model: SCPNetModel, batch: dict, loss_fn, epoch: int, opts: SCPN
 
 # ---------------------------------------------------------------------------- data
 def _interpolation(vl, name: str = "model"):
-    from mlrkit.data.transforms import interpolation_mode
+    from mlrkit.data.transforms import model_interpolation
 
-    if name == "model":
-        name = str(vl.preprocess_cfg.get("interpolation", "bicubic")).lower()
-    return interpolation_mode(name, "scpnet.interpolation")
+    return model_interpolation(vl.preprocess_cfg, name, "scpnet.interpolation")
 
 
 def scpnet_transforms(vl, image_size: int, opts: SCPNetOptions) -> tuple[Callable, Callable, Callable]:
