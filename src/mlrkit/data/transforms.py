@@ -22,17 +22,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
-from torchvision import transforms as T
-from torchvision.transforms import InterpolationMode
 
 from mlrkit.errors import ConfigError
 
+if TYPE_CHECKING:  # torchvision (and with it its model zoo, ~4 s) is imported only when a transform is built
+    from torchvision import transforms as T
+    from torchvision.transforms import InterpolationMode
+
 RESIZE_MODES = ("squash", "crop")
-INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
-                  "nearest": InterpolationMode.NEAREST}
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 
 def build_transform(
@@ -46,6 +48,8 @@ def build_transform(
     cutout: float = 0.0,
 ) -> T.Compose:
     """A torchvision pipeline; ``cutout`` is the erased area fraction (RandomErasing), 0 = off."""
+    from torchvision import transforms as T
+
     ops: list = [T.Resize((image_size, image_size))]
     if train and flip:
         ops.append(T.RandomHorizontalFlip(0.5))
@@ -59,14 +63,25 @@ def build_transform(
 
 def interpolation_mode(name: str, where: str = "interpolation") -> InterpolationMode:
     """``bilinear`` | ``bicubic`` | ``nearest`` -> torchvision's mode; anything else is a ConfigError."""
+    from torchvision.transforms import InterpolationMode
+
     key = str(name).lower()
     if key not in INTERPOLATIONS:
         raise ConfigError(f"{where} must be one of {', '.join(INTERPOLATIONS)}, got {name!r}")
-    return INTERPOLATIONS[key]
+    return InterpolationMode(key)
+
+
+def model_interpolation(preprocess_cfg: dict, name: str, where: str = "interpolation") -> InterpolationMode:
+    """``name``, or for ``"model"`` the VL model's own interpolation (``preprocess_cfg``; bicubic if unset)."""
+    if name == "model":
+        name = str(preprocess_cfg.get("interpolation") or "bicubic")
+    return interpolation_mode(name, where)
 
 
 def resize_ops(size: int, mode: str, interpolation: InterpolationMode, where: str = "resize") -> list:
     """``squash``: Resize((S, S)), the whole image; ``crop``: Resize(S) (shorter side) + CenterCrop(S)."""
+    from torchvision import transforms as T
+
     if mode == "squash":
         return [T.Resize((int(size), int(size)), interpolation=interpolation)]
     if mode == "crop":
@@ -75,6 +90,8 @@ def resize_ops(size: int, mode: str, interpolation: InterpolationMode, where: st
 
 
 def normalize_ops(mean: Sequence[float], std: Sequence[float]) -> list:
+    from torchvision import transforms as T
+
     return [T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))]
 
 
@@ -287,8 +304,13 @@ class CutoutPIL:
 
 
 def dualcoop_train_transform(size: int, mean: Sequence[float], std: Sequence[float],
-                             interpolation: InterpolationMode = InterpolationMode.BILINEAR) -> T.Compose:
-    """DualCoOp/PositiveCoOp's training view: Resize((S, S)), CutoutPIL(0.5), RandAugment(), normalise (no flip)."""
+                             interpolation: InterpolationMode | None = None) -> T.Compose:
+    """DualCoOp/PositiveCoOp's training view: Resize((S, S)), CutoutPIL(0.5), RandAugment(), normalise (no flip).
+    ``interpolation`` defaults to bilinear."""
+    from torchvision import transforms as T
+
+    if interpolation is None:
+        interpolation = interpolation_mode("bilinear")
     return T.Compose([*resize_ops(size, "squash", interpolation), CutoutPIL(0.5), PolicyRandAugment(),
                       *normalize_ops(mean, std)])
 

@@ -17,19 +17,10 @@ from tqdm.auto import tqdm
 from mlrkit import losses
 from mlrkit.config import RunConfig
 from mlrkit.engine import distributed as ddp
+from mlrkit.engine.devices import resolve_device  # noqa: F401 - re-exported (evaluate, predict)
 from mlrkit.engine.loaders import make_loader
 from mlrkit.errors import MlrkitError
 from mlrkit.methods import Method, TaskInfo, build_method
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; an unavailable CUDA device is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MlrkitError(f"train.device={name!r} but CUDA is not available")
-    return dev
 
 
 @dataclass
@@ -81,17 +72,32 @@ def predict_scores(
     """Logits for every row of a (non-shuffled) loader, in order."""
     model.eval()
     out = []
+    channels_last = getattr(model, "_mlrkit_channels_last", False)
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        out.append(model(batch["inputs"].to(device)).float().cpu())
+        x = batch["inputs"].to(device, non_blocking=True)
+        if channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out.append(model(x).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
 def score_split(method: Method, model: nn.Module, split, observed: np.ndarray | None, *, batch_size: int,
-                device: torch.device, cfg: RunConfig, progress: bool = False, desc: str = "") -> np.ndarray:
-    """Logits of every row of ``split``; under ``torchrun`` each rank scores rows rank::world and all gather."""
+                device: torch.device, cfg: RunConfig, progress: bool = False, desc: str = "",
+                loaders: dict | None = None) -> np.ndarray:
+    """Logits of every row of ``split``; under ``torchrun`` each rank scores rows rank::world and all gather.
+
+    ``loaders`` (a dict the caller keeps for as long as its splits live, e.g. a Trainer's) caches each
+    split's loader: a run scores its validation split every epoch with the same loader.
+    """
     env = ddp.current()
     if not env.enabled:
-        loader = make_loader(method, split, observed, batch_size, train=False, seed=cfg.seed, cfg=cfg)
+        key = (id(split), id(observed))
+        loader = loaders.get(key) if loaders is not None else None
+        if loader is None:
+            loader = make_loader(method, split, observed, batch_size, train=False, seed=cfg.seed, cfg=cfg,
+                                 device=device)
+            if loaders is not None:
+                loaders[key] = loader
         return predict_scores(model, loader, device, progress, desc)
     rows = np.arange(len(split))[env.rank :: env.world]
     part = split.subset(rows)

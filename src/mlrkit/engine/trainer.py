@@ -8,6 +8,7 @@ at any point and resumed with ``--resume`` ends with the same ``results.json``.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import platform
@@ -25,15 +26,16 @@ from tqdm.auto import tqdm
 import mlrkit
 from mlrkit.config import RunConfig
 from mlrkit.engine import distributed as ddp
+from mlrkit.engine import threads as thread_policy
 from mlrkit.engine.build import (  # noqa: F401 - re-exported: build_run_loss, predict_scores
     BuiltRun,
     build_for_task,
     build_run_loss,
     predict_scores,
-    resolve_device,
     score_split,
 )
 from mlrkit.engine.checkpoint import load_checkpoint, load_trainable_state, save_checkpoint, trainable_state_dict
+from mlrkit.engine.devices import autocast_dtype, resolve_device, wants_channels_last
 from mlrkit.engine.loaders import make_loader
 from mlrkit.engine.optim import EMA, build_optimizer, build_scheduler, param_groups
 from mlrkit.engine.reports import grouped_report
@@ -44,6 +46,12 @@ from mlrkit.metrics import MultiLabelMeter, map_report
 from mlrkit.utils import derive_seed, seed_everything, write_json
 
 log = logging.getLogger("mlrkit")
+
+
+__all__ = ["BuiltRun", "Trainer", "build_for_task", "build_run_loss", "predict_scores", "resolve_device", "train"]
+
+#: the running loss is checked for NaN/inf every this many steps (a check waits for the device)
+FINITE_CHECK_EVERY = 50
 
 
 class Trainer:
@@ -78,14 +86,29 @@ class Trainer:
         self.built = build_for_task(cfg, task, method)
         self.method, self.model = self.built.method, self.built.model
         self.model.to(self.device)
+        tc = cfg.train
+        flops = thread_policy.model_flops(self.model, method.input_kind)
+        self.threads = thread_policy.apply(thread_policy.choose_threads(flops, tc.threads))
+        if wants_channels_last(self.model, self.device):
+            self.model.to(memory_format=torch.channels_last)
+            self.model._mlrkit_channels_last = True
         self.loss = build_run_loss(cfg).to(self.device)
         self.loss.prepare(torch.from_numpy(self.data.observed_train).to(self.device))
+        from mlrkit.engine.cft import classifier_of, parse_cft
+        from mlrkit.engine.mixing import build_mixer
+        from mlrkit.methods import Method
+
+        own_step = type(self.method).training_step is not Method.training_step
+        self.mixer = build_mixer(cfg, self.method, self.loss, own_step)  # mix: LogicMix / MixUp-PME (None: off)
+        self.cft = parse_cft(cfg.extra.get("cft"))  # cft: category-wise fine-tuning after training (None: off)
+        if self.cft is not None:
+            classifier_of(self.model)  # a head CFT can tune, checked before training
         resuming = self.resume and (self.out / "last.pt").exists()
         self.method.init_from_train(self.model, self.data, self.loss, device=self.device, resuming=resuming)
-        tc = cfg.train
+        self._eval_loaders: dict[tuple[int, int], Any] = {}
         self.train_loader = make_loader(self.method, self.data.train, self.data.observed_train, tc.batch_size,
                                         train=True, seed=cfg.seed, cfg=cfg,
-                                        shard=(self.env.rank, self.env.world))
+                                        shard=(self.env.rank, self.env.world), device=self.device)
         loss_mult = self.loss.lr_mult if self.loss.lr_mult is not None else tc.classifier_lr_mult
         extra = [(list(self.loss.parameters()), loss_mult)]
         if tc.epochs == 0:  # evaluation only (e.g. zero-shot): nothing to optimise
@@ -98,13 +121,16 @@ class Trainer:
         self._synced_params = [p for p in self.model.parameters() if p.requires_grad] + \
             [p for p in self.loss.parameters() if p.requires_grad]
         self.ema = EMA(self.model, tc.ema) if tc.ema > 0 else None
-        use_amp = tc.amp
-        self.autocast = (
-            (lambda: torch.autocast(self.device.type,
-                                    dtype=torch.bfloat16 if self.device.type == "cpu" else torch.float16))
-            if use_amp else nullcontext
-        )
-        self.scaler = torch.amp.GradScaler("cuda") if use_amp and self.device.type == "cuda" else None
+        self.amp_dtype = autocast_dtype(self.device, tc.amp)
+        amp_dtype = self.amp_dtype
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+        self.scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and self.device.type == "cuda" \
+            else None
+        if tc.compile:  # in place: parameters and state_dict keys stay those of the model
+            backend = "inductor" if tc.compile is True else str(tc.compile)
+            if not hasattr(self.model, "compile"):
+                raise MlrkitError(f"train.compile needs torch >= 2.2 (nn.Module.compile); this is {torch.__version__}")
+            self.model.compile(backend=backend)
 
     # ------------------------------------------------------------------ state
     def _checkpoint(self, epoch: int, best_map: float, best_epoch: int) -> dict[str, Any]:
@@ -152,6 +178,15 @@ class Trainer:
         self.env.barrier()  # every rank has checked the directory before rank 0 writes into it
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
+        threads_before = torch.get_num_threads()
+        try:
+            return self._fit(main, last)
+        finally:  # the thread policy applies to this run only, not to the caller's process
+            if torch.get_num_threads() != threads_before:
+                torch.set_num_threads(threads_before)
+
+    def _fit(self, main: bool, last: Path) -> dict[str, Any]:
+        cfg = self.cfg
         self._setup()
         if main:
             cfg.save(self.out / "config.yaml")
@@ -169,28 +204,50 @@ class Trainer:
             write_json(self.out / "run.json", run_info)
         t_train = time.perf_counter()
         epoch_times = []
-        for epoch in range(start, cfg.train.epochs):
-            te = time.perf_counter()
-            torch.manual_seed(derive_seed(cfg.seed, epoch, 1))
-            train_loss = self._train_epoch(epoch)
-            val_map = self._validate()
-            epoch_times.append(time.perf_counter() - te)
-            improved = val_map > best_map
-            if improved:
-                best_map, best_epoch = val_map, epoch
-            row = {"epoch": epoch, "train_loss": train_loss, "val_map": val_map, "best_val_map": best_map,
-                   "lr": self.optimizer.param_groups[0]["lr"], "epoch_s": round(epoch_times[-1], 4)}
-            if main:
-                ck = self._checkpoint(epoch + 1, best_map, best_epoch)
+        # last.pt is written at most every train.checkpoint_every_s seconds and after the last epoch; the
+        # newest unwritten end-of-epoch state (and best state) is kept in memory and written if the run
+        # stops on an exception. A run killed outright loses at most that interval: epochs are seeded from
+        # (seed, epoch), so resuming from an older last.pt gives the same results.
+        interval = cfg.train.checkpoint_every_s
+        last_write = time.monotonic()
+        pending: dict[str, Any] | None = None
+        pending_best: dict[str, Any] | None = None
+        try:
+            for epoch in range(start, cfg.train.epochs):
+                te = time.perf_counter()
+                torch.manual_seed(derive_seed(cfg.seed, epoch, 1))
+                train_loss, terms = self._train_epoch(epoch)
+                val_map = self._validate()
+                epoch_times.append(time.perf_counter() - te)
+                improved = val_map > best_map
                 if improved:
-                    save_checkpoint(self.out / "best.pt", {**ck, "kind": "best"})
-                save_checkpoint(last, {**ck, "kind": "last"})
-                with open(self.out / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-            self.env.barrier()
-            if self.verbose:
-                tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {train_loss:.4f}  val mAP {100 * val_map:.2f}"
-                           f"  best {100 * best_map:.2f} (epoch {best_epoch + 1})")
+                    best_map, best_epoch = val_map, epoch
+                row = {"epoch": epoch, "train_loss": train_loss, "val_map": val_map, "best_val_map": best_map,
+                       "lr": self.optimizer.param_groups[0]["lr"], "epoch_s": round(epoch_times[-1], 4)}
+                if terms:  # the method's named extra terms (StepOutput.terms), epoch means
+                    row["terms"] = terms
+                if main:
+                    due = epoch + 1 == cfg.train.epochs or interval <= 0 or time.monotonic() - last_write >= interval
+                    ck = self._checkpoint(epoch + 1, best_map, best_epoch)
+                    if not due:
+                        ck = _cpu_copy(ck)  # the live optimizer/loss state moves on; keep this epoch's
+                    if improved:
+                        pending_best = ck
+                    pending = ck
+                    if due:
+                        self._write_checkpoints(pending, pending_best)
+                        pending = pending_best = None
+                        last_write = time.monotonic()
+                    with open(self.out / "metrics.jsonl", "a") as fh:
+                        fh.write(json.dumps(row) + "\n")
+                self.env.barrier()
+                if self.verbose:
+                    tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {train_loss:.4f}  val mAP "
+                               f"{100 * val_map:.2f}  best {100 * best_map:.2f} (epoch {best_epoch + 1})")
+        except BaseException:
+            if main and pending is not None:  # interrupted: keep what the finished epochs computed
+                self._write_checkpoints(pending, pending_best)
+            raise
         if cfg.train.epochs == 0:
             best_map, best_epoch = self._validate(), -1
             if main:
@@ -201,7 +258,15 @@ class Trainer:
         self.timings["train_s"] = time.perf_counter() - t_train
         if epoch_times:
             self.timings["epoch_s_mean"] = float(np.mean(epoch_times))
-        results = self._test_best(best_map, best_epoch)
+        extra_results = {}
+        if self.cft is not None and cfg.train.epochs > 0:
+            from mlrkit.engine.cft import apply_cft
+
+            t0 = time.perf_counter()
+            extra_results["cft"] = {**apply_cft(self, self.cft), "val_map_before": best_map}
+            best_map = self._validate()  # of the fine-tuned head, which _test_best reloads from best.pt
+            self.timings["cft_s"] = time.perf_counter() - t0
+        results = self._test_best(best_map, best_epoch, extra_results)
         run_info["timings"] = self.timings
         run_info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         if main:
@@ -209,21 +274,42 @@ class Trainer:
         self.env.barrier()
         return results
 
-    def _train_epoch(self, epoch: int) -> float:
+    def _write_checkpoints(self, last_ck: dict[str, Any], best_ck: dict[str, Any] | None) -> None:
+        """best.pt first (when a new best is unwritten), then last.pt: last.pt never names a best epoch
+        whose best.pt is missing."""
+        if best_ck is not None:
+            save_checkpoint(self.out / "best.pt", {**best_ck, "kind": "best"})
+        save_checkpoint(self.out / "last.pt", {**last_ck, "kind": "last"})
+
+    def _train_epoch(self, epoch: int) -> tuple[float, dict[str, float]]:
+        """One epoch; returns the mean training loss and the means of the method's extra terms."""
         self.model.train()
         self.loss.on_epoch_start(epoch)
         loader = self.train_loader
         loader.set_epoch(epoch)
-        total, n = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not self.progress)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device: no sync per step
+        term_sums: dict[str, torch.Tensor] = {}
+        n = 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False) if self.progress else loader
         env = self.env
-        for batch in bar:
+        device = self.device
+        channels_last = getattr(self.model, "_mlrkit_channels_last", False)
+        for step, batch in enumerate(bar):
             n_global = int(batch.pop("n_global", len(batch["index"])))
-            batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            if device.type != "cpu":
+                batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            if channels_last and batch["inputs"].ndim == 4:
+                batch["inputs"] = batch["inputs"].contiguous(memory_format=torch.channels_last)
+            loss_fn = self.loss
+            if self.mixer is not None:  # mix: LogicMix / MixUp-PME
+                batch, loss_fn = self.mixer(batch)
             with self.autocast():
-                loss = self.method.training_step(self.model, batch, self.loss, epoch)
+                out = self.method.training_step(self.model, batch, loss_fn, epoch)
+            loss = out.loss
+            # the loss contract's input checks ran on the first batch; the loader serves the same tensors
+            self.loss.validate_inputs = False
             x = batch["inputs"]
-            if not torch.isfinite(loss):
+            if step % FINITE_CHECK_EVERY == 0 and not torch.isfinite(loss):
                 raise MlrkitError(f"loss became {loss.item()} at epoch {epoch + 1}; lower train.lr?")
             self.optimizer.zero_grad(set_to_none=True)
             # each rank's share of the global mean: averaged gradients then equal one process's
@@ -246,16 +332,24 @@ class Trainer:
                 self.scheduler.step()
             if self.ema is not None:
                 self.ema.update(self.model)
-            total += float(loss.detach()) * len(x)
+            total += loss.detach() * len(x)
+            for name, value in out.terms.items():
+                term_sums[name] = term_sums.get(name, 0.0) + value.detach().double() * len(x)
             n += len(x)
             if self.progress:
-                bar.set_postfix(loss=f"{total / max(n, 1):.4f}", refresh=False)
+                bar.set_postfix(loss=f"{float(total) / max(n, 1):.4f}", refresh=False)
+        total_f = float(total)
+        if not np.isfinite(total_f):
+            raise MlrkitError(f"loss became {total_f} in epoch {epoch + 1}; lower train.lr?")
         self._end_epoch_hooks(epoch)
+        names = sorted(term_sums)
+        sums = [total_f, float(n)] + [float(term_sums[k]) for k in names]
         if env.enabled:
-            t = torch.tensor([total, float(n)], dtype=torch.float64)
+            t = torch.tensor(sums, dtype=torch.float64)
             torch.distributed.all_reduce(t)
-            total, n = float(t[0]), int(t[1])
-        return total / max(n, 1)
+            sums = t.tolist()
+        n = max(int(sums[1]), 1)
+        return sums[0] / n, {k: sums[2 + i] / n for i, k in enumerate(names)}
 
     def _end_epoch_hooks(self, epoch: int) -> None:
         if self.loss.needs_epoch_scores:
@@ -268,7 +362,7 @@ class Trainer:
     def scores(self, split, observed=None, progress: bool = False, desc: str = "") -> np.ndarray:
         """Logits of every row of ``split``; with several ranks each scores rows rank::world, then all gather."""
         return score_split(self.method, self.model, split, observed, batch_size=max(self.cfg.train.batch_size, 256),
-                           device=self.device, cfg=self.cfg, progress=progress, desc=desc)
+                           device=self.device, cfg=self.cfg, progress=progress, desc=desc, loaders=self._eval_loaders)
 
     def _eval_model(self):
         if self.ema is None:
@@ -280,7 +374,8 @@ class Trainer:
             scores = self.scores(self.data.val)
         return map_report(scores, self.data.val_targets, self.data.val_mask).map
 
-    def _test_best(self, best_map: float, best_epoch: int) -> dict[str, Any]:
+    def _test_best(self, best_map: float, best_epoch: int,
+                   extra_results: dict[str, Any] | None = None) -> dict[str, Any]:
         best = self.out / "best.pt"
         ck = load_checkpoint(best)
         load_trainable_state(self.model, ck["model"])
@@ -290,7 +385,12 @@ class Trainer:
             scores = self.scores(self.data.test, progress=self.progress, desc="test")
         test = self.data.test
         meter = MultiLabelMeter(self.data.class_names)
-        meter.update(scores, test.targets, test.known)  # the scores are already gathered from every rank
+        metric_scores = scores
+        if hasattr(self.loss, "probabilities"):  # a loss with a calibrated inverse link (spa): its probabilities
+            from mlrkit.losses import probabilities
+
+            metric_scores = probabilities(self.cfg.loss.name, dict(self.cfg.loss.params), scores)
+        meter.update(metric_scores, test.targets, test.known)  # the scores are already gathered from every rank
         extra = meter.compute()
         per_class = extra.pop("per_class")
         results = {
@@ -314,6 +414,7 @@ class Trainer:
         grouped = grouped_report(self.method, self.data, scores)  # OpenImages: mAP per annotation-count group
         if grouped is not None:
             results["grouped_map"] = grouped
+        results.update(extra_results or {})  # e.g. the cft summary
         if self.env.is_main:
             write_json(self.out / "results.json", results)
         if self.verbose:
@@ -340,7 +441,10 @@ class Trainer:
             "device": str(self.device),
             "device_name": (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
                             else platform.processor()),
-            "threads": torch.get_num_threads(),
+            "threads": self.threads.as_dict(),
+            "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
+            "channels_last": bool(getattr(self.model, "_mlrkit_channels_last", False)),
+            "compile": self.cfg.train.compile,
             "world_size": self.env.world,
             "command": sys.argv,
             "seed": self.cfg.seed,
@@ -355,6 +459,17 @@ class Trainer:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "timings": self.timings,
         }
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """A copy of a checkpoint payload whose tensors are detached CPU copies (nested dicts/lists)."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return copy.deepcopy(obj)
 
 
 class _NoOptimizer:

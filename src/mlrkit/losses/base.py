@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -53,6 +55,9 @@ class MultiLabelLoss(nn.Module):
 
     #: whether the loss keeps per-example state keyed by ``index`` (needs ``index`` in forward)
     stateful: bool = False
+    #: whether ``forward`` checks its inputs (:func:`check_inputs`); the trainer turns it off after the
+    #: first batch, since every later batch comes from the same validated tensors
+    validate_inputs: bool = True
     #: facts of the run this loss takes as constructor arguments, filled in by the engine unless set
     #: in the ``loss`` section: ``expected_num_pos`` (``data.expected_num_pos``), ``num_epochs``
     #: (``train.epochs``)
@@ -62,6 +67,9 @@ class MultiLabelLoss(nn.Module):
     #: whether the trainer scores the whole training split after every epoch and passes the logits
     #: to :meth:`update_pseudo_labels` (pseudo-labelling losses such as EM+APL)
     needs_epoch_scores: bool = False
+    #: whether each entry's loss depends only on that entry's logit and label (no batch-level
+    #: selection, no per-row normalisation): MixUp-PME may then mix per-entry losses (mlrkit.engine.mixing)
+    entrywise: bool = False
 
     def prepare(self, observed: Tensor) -> None:
         """Called once before training with the training split's observed labels [N, C] (int8)."""
@@ -92,7 +100,8 @@ class MultiLabelLoss(nn.Module):
     def forward(
         self, logits: Tensor, observed: Tensor, *, index: Tensor | None = None, epoch: int = 0
     ) -> Tensor:
-        check_inputs(logits, observed, index)
+        if self.validate_inputs:
+            check_inputs(logits, observed, index)
         if self.stateful and index is None:
             raise ValueError(f"{type(self).__name__} is stateful: pass index= (dataset row ids)")
         matrix, reg = self.loss_matrix(logits.float(), observed, index=index, epoch=epoch)
@@ -103,6 +112,18 @@ class MultiLabelLoss(nn.Module):
 
 
 LOSSES: Registry[type[MultiLabelLoss]] = Registry("loss")
+
+
+def probabilities(loss_name: str, loss_params: dict, logits) -> np.ndarray:
+    """Probabilities [N, C] (float64) from logits: the loss's inverse link when it defines one (``spa``:
+    a strictly proper asymmetric loss's logits are calibrated only through it), else the sigmoid."""
+    x = torch.as_tensor(np.asarray(logits, dtype=np.float64))
+    import mlrkit.losses.zoo  # noqa: F401 - registers every loss
+
+    cls = LOSSES.get(loss_name)
+    if hasattr(cls, "probabilities"):
+        return cls(**loss_params).probabilities(x).numpy()
+    return torch.sigmoid(x).numpy()
 
 
 def build(name: str, **hparams) -> MultiLabelLoss:
