@@ -52,6 +52,19 @@ def _known(logits: np.ndarray, targets: np.ndarray, mask: np.ndarray | None) -> 
     return z[keep], y[keep]
 
 
+def link_logits(loss_name: str, loss_params: dict, logits) -> np.ndarray:
+    """The scores calibration works on: the logits, or for a loss with its own inverse link (``spa``) the
+    logit of that link's probability, so that ``sigmoid`` of them is the loss's probability."""
+    import mlrkit.losses.zoo  # noqa: F401 - registers every loss
+    from mlrkit.losses import LOSSES, probabilities
+
+    z = np.asarray(logits, np.float64)
+    if not hasattr(LOSSES.get(loss_name), "probabilities"):
+        return z
+    p = np.clip(probabilities(loss_name, loss_params, z), 1e-12, 1 - 1e-12)
+    return np.log(p) - np.log1p(-p)
+
+
 def fit_temperature(logits, targets, mask=None, iters: int = 100) -> float:
     """:math:`T^*` of the module docstring (1.0 when there is nothing to fit)."""
     z, y = _known(logits, targets, mask)

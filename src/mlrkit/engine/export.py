@@ -121,6 +121,12 @@ def export_run(run_dir: str | Path, fmt: str = "torchscript", out: str | Path | 
     if fmt not in ("torchscript", "onnx"):
         raise ConfigError(f"--format must be torchscript or onnx, got {fmt!r}")
     run = load_run(run_dir, device="cpu")
+    import mlrkit.losses.zoo  # noqa: F401 - registers every loss
+    from mlrkit.losses import LOSSES
+
+    if hasattr(LOSSES.get(run.cfg.loss.name), "probabilities"):
+        raise MlrkitError(f"export of runs trained with loss {run.cfg.loss.name!r} (its own inverse link) is not "
+                          "supported yet: the exported model applies the sigmoid; use mlrkit predict")
     module, info = serving_model(run)
     module = module.cpu().eval()
     x = example_batch(run, info) if inputs is None else inputs

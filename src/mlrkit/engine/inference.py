@@ -42,6 +42,13 @@ class LoadedRun:
             self._calibration = Calibration.load(self.run_dir, self.class_names)
         return self._calibration
 
+    def calibrated(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities of raw model outputs: the run's calibration applied to the logits of
+        its loss's link (:func:`mlrkit.calibration.link_logits`; the plain logits for most losses)."""
+        from mlrkit.calibration import link_logits
+
+        return self.calibration.probabilities(link_logits(self.cfg.loss.name, dict(self.cfg.loss.params), logits))
+
     def predict(self, inputs: Any, *, threshold: float | None = None, skip_bad_images: bool = False,
                 batch_size: int = 64) -> Predictions:
         """Calibrated class probabilities and labels for new inputs.
@@ -135,9 +142,9 @@ def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "
         if name == "test":
             test_scores = scores
         meter = MultiLabelMeter(data.class_names, 0.5, k)
-        meter.update(scores, targets, mask)
+        meter.update(_metric_scores(run, scores), targets, mask)
         m = meter.compute()
-        probs = cal.probabilities(scores)
+        probs = run.calibrated(scores)
         m.update(f1_scores(probs, targets, th, mask))
         m["ece"] = expected_calibration_error(probs, targets, mask, cal.n_bins)
         m["hamming_loss"] = hamming_loss(probs, targets, th, mask)
@@ -326,9 +333,24 @@ def predict(run: LoadedRun, inputs: Any, *, threshold: float | None = None, skip
         split = Split(targets=np.zeros((len(x), task.num_classes), np.uint8), ids=ids, features=x)
     logits = run.scores(split, batch_size=batch_size)
     cal = run.calibration
-    probs = cal.probabilities(logits)
+    probs = run.calibrated(logits)
     return Predictions(ids=list(split.ids), probs=probs, labels=cal.decide(probs, threshold),
                        class_names=list(run.class_names), thresholds=cal.threshold_array(threshold), skipped=skipped)
+
+
+def _metric_scores(run: LoadedRun, logits: np.ndarray) -> np.ndarray:
+    """What the metrics read: the logits, or the calibrated probabilities of a loss with an inverse link (spa)."""
+    import mlrkit.losses.zoo  # noqa: F401 - registers every loss
+    from mlrkit.losses import LOSSES
+
+    return run_probabilities(run, logits) if hasattr(LOSSES.get(run.cfg.loss.name), "probabilities") else logits
+
+
+def run_probabilities(run: LoadedRun, logits: np.ndarray) -> np.ndarray:
+    """The run's probabilities: its loss's inverse link where it has one (``spa``), else the sigmoid."""
+    from mlrkit.losses import probabilities
+
+    return probabilities(run.cfg.loss.name, dict(run.cfg.loss.params), logits)
 
 
 def predict_inputs(run: LoadedRun, inputs: list[str | Path]) -> tuple[list[str], np.ndarray]:
