@@ -127,12 +127,13 @@ class Method:
             return {}
         import logging
 
-        from mlrkit.methods.vl_methods import load_vl, templates_of
+        from mlrkit.vl import load
+        from mlrkit.vl.model import prompt_templates
         from mlrkit.vl.vocabulary import vocabulary_check
 
         get = getattr(self, "vl_model", None)
-        vl = get() if callable(get) else load_vl(self.cfg)
-        rep = vocabulary_check(vl, list(class_names), templates_of(self.cfg))
+        vl = get() if callable(get) else load(self.cfg.vl.model, seed=self.cfg.seed).freeze()
+        rep = vocabulary_check(vl, list(class_names), prompt_templates(self.cfg.vl.templates))
         if rep.passed:
             logging.getLogger("mlrkit").info("VL vocabulary check passed: %s", rep.message())
         else:

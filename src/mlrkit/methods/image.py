@@ -77,14 +77,15 @@ def frozen_features(cfg, splits: dict, *, device, progress: bool = True, warn=No
 
     name = cfg.model.name or ""
     if name.startswith(VL_PREFIX):  # a VL model's image encoder: a linear probe on CLIP features
-        from mlrkit.methods.vl_methods import vl_features_for
         from mlrkit.vl import load
+        from mlrkit.vl.features import attach_vl_features
 
         spec = name[len(VL_PREFIX):]
         if not spec or cfg.model.params:
             raise ConfigError(f"model.name {name!r}: give a VL spec (vl:mosaic-clip, vl:openclip:ViT-B-16@FILE) and no "
                               f"other model keys (got {sorted(cfg.model.params)})")
-        vl_features_for(cfg, load(spec, seed=cfg.seed).freeze(), splits, device=device, progress=progress)
+        attach_vl_features(load(spec, seed=cfg.seed).freeze(), splits, cache_dir=cfg.section("features").cache_dir,
+                           device=device, progress=progress, seed=cfg.seed, batch_size=max(64, cfg.train.batch_size))
         return
     torch.manual_seed(derive_seed(cfg.seed, 99))  # random-init backbones are reproducible
     bb = backbone_from_config(cfg, warn, frozen=True).to(device).eval()

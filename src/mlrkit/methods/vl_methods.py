@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -36,17 +35,10 @@ def templates_of(cfg) -> tuple[str, ...]:
 
 def vl_features_for(cfg, model, splits: dict, *, device, progress: bool) -> None:
     """Attach the VL model's pooled image embeddings to every split (cached)."""
-    from mlrkit.features import FeatureStore
-    from mlrkit.vl.features import vl_image_features
+    from mlrkit.vl.features import attach_vl_features
 
-    store = FeatureStore(cfg.section("features").cache_dir)
-    for name, split in splits.items():
-        if split.images is None:
-            raise MlrkitError(f"method needs images, the {name} split has none")
-        feats = vl_image_features(model, split.images, store=store, device=device, progress=progress,
-                                  desc=f"{model.spec} features ({name})", seed=cfg.seed,
-                                  batch_size=max(64, cfg.train.batch_size))
-        split.features = np.array(feats, dtype=np.float32)
+    attach_vl_features(model, splits, cache_dir=cfg.section("features").cache_dir, device=device, progress=progress,
+                       seed=cfg.seed, batch_size=max(64, cfg.train.batch_size))
 
 
 class ZeroShotHead(nn.Module):
