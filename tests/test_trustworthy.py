@@ -387,3 +387,15 @@ def test_saved_config_holds_absolute_dataset_paths(tmp_path, monkeypatch):
     cfg = build_config(flags={"data": {"name": "manifest:m.csv"}}, sets=["model.weights=w.pth"])
     assert cfg.data.name == f"manifest:{tmp_path / 'm.csv'}" and cfg.model.params["weights"] == str(tmp_path / "w.pth")
     assert os.path.isabs(cfg.data.name.split(":", 1)[1])
+
+
+def test_analyze_prior_and_vl_vocab_warn_on_classes_the_model_does_not_know(tmp_path, capsys):
+    from mlrkit.cli.main import main
+
+    assert main(["analyze", "prior", "--vl-model", "mosaic-clip", "--dataset", "voc2007", "--out",
+                 str(tmp_path / "p.png"), "--json", str(tmp_path / "p.json")]) == 0
+    assert "WARNING: the VL model cannot tell these classes apart" in capsys.readouterr().err
+    assert json.loads((tmp_path / "p.json").read_text())["vl_vocabulary"]["passed"] is False
+    assert main(["vl", "vocab", "--vl-model", "mosaic-clip", "--dataset", "voc2007"]) == 1
+    assert main(["vl", "vocab", "--vl-model", "mosaic-clip", "--dataset", "fashion-mosaic"]) == 0
+    assert capsys.readouterr().out.splitlines()[-2].startswith("PASS: mosaic-clip on 10 classes")

@@ -623,6 +623,16 @@ def cmd_vl_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def warn_vocabulary(vl, names, templates) -> dict:
+    """The VL-vocabulary check before a command builds on class-name text; a failure is a loud warning."""
+    from mlrkit.vl.vocabulary import vocabulary_check
+
+    rep = vocabulary_check(vl, list(names), tuple(templates))
+    if not rep.passed:
+        print(f"WARNING: {rep.message()}", file=sys.stderr)
+    return rep.as_dict()
+
+
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
     from mlrkit.data import Split, load_dataset
     from mlrkit.errors import MlrkitError
@@ -637,7 +647,9 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
     split: Split = ds.trainval if args.split == "trainval" else ds.test
     if split.images is None:
         raise MlrkitError(f"dataset {ds.name!r} has no images: pseudo-labels need a VL image encoder")
-    labels = compute_vl_pseudo_labels(load_frozen(args.vl_model, seed=args.seed), split.images, ds.class_names,
+    vl = load_frozen(args.vl_model, seed=args.seed)
+    warn_vocabulary(vl, ds.class_names, templates)
+    labels = compute_vl_pseudo_labels(vl, split.images, ds.class_names,
                                       templates=templates, tau=args.tau, theta=args.theta, delta=args.delta,
                                       store=FeatureStore(), seed=args.seed, progress=True,
                                       desc=f"{args.vl_model} features")
@@ -792,9 +804,13 @@ def cmd_analyze_prior(args: argparse.Namespace) -> int:
 
         names = load_dataset(args.dataset, args.root).class_names
     vl = load_frozen(args.vl_model, seed=args.seed)
+    vocab = warn_vocabulary(vl, names, (args.template,))
     prior, rep = prior_report(vl, names, k=args.k, s=args.s, tau=args.tau, template=args.template, seed=args.seed)
     rep["dataset"] = args.dataset
+    rep["vl_vocabulary"] = vocab
     title = f"{args.vl_model} on {args.dataset}: A* (K={rep['k']}, s={args.s}, tau'={args.tau})"
+    if not vocab["passed"]:
+        title += "\n(VL vocabulary check FAILED: the model cannot tell these classes apart)"
     path = draw_prior(prior.prior, names, args.out, title)
     print(format_prior(rep))
     print(f"wrote {path}")
