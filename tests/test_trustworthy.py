@@ -384,7 +384,7 @@ def test_saved_config_holds_absolute_dataset_paths(tmp_path, monkeypatch):
     (tmp_path / "m.csv").write_text("x")
     (tmp_path / "w.pth").write_text("x")
     monkeypatch.chdir(tmp_path)
-    cfg = build_config(flags={"data": {"name": "manifest:m.csv"}}, sets=["model.weights=w.pth"])
+    cfg = build_config(flags={"data": {"name": "manifest:m.csv"}}, sets=["model.name=resnet18", "model.weights=w.pth"])
     assert cfg.data.name == f"manifest:{tmp_path / 'm.csv'}" and cfg.model.params["weights"] == str(tmp_path / "w.pth")
     assert os.path.isabs(cfg.data.name.split(":", 1)[1])
 
