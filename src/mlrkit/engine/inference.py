@@ -13,6 +13,7 @@ from mlrkit.config import RunConfig
 from mlrkit.data import Split
 from mlrkit.engine.checkpoint import load_checkpoint, load_trainable_state
 from mlrkit.engine.loaders import make_loader
+from mlrkit.engine.rundir import saved_config
 from mlrkit.engine.trainer import BuiltRun, build_for_task, predict_scores, resolve_device
 from mlrkit.errors import DataError, MlrkitError
 from mlrkit.methods import TaskInfo
@@ -54,7 +55,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise MlrkitError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = RunConfig.load(run_dir / "config.yaml")
+    cfg = saved_config(run_dir, resuming=False)
     ck = load_checkpoint(run_dir / f"{which}.pt")
     t = ck["task"]
     task = TaskInfo(class_names=t["class_names"], input_kind=t["input_kind"], feature_dim=t["feature_dim"],

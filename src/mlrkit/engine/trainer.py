@@ -31,6 +31,7 @@ from mlrkit.engine.checkpoint import load_checkpoint, load_trainable_state, save
 from mlrkit.engine.loaders import make_loader
 from mlrkit.engine.optim import EMA, build_optimizer, build_scheduler, param_groups
 from mlrkit.engine.run_data import RunData, prepare_run_data, task_info
+from mlrkit.engine.rundir import RUN_FILES, RunLock, check_out_path, config_diff, saved_config
 from mlrkit.errors import MlrkitError
 from mlrkit.methods import Method, TaskInfo, build_method
 from mlrkit.metrics import map_report, summary
@@ -97,12 +98,16 @@ def predict_scores(
 class Trainer:
     """Runs one configuration end to end in ``cfg.out``."""
 
-    def __init__(self, cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> None:
+    def __init__(self, cfg: RunConfig, *, resume: bool = False, quiet: bool = False, extend: bool = False) -> None:
         if not cfg.out:
             raise MlrkitError("no output directory: pass --out RUN_DIR")
+        if extend and not resume:
+            raise MlrkitError("extending train.epochs applies to --resume only")
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.resume = resume
+        self.extend = extend
+        self.lock: RunLock | None = None
         self.progress = cfg.train.progress and not quiet and sys.stderr.isatty()
         self.env = ddp.init_distributed(cfg.train.device)
         self.verbose = not quiet and self.env.is_main
@@ -128,7 +133,7 @@ class Trainer:
         self.model.to(self.device)
         self.loss = build_run_loss(cfg).to(self.device)
         self.loss.prepare(torch.from_numpy(self.data.observed_train).to(self.device))
-        resuming = self.resume and (self.out / "last.pt").exists()
+        resuming = self.resume and (self.out / "last.pt").exists()  # checked by _claim before any setup
         self.method.init_from_train(self.model, self.data, self.loss, device=self.device, resuming=resuming)
         tc = cfg.train
         self.train_loader = make_loader(self.method, self.data.train, self.data.observed_train, tc.batch_size,
@@ -187,29 +192,84 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
+        """Claim ``cfg.out`` (lock, checks, ``config.yaml``), train, test; the lock is released at the end."""
+        try:
+            ck = self._claim()
+            return self._fit(ck)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
+
+    def _claim(self) -> dict[str, Any] | None:
+        """Check the run directory, lock it (rank 0) and save ``config.yaml`` before any long setup.
+
+        Returns the checkpoint to resume from (rank 0; ``None`` elsewhere and on a fresh start).
+        """
+        cfg, out, main = self.cfg, self.out, self.env.is_main
+        check_out_path(out)
+        if self.resume and not out.is_dir():
+            raise MlrkitError(f"--resume: {out} does not exist; to start a new run there, drop --resume")
+        ck, error = None, None
+        if main:
+            try:
+                self.lock = RunLock(out).acquire()
+                if self.lock.stale:
+                    log.warning("mlrkit: warning: %s", self.lock.stale)
+                ck = self._check_directory()
+                cfg.save(out / "config.yaml")  # before data, features and models: a killed setup can be resumed
+            except MlrkitError as e:
+                error = str(e)
+        error = ddp.broadcast_object(error, self.env)  # every rank stops with rank 0's verdict on the directory
+        if error is not None:
+            raise MlrkitError(error)
+        return ck
+
+    def _check_directory(self) -> dict[str, Any] | None:
+        cfg, out = self.cfg, self.out
+        if not self.resume:
+            held = [n for n in RUN_FILES if (out / n).exists()]
+            if held:
+                raise MlrkitError(f"{out} already holds a run ({', '.join(held)}); continue it with --resume "
+                                  "or choose another --out")
+            return None
+        ignore = ("out", "train.epochs") if self.extend else ("out",)
+        diff = config_diff(saved_config(out).to_dict(), cfg.to_dict(), ignore)
+        if diff:
+            raise MlrkitError(f"--resume: the configuration differs from {out / 'config.yaml'} ({'; '.join(diff[:4])})")
+        last = out / "last.pt"
+        if not last.exists():
+            return None  # set up (config.yaml) but never checkpointed: starts from the first epoch
+        ck = load_checkpoint(last)
+        diff = config_diff(ck.get("config") or {}, cfg.to_dict(), ("out", "train.epochs"))
+        if diff:
+            raise MlrkitError(f"--resume: {out / 'config.yaml'} no longer matches the configuration {last} was "
+                              f"trained with ({'; '.join(diff[:4])}); restore it, or train the new configuration "
+                              "in another --out")
+        done = int(ck.get("epoch", 0))
+        if done > cfg.train.epochs:
+            raise MlrkitError(f"--resume: {last} has {done} epochs done, more than train.epochs={cfg.train.epochs}")
+        if self.extend and cfg.train.epochs != ck["config"]["train"]["epochs"] and cfg.train.scheduler == "onecycle":
+            raise MlrkitError("--epochs with --resume: train.scheduler=onecycle has a fixed length and cannot be "
+                              "extended")
+        return ck
+
+    def _fit(self, ck: dict[str, Any] | None) -> dict[str, Any]:
         cfg = self.cfg
         main = self.env.is_main
         last = self.out / "last.pt"
-        if not self.resume and (last.exists() or (self.out / "results.json").exists()):
-            raise MlrkitError(f"{self.out} already holds a run; use --resume to continue it or another --out")
-        if self.resume:
-            saved = self.out / "config.yaml"
-            if saved.exists() and {**RunConfig.load(saved).to_dict(), "out": None} != {**cfg.to_dict(), "out": None}:
-                raise MlrkitError(f"--resume: the configuration differs from {saved}")
-        self.env.barrier()  # every rank has checked the directory before rank 0 writes into it
-        if main:
-            self.out.mkdir(parents=True, exist_ok=True)
         self._setup()
         if main:
-            cfg.save(self.out / "config.yaml")
             self.data.observed.save(self.out / "observed_labels.npz")
         start, best_map, best_epoch = 0, -1.0, -1
-        if self.resume and last.exists():
+        if self.resume and ddp.broadcast_object(ck is not None if main else None, self.env):
             # every rank restores rank 0's reading of last.pt (never two different files)
-            ck = ddp.broadcast_object(load_checkpoint(last) if main else None, self.env)
+            ck = ddp.broadcast_object(ck if main else None, self.env)
             start, best_map, best_epoch = self._restore(ck)
             log.info("resuming %s after epoch %d", self.out, start)
         run_info = self._run_info()
+        if self.lock is not None and self.lock.stale:
+            run_info["stale_lock"] = self.lock.stale
         run_info["method_info"] = self.method.run_info()
         if main:
             self._truncate_metrics(start)
@@ -433,6 +493,10 @@ class _EMASwap:
         self.model.load_state_dict({**self.model.state_dict(), **self.backup})
 
 
-def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Train ``cfg`` in ``cfg.out``; returns ``results.json``'s content."""
-    return Trainer(cfg, resume=resume, quiet=quiet).fit()
+def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False, extend: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` in ``cfg.out``; returns ``results.json``'s content.
+
+    ``resume`` continues the run in ``cfg.out`` exactly (its saved configuration must equal ``cfg``);
+    ``extend`` (with ``resume``) allows ``cfg.train.epochs`` to differ: more epochs than were done.
+    """
+    return Trainer(cfg, resume=resume, quiet=quiet, extend=extend).fit()
