@@ -192,7 +192,7 @@ def test_explain_writes_pngs_and_scores(cam_run, mosaic_pngs, tmp_path, capsys):
         with Image.open(im["png"]) as png:
             assert png.format == "PNG" and png.size[0] > 300
     # default: the top-k predicted classes
-    from mlrkit.explain import explain_images
+    from mlrkit.analysis.explain import explain_images
 
     rep = explain_images(cam_run, mosaic_pngs[:1], top_k=2, out_dir=tmp_path / "ex2")
     sc = rep["images"][0]["classes"]
@@ -366,7 +366,7 @@ def test_openimages_run_reports_grouped_map(tmp_path, capsys):
 
 
 def test_no_grouped_map_elsewhere_unless_asked(cam_run):
-    from mlrkit.metrics_groups import evaluate_grouped
+    from mlrkit.engine.inference import evaluate_grouped
 
     assert "grouped_map" not in json.loads((cam_run / "results.json").read_text())
     assert evaluate_grouped(cam_run) is None

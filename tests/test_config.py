@@ -43,7 +43,7 @@ def test_defaults():
     assert (cfg.loss.name, cfg.loss.params) == ("an", {})
     assert (cfg.model.name, cfg.model.params) == ("", {})
     assert cfg.train == TrainConfig()
-    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.amp) == (20, 32, 1e-3, False)
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.amp) == (20, 32, 1e-3, None)  # auto
     assert cfg.extra == {}
     assert cfg.labels_seed == 0
 

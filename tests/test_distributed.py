@@ -78,7 +78,8 @@ def test_two_processes_match_one_process(tmp_path):
 
 
 def test_killed_distributed_run_resumes_to_the_same_result(tmp_path):
-    args = [*ARGS, "--epochs", "20", "--batch-size", "16", "--set", "train.scheduler=cosine"]
+    args = [*ARGS, "--epochs", "20", "--batch-size", "16", "--set", "train.scheduler=cosine",
+            "--set", "train.checkpoint_every_s=0"]
     killed = tmp_path / "killed"
     p = torchrun("train", *args, "--out", str(killed))
     metrics = killed / "metrics.jsonl"
@@ -102,16 +103,13 @@ def test_killed_distributed_run_resumes_to_the_same_result(tmp_path):
     assert results(killed) == results(straight)
 
 
-def test_sharded_feature_extraction_equals_single_process(tmp_path):
-    env = {"MLRKIT_CACHE": str(tmp_path / "c2")}
-    os.environ.update(env)
-    try:
-        p = torchrun("extract-features", "--dataset", "fashion-mosaic", "--vl-model", "tiny",
-                     "--out", str(tmp_path / "two.npz"))
-        _, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-3000:]
-    finally:
-        del os.environ["MLRKIT_CACHE"]
+def test_sharded_feature_extraction_equals_single_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLRKIT_CACHE", str(tmp_path / "c2"))
+    p = torchrun("extract-features", "--dataset", "fashion-mosaic", "--vl-model", "tiny",
+                 "--out", str(tmp_path / "two.npz"))
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    monkeypatch.undo()
     r = subprocess.run([sys.executable, "-m", "mlrkit", "extract-features", "--dataset", "fashion-mosaic",
                         "--vl-model", "tiny", "--out", str(tmp_path / "one.npz")], capture_output=True, text=True,
                        env={**os.environ, "MLRKIT_CACHE": str(tmp_path / "c1")}, timeout=600)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mlrkit.config import build_config
-from mlrkit.demo import DEMO_RECIPE
+from mlrkit.engine.demo import DEMO_RECIPE
 from mlrkit.engine.trainer import train
 
 from .test_recipes import CONFIGS
@@ -44,6 +44,7 @@ def smallcnn_single_positive(tmp_path_factory):
                         quiet=True)["test_map"] for loss in ("an", "em")}
 
 
+@pytest.mark.xdist_group("smallcnn")  # shares the module fixture smallcnn_single_positive
 def test_fashion_mosaic_small_cnn_full_beats_single_positive_beats_chance(tmp_path, smallcnn_single_positive):
     recipe = CONFIGS / "fashion-mosaic" / "smallcnn.yaml"
     cfg = build_config(recipe, {**SMALLCNN_BUDGET, "out": str(tmp_path / "bce"), "labels": {"protocol": "full"},
@@ -72,6 +73,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     print(f"demo took {elapsed:.1f} s")
 
 
+@pytest.mark.xdist_group("smallcnn")  # shares the module fixture smallcnn_single_positive
 def test_vlpl_with_mosaic_clip_beats_an_and_em(tmp_path, monkeypatch, smallcnn_single_positive):
     """Same small CNN, budget and single-positive labels; VLPL adds mosaic-clip pseudo-labels."""
     import json

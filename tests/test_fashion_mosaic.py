@@ -275,7 +275,7 @@ def _write_idx_array(path, array: np.ndarray) -> None:
 def test_heldout_mosaics_never_use_a_builtin_photo(tmp_path, shipped):
     """`mlrkit vl pretrain --heldout-source`: the mosaics are made only of training-file photos that the
     built-in subset does not use (checked on a synthetic Fashion-MNIST whose photos encode their index)."""
-    from mlrkit.pretraining import heldout_mosaics
+    from mlrkit.vl.pretraining import heldout_mosaics
 
     rng = np.random.default_rng(0)
     n_train, n_test = 60000, 10000

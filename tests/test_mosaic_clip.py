@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from mlrkit.pretraining import build_clip, caption_for, join_names
 from mlrkit.vl import builtin_dir, load, save_vl_checkpoint
 from mlrkit.vl.backends import tiny_config
+from mlrkit.vl.pretraining import build_clip, caption_for, join_names
 
 
 def test_captions_name_every_present_class_once():

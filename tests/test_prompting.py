@@ -375,7 +375,7 @@ def test_train_dry_run_prints_parameter_counts(tmp_path):
 
 
 def test_sweep_table_formatting_on_fake_results(tmp_path):
-    from mlrkit.sweep import SweepRun, column_name, format_table, parse_labels_list, run_name, write_tables
+    from mlrkit.engine.sweep import SweepRun, column_name, format_table, parse_labels_list, run_name, write_tables
 
     labels = parse_labels_list("partial:0.1,0.5,0.9")
     assert labels == ["partial:0.1", "partial:0.5", "partial:0.9"]
@@ -445,6 +445,6 @@ def test_rn101_trainable_counts_match_the_papers():
             n = count_parameters(model)["trainable_params"]
             assert abs(n - expected) <= 0.15 * expected, (ds, method, n, expected)
             assert isinstance(model, RegionPromptModel) == (method != "baseline")
-    from mlrkit.methods.prompting import clear_vl_cache
+    from mlrkit.vl import clear_frozen_cache
 
-    clear_vl_cache()  # do not keep RN101 in memory for the rest of the session
+    clear_frozen_cache()  # do not keep RN101 in memory for the rest of the session

@@ -32,7 +32,7 @@ def test_recipe_builds(path):
 
 def test_demo_recipe_matches_the_demo():
     from mlrkit.config import deep_merge
-    from mlrkit.demo import DEMO_RECIPE
+    from mlrkit.engine.demo import DEMO_RECIPE
 
     assert deep_merge({}, load_recipe(CONFIGS / "demo" / "mlp.yaml")) == DEMO_RECIPE
 

@@ -114,7 +114,8 @@ def test_killed_run_resumes_to_identical_results(tmp_path, yeast_npz):
     """SIGKILL a real training process mid-run, resume it, compare with an uninterrupted run."""
     args = ["--dataset", f"features:{yeast_npz}", "--method", "mlp", "--loss", "an", "--labels", "single-positive",
             "--seed", "3", "--epochs", "30", "--batch-size", "8", "--lr", "3e-4", "--quiet",
-            "--set", "method.dropout=0.3", "--set", "train.scheduler=cosine"]
+            "--set", "method.dropout=0.3", "--set", "train.scheduler=cosine",
+            "--set", "train.checkpoint_every_s=0"]  # last.pt after every epoch: the kill lands mid-run
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "mlrkit", "train", *args, "--out", str(killed)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

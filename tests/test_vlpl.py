@@ -11,7 +11,7 @@ import torch
 from mlrkit.config import build_config
 from mlrkit.engine.trainer import train
 from mlrkit.losses import build
-from mlrkit.pseudo_labels import PseudoLabels, pseudo_label_quality, vl_pseudo_labels
+from mlrkit.vl.pseudo_labels import PseudoLabels, pseudo_label_quality, vl_pseudo_labels
 
 from .conftest import run_cli
 

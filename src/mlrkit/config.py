@@ -104,10 +104,17 @@ class TrainConfig:
     weight_decay: float = 0.0
     scheduler: str = "none"  # none | cosine | onecycle
     warmup_epochs: int = 0
+    warmup: str = "linear"  # linear (0 -> lr) | constant (warmup_lr for warmup_epochs: Dassl's, DualCoOp's code)
+    warmup_lr: float = 1e-5  # the constant warm-up's lr (every parameter group)
+    pct_start: float = 0.3  # onecycle: fraction of the schedule spent increasing the lr (SCPNet's code: 0.2)
+    schedule_epochs: int | None = None  # length of the lr schedule; null = epochs (SCPNet COCO: 80, trains 60)
     classifier_lr_mult: float = 1.0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_workers: int = 0
-    amp: bool = False
+    num_workers: int | None = None  # image DataLoader workers; null = auto (0 on the CPU, from the CPUs on CUDA)
+    amp: bool | None = None  # null = auto: bf16 autocast on CUDA devices that support it, off on the CPU
+    threads: int = 0  # torch intra-op threads; 0 = the thread policy (mlrkit.engine.threads)
+    compile: bool | str = False  # torch.compile the model: true (inductor) or a backend name, e.g. eager
+    checkpoint_every_s: float = 60.0  # write last.pt at most this often (and after the last epoch); 0 = every epoch
     ema: float = 0.0  # EMA decay of the weights (0 = off)
     grad_clip: float = 0.0
     progress: bool = True

@@ -49,6 +49,15 @@ def array_sha256(a: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def ground_truth_sha256(targets: np.ndarray, known: np.ndarray | None = None) -> str:
+    """SHA-256 of a ground truth: of ``targets`` alone when complete, of targets and ``known`` when
+    partial (so that editing which entries are known changes it)."""
+    t = array_sha256(check_targets(targets))
+    if known is None:
+        return t
+    return hashlib.sha256(f"{t}|{array_sha256(np.asarray(known, dtype=bool))}".encode()).hexdigest()
+
+
 def check_targets(targets: np.ndarray, what: str = "targets") -> np.ndarray:
     """Validate a ground-truth matrix: 2-D, values in {0, 1}. Returns it as uint8."""
     t = np.asarray(targets)
@@ -214,8 +223,9 @@ def _observed(t: np.ndarray, known: np.ndarray | None, rng: np.random.Generator,
 class ObservedLabels:
     """An observed-label matrix with the parameters that made it, saved as one ``.npz``.
 
-    ``sha256`` is :func:`array_sha256` of ``observed``; ``targets_sha256`` that of the ground
-    truth it was drawn from, so a file made for another dataset or split is refused.
+    ``sha256`` is :func:`array_sha256` of ``observed``; ``targets_sha256`` the
+    :func:`ground_truth_sha256` of the ground truth it was drawn from (with its known mask),
+    so a file made for another dataset or split is refused.
     """
 
     observed: np.ndarray
@@ -268,7 +278,7 @@ class ObservedLabels:
                 f"observed labels have shape {self.observed.shape} but dataset {dataset!r} "
                 f"training split has {targets.shape}"
             )
-        if self.targets_sha256 != array_sha256(check_targets(targets)):
+        if self.targets_sha256 != ground_truth_sha256(targets, known):
             raise DataError(
                 f"observed labels were made for dataset {self.dataset!r} with other ground truth "
                 f"(hash mismatch) - not for {dataset!r}; run `mlrkit prepare` again"
@@ -292,7 +302,7 @@ def observe(
         protocol=protocol,
         seed=int(seed),
         dataset=dataset,
-        targets_sha256=array_sha256(check_targets(targets)),
+        targets_sha256=ground_truth_sha256(targets, known),
         class_names=list(class_names or []),
     )
 

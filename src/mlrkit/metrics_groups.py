@@ -12,6 +12,9 @@ mAP is the mean AP of its classes that have a positive among the evaluated (``ma
 In a run, the count of class :math:`c` is the number of *annotated* training entries of that
 class: :math:`\#\{i \in \text{train} : y^{obs}_{ic} \neq 0\}` (known positives and known
 negatives, the human-verified labels on OpenImages), see :func:`train_annotation_counts`.
+
+This module is a pure metric: the caller gives the counts and the number of groups (a run's
+grouping is chosen by :mod:`mlrkit.engine.reports` from the dataset and the config).
 """
 
 from __future__ import annotations
@@ -92,41 +95,6 @@ def grouped_map(scores, targets, mask, train_annotation_counts, n_groups: int = 
             row["classes"] = [class_names[i] for i in idx]
         groups.append(row)
     return {"map": float(ap[valid].mean()), "n_groups": int(n_groups), "groups": groups}
-
-
-def groups_for(dataset_name: str, cfg=None) -> int:
-    """How many groups the grouped report uses for a run: ``boostlu.groups`` if set, else 5 on
-    ``openimages`` and 0 (off) elsewhere."""
-    setting = None
-    if cfg is not None:
-        from mlrkit.methods.cam import boostlu_settings
-
-        setting = boostlu_settings(cfg).groups
-    if setting is not None:
-        return int(setting)
-    return DEFAULT_GROUPS if dataset_name == "openimages" else 0
-
-
-def run_grouped_map(cfg, data, scores: np.ndarray) -> dict[str, Any] | None:
-    """The grouped report of a run's test scores (None when off): counts from the training split's
-    observed labels, mask = the test split's known entries."""
-    n = groups_for(data.dataset.name, cfg)
-    if n <= 0:
-        return None
-    counts = train_annotation_counts(data.observed_train)
-    return grouped_map(scores, data.test.targets, data.test.known, counts, n)
-
-
-def evaluate_grouped(run_dir) -> dict[str, Any] | None:
-    """Grouped test mAP of a finished run's best checkpoint (None when the run's dataset/config has it off)."""
-    from mlrkit.engine.inference import load_run
-    from mlrkit.engine.run_data import prepare_run_data
-
-    run = load_run(run_dir)
-    if groups_for(run.cfg.data.name.partition(":")[0], run.cfg) <= 0:
-        return None
-    data = prepare_run_data(run.cfg)
-    return run_grouped_map(run.cfg, data, run.scores(data.test))
 
 
 def format_grouped(report: dict[str, Any]) -> str:

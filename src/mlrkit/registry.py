@@ -58,7 +58,8 @@ class Registry(Generic[T]):
         except KeyError:
             close = difflib.get_close_matches(name, list(self._entries), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            plural = f"{self.kind}es" if self.kind.endswith("s") else f"{self.kind}s"  # loss -> losses
+            plural = (f"{self.kind}es" if self.kind.endswith("s")  # loss -> losses
+                      else f"{self.kind[:-1]}ies" if self.kind.endswith("y") else f"{self.kind}s")  # strategies
             raise MlrkitError(
                 f"unknown {self.kind} {name!r}{hint}; `mlrkit list {plural}` shows all"
             ) from None

@@ -213,10 +213,10 @@ def pointing_of_run(run_dir, split: str = "test", limit: int | None = None, batc
     The dataset must describe tile locations (``extras["tile_labels"]`` and ``extras["grid"]``,
     as ``fashion-mosaic`` does); ``alpha`` defaults to the run's ``boostlu.alpha``.
     """
+    from mlrkit.analysis.explain import require_cam_model
     from mlrkit.engine.inference import load_run
     from mlrkit.engine.loaders import make_loader
     from mlrkit.engine.run_data import prepare_run_data
-    from mlrkit.explain import require_cam_model
 
     run = load_run(run_dir)
     model = require_cam_model(run)

@@ -40,11 +40,12 @@ def bench_prompts(vl_spec: str = "openclip:RN50", image_size: int = 224, n_image
     from mlrkit.data import Split, load_dataset
     from mlrkit.labels import make_observed
     from mlrkit.methods.base import TaskInfo, build_method
-    from mlrkit.methods.prompting import DenseBatches, load_frozen_vl
+    from mlrkit.methods.prompting import DenseBatches
+    from mlrkit.vl import load_frozen
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # random weights, on purpose
-        vl = load_frozen_vl(vl_spec, seed=seed)
+        vl = load_frozen(vl_spec, seed=seed)
     ds = load_dataset("fashion-mosaic", limit_train=n_images, limit_test=1)
     split: Split = ds.trainval
     n = len(split)

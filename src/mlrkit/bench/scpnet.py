@@ -47,15 +47,15 @@ def bench_scpnet(vl_spec: str = "openclip:RN50", image_size: int = 224, batch: i
     from mlrkit import losses
     from mlrkit.data import load_dataset
     from mlrkit.labels import make_observed
-    from mlrkit.methods.prompting import load_frozen_vl
     from mlrkit.methods.scpnet import DEFAULTS, build_scpnet_model, scpnet_step, scpnet_transforms
     from mlrkit.models.scpnet import CLIPImageEncoder, prior_from_features, prior_text_features
+    from mlrkit.vl import load_frozen
 
     if threads:
         torch.set_num_threads(int(threads))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # random weights, on purpose
-        vl = load_frozen_vl(vl_spec, seed=seed)
+        vl = load_frozen(vl_spec, seed=seed)
     names = class_names_for(classes)
     opts = DEFAULTS
     ds = load_dataset("fashion-mosaic", limit_train=batch, limit_test=1)

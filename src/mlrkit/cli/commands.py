@@ -10,14 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mlrkit.cli.main import add_command
+from mlrkit.cli.common import add_command
 
 
 def register(sub) -> None:
     p = add_command(sub, "list", "list registered datasets, protocols, losses or methods",
                     "mlrkit list losses", cmd_list)
     p.add_argument("kind", nargs="?", default="all",
-                   choices=["all", "datasets", "protocols", "losses", "methods", "backbones", "vl-backends"])
+                   choices=["all", "datasets", "protocols", "losses", "methods", "backbones", "vl-backends",
+                            "strategies"])
 
     p = add_command(sub, "prepare",
                     "make observed labels from a protocol, save them with their SHA-256, print statistics",
@@ -30,6 +31,10 @@ def register(sub) -> None:
                    help="observation protocol, e.g. observed (the dataset's own labels), single-positive, partial:0.3")
     p.add_argument("--per-class", action="store_true",
                    help="print known positives/negatives per class (always on for partial ground truth)")
+    p.add_argument("--export-features", metavar="F.npz",
+                   help="datasets with features: also write a features file whose training labels are these "
+                   "observed labels only (observed_train, no Y_train) - real-looking partial data, "
+                   "usable as --dataset features:F.npz --labels observed")
     p.add_argument("--seed", type=int, default=0, help="observation seed")
     p.add_argument("--out", help="where to write the observed labels (.npz); omitted: statistics only")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -62,11 +67,16 @@ def register(sub) -> None:
                    "recipe but not its method hyper-parameters; default: --method / the recipe's method)")
     p.add_argument("--seeds", help="comma-separated run seeds (default: --seed / the recipe's); cells average them")
 
-    p = add_command(sub, "evaluate", "metrics (mAP, CF1/OF1, P@k/R@k) of a run's best checkpoint on val and test",
-                    "mlrkit evaluate runs/yeast-an", cmd_evaluate)
+    p = add_command(sub, "evaluate",
+                    "metrics of a run's best checkpoint on val and test, over the known entries (mAP, micro/"
+                    "weighted AP, AUROC, CF1/OF1, P@k/R@k, ECE, Hamming, Jaccard)",
+                    "mlrkit evaluate runs/yeast-an\n  mlrkit evaluate runs/mine --per-class --json", cmd_evaluate)
     p.add_argument("run", help="run directory")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for CF1/OF1")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="probability threshold for CF1/OF1, Hamming loss and Jaccard")
     p.add_argument("--k", type=int, default=3, help="k of P@k / R@k")
+    p.add_argument("--per-class", action="store_true",
+                   help="print AP and the known positives/negatives of every test class (always on for partial data)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = add_command(sub, "predict", "class probabilities for new inputs (feature files or images)",
@@ -239,9 +249,12 @@ def register(sub) -> None:
     p.add_argument("--alpha", type=float, help="BoostLU alpha (default: the run's boostlu.alpha)")
     p.add_argument("--out", default="explain", help="output directory (PNGs + scores.json)")
 
-    from mlrkit.negation.cli import register_negation
+    from mlrkit.cli.negation import register_negation
 
     register_negation(sub)
+    from mlrkit.cli.annotation import register_annotation
+
+    register_annotation(sub)
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -328,6 +341,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from mlrkit.methods.base import register_all
 
     register_all()
+    from mlrkit.annotation.strategies import STRATEGIES
     from mlrkit.data import DATASETS
     from mlrkit.labels import PROTOCOLS
     from mlrkit.losses import LOSSES
@@ -336,7 +350,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from mlrkit.vl import VL_BACKENDS
 
     regs = {"datasets": DATASETS, "protocols": PROTOCOLS, "losses": LOSSES, "methods": METHODS,
-            "backbones": BACKBONES, "vl-backends": VL_BACKENDS}
+            "backbones": BACKBONES, "vl-backends": VL_BACKENDS, "strategies": STRATEGIES}
     kinds = list(regs) if args.kind == "all" else [args.kind]
     for kind in kinds:
         entries = regs[kind].list()
@@ -378,6 +392,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                  "test_known_fraction": None if ds.test.known is None else float(ds.test.known.mean())}
         write_json(stats_path, stats)
         print(f"wrote {path} and {stats_path}")
+    if args.export_features:
+        from mlrkit.data.datasets.features import save_partial_features
+
+        print(f"wrote {save_partial_features(ds, obs.observed, args.export_features)} "
+              "(training labels = the observed labels only)")
     return 0
 
 
@@ -392,25 +411,51 @@ def _indent(text: str) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mlrkit.engine.inference import evaluate_run
+    from mlrkit.engine.inference import evaluate_run_report
+    from mlrkit.metrics_groups import format_grouped
 
-    res = evaluate_run(args.run, threshold=args.threshold, k=args.k)
-    from mlrkit.metrics_groups import evaluate_grouped, format_grouped
-
-    grouped = evaluate_grouped(args.run)  # OpenImages (or boostlu.groups): mAP per annotation-count group
+    # grouped: OpenImages (or boostlu.groups): mAP per annotation-count group
+    res, grouped = evaluate_run_report(args.run, threshold=args.threshold, k=args.k)
     if args.json:
         print(json.dumps({**res, "grouped_map": grouped} if grouped else res, indent=2))
         return 0
-    keys = [k for k in res["test"] if k not in ("n_classes_scored", "n_classes_skipped")]
-    print(f"{'split':<6}" + "".join(f"{k:>9}" for k in keys))
-    for split, m in res.items():
-        print(f"{split:<6}" + "".join(f"{100 * m[k]:>9.2f}" for k in keys))
-    skipped = res["test"]["n_classes_skipped"]
-    if skipped:
-        print(f"(test mAP averages {res['test']['n_classes_scored']} classes; {skipped} without a positive skipped)")
+    print(_format_evaluation(res, per_class=args.per_class))
     if grouped:
         print(f"classes grouped by number of training annotations (Group 1: fewest):\n{format_grouped(grouped)}")
     return 0
+
+
+_NOT_PERCENT = ("n_classes_scored", "n_classes_skipped", "per_class", "unscored_classes", "known_fraction")
+
+
+def _format_evaluation(res: dict, per_class: bool = False) -> str:
+    """The metrics table (metric rows, split columns, in %), then what the test metrics rest on."""
+    splits = list(res)
+    keys = [k for k in res[splits[0]] if k not in _NOT_PERCENT]
+    lines = [f"{'metric':<13}" + "".join(f"{s:>9}" for s in splits)]
+    for k in keys:
+        cells = ["      n/a" if res[s].get(k) is None else f"{100 * res[s][k]:>9.2f}" for s in splits]
+        lines.append(f"{k:<13}" + "".join(cells))
+    lines.append("(all metrics in %; ece and hamming_loss: lower is better)")
+    for s in splits:
+        m = res[s]
+        known = m.get("known_fraction", 1.0)
+        note = f"{s}: mAP averages {m['n_classes_scored']} classes"
+        if known < 1.0:
+            note += f"; partial ground truth, only the known {100 * known:.2f}% of the entries are scored"
+        if m.get("unscored_classes"):
+            names = m["unscored_classes"]
+            note += f"; not scored (no known positive): {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}"
+        lines.append(note)
+    test = res.get("test")
+    if test and (per_class or test.get("known_fraction", 1.0) < 1.0):
+        rows = test["per_class"]
+        width = max(8, *(len(n) for n in rows))
+        lines.append(f"test per class:\n  {'class':<{width}} {'AP':>7} {'known +':>8} {'known -':>8}")
+        for name, r in rows.items():
+            ap = "    n/a" if r["ap"] is None else f"{100 * r['ap']:>7.2f}"
+            lines.append(f"  {name:<{width}} {ap} {r['known_positives']:>8} {r['known_negatives']:>8}")
+    return "\n".join(lines)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -437,7 +482,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mlrkit.demo import run_demo
+    from mlrkit.engine.demo import run_demo
 
     losses = [s for s in args.losses.split(",") if s] or None
     seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -453,7 +498,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_vl_pretrain(args: argparse.Namespace) -> int:
-    from mlrkit.pretraining import load_raw_checkpoint, pretrain_mosaic_clip, save_pretrained
+    from mlrkit.vl.pretraining import load_raw_checkpoint, pretrain_mosaic_clip, save_pretrained
 
     init_payload = load_raw_checkpoint(args.init) if args.init else None  # read safely before any training
     model, config, result, history = pretrain_mosaic_clip(
@@ -462,7 +507,7 @@ def cmd_vl_pretrain(args: argparse.Namespace) -> int:
         eval_every=args.eval_every, device=args.device, init=args.init, subset_prob=args.subset_prob,
         multi_positive=args.multi_positive, heldout_source=args.heldout_source,
         heldout_mosaics_count=args.heldout_mosaics)
-    from mlrkit.pretraining import BUILTIN_TRAINED_ON, HELDOUT_TRAINED_ON
+    from mlrkit.vl.pretraining import BUILTIN_TRAINED_ON, HELDOUT_TRAINED_ON
 
     if args.heldout_source:
         trained_on = HELDOUT_TRAINED_ON.format(n=args.heldout_mosaics, seed=args.seed)
@@ -476,31 +521,23 @@ def cmd_vl_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
-    import torch
-
-    from mlrkit.config import build_config
     from mlrkit.data import Split, load_dataset
+    from mlrkit.errors import MlrkitError
     from mlrkit.features import FeatureStore
     from mlrkit.labels import make_observed
-    from mlrkit.methods.vl_methods import templates_of
-    from mlrkit.pseudo_labels import PseudoLabels, ids_sha256, pseudo_label_quality, vl_pseudo_labels
-    from mlrkit.vl import load
-    from mlrkit.vl.features import vl_image_features
+    from mlrkit.vl import load_frozen
+    from mlrkit.vl.model import prompt_templates
+    from mlrkit.vl.pseudo_labels import PseudoLabels, compute_vl_pseudo_labels, ids_sha256, pseudo_label_quality
 
-    cfg = build_config(flags={"vl": {"model": args.vl_model, "templates": args.templates}})
+    templates = prompt_templates(args.templates)
     ds = load_dataset(args.dataset, args.root)
     split: Split = ds.trainval if args.split == "trainval" else ds.test
     if split.images is None:
-        from mlrkit.errors import MlrkitError
-
         raise MlrkitError(f"dataset {ds.name!r} has no images: pseudo-labels need a VL image encoder")
-    model = load(args.vl_model, seed=args.seed).freeze()
-    feats = np.asarray(vl_image_features(model, split.images, store=FeatureStore(), seed=args.seed,
-                                         desc=f"{args.vl_model} features"), dtype=np.float32)
-    with torch.no_grad():
-        text = model.class_text_embeddings(ds.class_names, templates_of(cfg)).numpy()
-    f = feats / np.linalg.norm(feats, axis=1, keepdims=True).clip(1e-12)
-    labels = vl_pseudo_labels(f @ text.T, args.tau, args.theta, args.delta)
+    labels = compute_vl_pseudo_labels(load_frozen(args.vl_model, seed=args.seed), split.images, ds.class_names,
+                                      templates=templates, tau=args.tau, theta=args.theta, delta=args.delta,
+                                      store=FeatureStore(), seed=args.seed, progress=True,
+                                      desc=f"{args.vl_model} features")
     quality = {"all": pseudo_label_quality(labels, split.targets)}
     if args.labels:
         obs = make_observed(split.targets, args.labels, args.seed, known=split.known)
@@ -530,10 +567,10 @@ def cmd_extract_features(args: argparse.Namespace) -> int:
     store = FeatureStore()
     out: dict = {}
     if args.vl_model:
-        from mlrkit.vl import load
+        from mlrkit.vl import load_frozen
         from mlrkit.vl.features import vl_image_features
 
-        model = load(args.vl_model, seed=args.seed).freeze()
+        model = load_frozen(args.vl_model, seed=args.seed)
         for name, split in splits.items():
             out[name] = vl_image_features(model, split.images, image_size=args.image_size, dense=args.dense,
                                           store=store, batch_size=args.batch_size, seed=args.seed,
@@ -564,8 +601,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import copy
 
     from mlrkit.config import build_config
+    from mlrkit.engine.sweep import format_table, is_recipe, parse_labels_list, run_sweep, write_tables
     from mlrkit.errors import ConfigError
-    from mlrkit.sweep import format_table, is_recipe, parse_labels_list, run_sweep, write_tables
 
     if not args.out:
         raise ConfigError("sweep needs --out DIR (one run directory per method and label proportion inside)")
@@ -615,7 +652,7 @@ def cmd_analyze_prompts(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from mlrkit.explain import explain_images, format_report
+    from mlrkit.analysis.explain import explain_images, format_report
 
     classes = [c for c in args.classes.split(",") if c.strip()] if args.classes else None
     report = explain_images(args.run, args.images, classes=classes, top_k=args.top_k, out_dir=args.out,
@@ -644,14 +681,14 @@ def cmd_analyze_prior(args: argparse.Namespace) -> int:
     from mlrkit.analysis.prior import draw_prior, format_prior, prior_report
     from mlrkit.methods.prompting import builtin_class_names
     from mlrkit.utils import write_json
-    from mlrkit.vl import load
+    from mlrkit.vl import load_frozen
 
     names = builtin_class_names(args.dataset)
     if names is None or args.root:
         from mlrkit.data import load_dataset
 
         names = load_dataset(args.dataset, args.root).class_names
-    vl = load(args.vl_model, seed=args.seed).freeze()
+    vl = load_frozen(args.vl_model, seed=args.seed)
     prior, rep = prior_report(vl, names, k=args.k, s=args.s, tau=args.tau, template=args.template, seed=args.seed)
     rep["dataset"] = args.dataset
     title = f"{args.vl_model} on {args.dataset}: A* (K={rep['k']}, s={args.s}, tau'={args.tau})"
@@ -664,7 +701,7 @@ def cmd_analyze_prior(args: argparse.Namespace) -> int:
 
 
 def cmd_vl_export(args: argparse.Namespace) -> int:
-    from mlrkit.pretraining import export_mosaic_clip
+    from mlrkit.vl.pretraining import export_mosaic_clip
 
     meta = export_mosaic_clip(args.raw, args.out, name=args.name)
     size = Path(args.out).stat().st_size

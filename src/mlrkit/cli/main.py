@@ -5,24 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
 
+from mlrkit.cli.common import Formatter
 from mlrkit.errors import MlrkitError
 
 log = logging.getLogger("mlrkit")
-
-Handler = Callable[[argparse.Namespace], int]
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
-
-
-def add_command(sub, name: str, help: str, example: str, handler: Handler) -> argparse.ArgumentParser:
-    """A sub-command whose ``--help`` ends with its example(s)."""
-    p = sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}", formatter_class=_Formatter)
-    p.set_defaults(handler=handler)
-    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Multi-label image recognition with missing labels (partial / single-positive).",
         epilog="example:\n  mlrkit demo\n  mlrkit train --dataset yeast --method linear --loss an "
         "--labels single-positive --seed 0 --epochs 20 --out runs/yeast-an",
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
     )
     parser.add_argument("--version", action="version", version=f"mlrkit {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")

@@ -201,6 +201,26 @@ class Split:
         return self.known is not None and not bool(self.known.all())
 
 
+def three_state_matrices(
+    positives: Sequence[Sequence[int]], negatives: Sequence[Sequence[int] | None], num_classes: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Ground truth of images annotated with known positive and known negative class indices.
+
+    Returns ``targets`` (uint8 [N, C], 1 for the positives) and ``known`` (bool [N, C]: the
+    positives and negatives; None when every entry is known). A row whose negatives are ``None``
+    is complete: every class it does not list as positive is a known negative.
+    """
+    n = len(positives)
+    targets = np.zeros((n, num_classes), dtype=np.uint8)
+    known = np.ones((n, num_classes), dtype=bool)
+    for i, (pos, neg) in enumerate(zip(positives, negatives)):
+        targets[i, list(pos)] = 1
+        if neg is not None:
+            known[i] = False
+            known[i, [*pos, *neg]] = True
+    return targets, (None if known.all() else known)
+
+
 def _subset_extra(v, idx):
     if isinstance(v, np.ndarray):
         return v[idx]
@@ -219,6 +239,8 @@ class MultiLabelDataset:
     test: Split
     description: str = ""
     extras: dict = field(default_factory=dict)
+    #: groups of classes (by training annotations) of the grouped mAP report; 0 = no such report
+    report_groups: int = 0
 
     def __post_init__(self) -> None:
         c = len(self.class_names)

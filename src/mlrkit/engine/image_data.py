@@ -1,5 +1,11 @@
 """Image batches: a torch Dataset over a split's images + a loader whose order and augmentation
-are seeded from (run seed, epoch), so a resumed run sees the same batches."""
+are seeded from (run seed, epoch), so a resumed run sees the same batches.
+
+Without workers (the CPU default) a fresh in-process DataLoader serves each epoch. With workers
+(the CUDA default, :func:`loader_options`) one DataLoader lives for the whole run: persistent
+workers, pinned memory and prefetching keep the accelerator fed, and each image's augmentation
+is seeded from (run seed, epoch, row), so it does not depend on which worker decodes it.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,35 @@ from torch.utils.data import DataLoader, Dataset
 
 from mlrkit.data import Split
 from mlrkit.utils import derive_seed
+
+#: most DataLoader workers chosen automatically (decoding beyond this rarely helps one accelerator)
+MAX_AUTO_WORKERS = 16
+
+
+def auto_workers(cuda: bool, usable: int | None = None, local_world: int = 1) -> int:
+    """Workers for a loader: 0 on the CPU (decoding would compete with the model for the same cores);
+    on CUDA the usable CPUs (affinity, cgroup quota, OMP_NUM_THREADS) shared among the local ranks,
+    minus one for the main process, at most :data:`MAX_AUTO_WORKERS`."""
+    if not cuda:
+        return 0
+    if usable is None:
+        from mlrkit.engine.threads import usable_cpus
+
+        usable = usable_cpus()
+    per_rank = max(1, usable // max(1, local_world))
+    return max(0, min(MAX_AUTO_WORKERS, per_rank - 1))
+
+
+def loader_options(num_workers: int | None, cuda: bool, usable: int | None = None, local_world: int = 1) -> dict:
+    """DataLoader keyword arguments: ``num_workers`` (None = :func:`auto_workers`), pinned memory when
+    feeding CUDA, persistent workers and a prefetch depth of 4 batches per worker when there are workers."""
+    n = auto_workers(cuda, usable, local_world) if num_workers is None else int(num_workers)
+    if n < 0:
+        raise ValueError(f"train.num_workers must be >= 0 or null (auto), got {n}")
+    opts: dict = {"num_workers": n, "pin_memory": bool(cuda)}
+    if n > 0:
+        opts.update(persistent_workers=True, prefetch_factor=4)
+    return opts
 
 
 class ImageRows(Dataset):
@@ -33,17 +68,54 @@ class ImageRows(Dataset):
                 "targets": self.targets[i], "index": i}
 
 
+class _SeededRows(Dataset):
+    """Key (row, epoch) -> ``dataset[row]`` with torch's RNG seeded from (seed, epoch, row) for the call."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        row, epoch = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, epoch, row, 29))
+            return self.dataset[row]
+
+
+class _EpochBatchSampler:
+    """The batch sampler of a persistent DataLoader: this epoch's batches of (row, epoch) keys."""
+
+    def __init__(self, owner: ImageBatches) -> None:
+        self.owner = owner
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    def __iter__(self):
+        epoch = self.owner.epoch
+        for b in self.owner.my_batches():
+            yield [(i, epoch) for i in b]
+
+
 class ImageBatches:
-    """Epoch-aware DataLoader wrapper: ``set_epoch(e)`` reseeds shuffling and worker RNGs."""
+    """Epoch-aware DataLoader wrapper: ``set_epoch(e)`` reseeds shuffling and augmentation.
+
+    ``pin_memory`` says the batches feed a CUDA device: with ``num_workers=None`` the workers are then
+    chosen by :func:`loader_options` (none on the CPU).
+    """
 
     def __init__(self, split: Split, observed: np.ndarray | None, transform: Callable, batch_size: int, *,
-                 shuffle: bool, seed: int, num_workers: int = 0, pin_memory: bool = False,
+                 shuffle: bool, seed: int, num_workers: int | None = 0, pin_memory: bool = False,
                  drop_last: bool = False, shard: tuple[int, int] = (0, 1)) -> None:
         self.dataset = ImageRows(split, observed, transform)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.num_workers, self.pin_memory, self.drop_last = num_workers, pin_memory, drop_last
         self.rank, self.world = shard
+        self.options = loader_options(num_workers, pin_memory, local_world=self.world)
+        self.num_workers, self.pin_memory, self.drop_last = self.options["num_workers"], pin_memory, drop_last
         self.epoch = 0
+        self._persistent: DataLoader | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -62,17 +134,23 @@ class ImageBatches:
             order = np.arange(n)
         return [order[b * self.batch_size : (b + 1) * self.batch_size] for b in range(len(self))]
 
-    def __iter__(self) -> Iterator[dict]:
+    def my_batches(self) -> list[list[int]]:
+        """This rank's slice of every global batch of this epoch."""
         from mlrkit.engine.distributed import rank_slice
 
-        batches = self.global_batches()
-        sizes = [len(b) for b in batches]
-        mine = [b[rank_slice(len(b), self.rank, self.world)].tolist() for b in batches]
-        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 23, self.rank))
-        loader = DataLoader(
-            self.dataset, batch_sampler=mine, generator=g, num_workers=self.num_workers,
-            pin_memory=self.pin_memory, persistent_workers=False,
-        )
+        return [b[rank_slice(len(b), self.rank, self.world)].tolist() for b in self.global_batches()]
+
+    def __iter__(self) -> Iterator[dict]:
+        sizes = [len(b) for b in self.global_batches()]
+        if self.num_workers > 0:  # one DataLoader for the run: its workers persist between epochs
+            if self._persistent is None:
+                self._persistent = DataLoader(_SeededRows(self.dataset, self.seed),
+                                              batch_sampler=_EpochBatchSampler(self), **self.options)
+            loader = self._persistent
+        else:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 23, self.rank))
+            loader = DataLoader(self.dataset, batch_sampler=self.my_batches(), generator=g, num_workers=0,
+                                pin_memory=self.pin_memory)
         for batch, n_global in zip(loader, sizes):
             batch["index"] = torch.as_tensor(batch["index"])
             batch["n_global"] = n_global

@@ -11,13 +11,12 @@ import torch
 
 from mlrkit.config import RunConfig
 from mlrkit.data import Split
+from mlrkit.engine.build import BuiltRun, build_for_task, resolve_device, score_split
 from mlrkit.engine.checkpoint import load_checkpoint, load_trainable_state
-from mlrkit.engine.loaders import make_loader
 from mlrkit.engine.rundir import saved_config
-from mlrkit.engine.trainer import BuiltRun, build_for_task, predict_scores, resolve_device
 from mlrkit.errors import DataError, MlrkitError
 from mlrkit.methods import TaskInfo
-from mlrkit.metrics import summary
+from mlrkit.metrics import MultiLabelMeter
 
 
 @dataclass
@@ -34,20 +33,14 @@ class LoadedRun:
 
     def scores(self, split: Split, batch_size: int = 256) -> np.ndarray:
         """Logits for every row; under torchrun each rank scores rows rank::world and all gather."""
-        from mlrkit.engine import distributed as ddp
-
         ema = self.checkpoint.get("ema")
         if ema and not getattr(self, "_ema_loaded", False):
             sd = self.built.model.state_dict()
             sd.update({k: v.to(sd[k].device) for k, v in ema["shadow"].items()})
             self.built.model.load_state_dict(sd)
             self._ema_loaded = True
-        env = ddp.current()
-        rows = np.arange(len(split))[env.rank :: env.world] if env.enabled else np.arange(len(split))
-        part = split.subset(rows) if env.enabled else split
-        loader = make_loader(self.built.method, part, None, batch_size, train=False, seed=self.cfg.seed, cfg=self.cfg)
-        local = predict_scores(self.built.model, loader, self.device)
-        return ddp.gather_rows(rows, local.astype(np.float32), len(split), env) if env.enabled else local
+        return score_split(self.built.method, self.built.model, split, None, batch_size=batch_size,
+                           device=self.device, cfg=self.cfg)
 
 
 def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> LoadedRun:
@@ -72,23 +65,50 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
 
 
 def evaluate_run(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"), threshold: float = 0.5,
-                 k: int = 3) -> dict[str, dict[str, float]]:
-    """Metrics of the best checkpoint on the run's own validation and test splits."""
+                 k: int = 3) -> dict[str, dict]:
+    """Metrics of the best checkpoint on the run's own validation and test splits, over their known
+    entries: the :func:`mlrkit.metrics.summary` metrics plus ``per_class`` (AP, AUROC, known
+    positives/negatives per class) and ``unscored_classes``."""
+    return evaluate_run_report(run_dir, splits, threshold, k, grouped=False)[0]
+
+
+def evaluate_grouped(run_dir: str | Path) -> dict[str, Any] | None:
+    """Grouped test mAP of a finished run's best checkpoint (None when the run's method/dataset has it off)."""
+    return evaluate_run_report(run_dir, (), grouped=True)[1]
+
+
+def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"), threshold: float = 0.5,
+                        k: int = 3, *, grouped: bool = True) -> tuple[dict[str, dict], dict | None]:
+    """:func:`evaluate_run`'s metrics and the grouped test mAP (:mod:`mlrkit.engine.reports`; None when
+    off), from one load of the run and its data."""
+    from mlrkit.engine.reports import grouped_report
     from mlrkit.engine.run_data import prepare_run_data
 
     run = load_run(run_dir)
+    if not splits and (not grouped or run.built.method.report_groups() == 0):
+        return {}, None
     data = prepare_run_data(run.cfg)
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict] = {}
+    test_scores = None
     for name in splits:
         if name == "val":
-            scores = run.scores(data.val)
-            out["val"] = summary(scores, data.val_targets, data.val_mask, threshold, min(k, data.val.num_classes))
+            split, targets, mask = data.val, data.val_targets, data.val_mask
         elif name == "test":
-            scores = run.scores(data.test)
-            out["test"] = summary(scores, data.test.targets, data.test.known, threshold, min(k, data.test.num_classes))
+            split, targets, mask = data.test, data.test.targets, data.test.known
         else:
             raise MlrkitError(f"unknown split {name!r} (val or test)")
-    return out
+        scores = run.scores(split)
+        if name == "test":
+            test_scores = scores
+        meter = MultiLabelMeter(data.class_names, threshold, k)
+        meter.update(scores, targets, mask)
+        out[name] = meter.compute()
+        out[name]["known_fraction"] = 1.0 if mask is None else float(np.asarray(mask).mean())
+    report = None
+    if grouped:
+        report = grouped_report(run.built.method, data,
+                                (lambda: test_scores) if test_scores is not None else (lambda: run.scores(data.test)))
+    return out, report
 
 
 def read_feature_inputs(paths: list[str | Path], dim: int) -> tuple[np.ndarray, list[str]]:

@@ -29,13 +29,17 @@ class FeatureBatches:
         seed: int = 0,
         drop_last: bool = False,
         shard: tuple[int, int] = (0, 1),
+        device: torch.device | str | None = None,
     ) -> None:
         if split.features is None:
             raise ValueError("split has no features")
-        self.x = torch.from_numpy(np.ascontiguousarray(split.features))
-        self.targets = torch.from_numpy(split.targets.astype(np.int8))
+        # whole-split tensors, on the run's device once: a batch is one index_select, no per-step copy
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        self.x = torch.from_numpy(np.ascontiguousarray(split.features)).to(dev)
+        self.targets = torch.from_numpy(split.targets.astype(np.int8)).to(dev)
         obs = observed if observed is not None else np.zeros_like(split.targets, dtype=np.int8)
-        self.observed = torch.from_numpy(np.ascontiguousarray(obs.astype(np.int8)))
+        self.observed = torch.from_numpy(np.ascontiguousarray(obs.astype(np.int8))).to(dev)
+        self.device = dev
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.seed = seed
@@ -57,6 +61,7 @@ class FeatureBatches:
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)
+        order = order.to(self.device)
         from mlrkit.engine.distributed import rank_slice
 
         for b in range(len(self)):
@@ -73,8 +78,9 @@ class FeatureBatches:
 
 
 def make_loader(method, split: Split, observed: np.ndarray | None, batch_size: int, *, train: bool, seed: int,
-                cfg=None, shard: tuple[int, int] = (0, 1)):
+                cfg=None, shard: tuple[int, int] = (0, 1), device: torch.device | str | None = None):
     """The loader a method needs for a split; ``shard=(rank, world)`` splits every global batch.
+    Feature batches are sliced from whole-split tensors kept on ``device``.
 
     Loaders that cannot shard themselves (no ``shard`` argument) are wrapped so that each rank
     keeps its slice of each global batch (correct, though every rank then loads the whole batch).
@@ -83,7 +89,7 @@ def make_loader(method, split: Split, observed: np.ndarray | None, batch_size: i
     if make is None:
         if method.input_kind != "features":
             raise ValueError(f"method {type(method).__name__} consumes {method.input_kind!r} but has no loader")
-        return FeatureBatches(split, observed, batch_size, shuffle=train, seed=seed, shard=shard)
+        return FeatureBatches(split, observed, batch_size, shuffle=train, seed=seed, shard=shard, device=device)
     import inspect
 
     if "shard" in inspect.signature(make).parameters:

@@ -8,13 +8,13 @@ at any point and resumed with ``--resume`` ends with the same ``results.json``.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import platform
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,75 +24,35 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import mlrkit
-from mlrkit import losses
 from mlrkit.config import RunConfig
 from mlrkit.engine import distributed as ddp
+from mlrkit.engine import threads as thread_policy
+from mlrkit.engine.build import (  # noqa: F401 - re-exported: build_run_loss, predict_scores
+    BuiltRun,
+    build_for_task,
+    build_run_loss,
+    predict_scores,
+    score_split,
+)
 from mlrkit.engine.checkpoint import load_checkpoint, load_trainable_state, save_checkpoint, trainable_state_dict
+from mlrkit.engine.devices import autocast_dtype, resolve_device, wants_channels_last
 from mlrkit.engine.loaders import make_loader
 from mlrkit.engine.optim import EMA, build_optimizer, build_scheduler, param_groups
+from mlrkit.engine.reports import grouped_report
 from mlrkit.engine.run_data import RunData, prepare_run_data, task_info
 from mlrkit.engine.rundir import RUN_FILES, RunLock, check_out_path, config_diff, saved_config
 from mlrkit.errors import MlrkitError
-from mlrkit.methods import Method, TaskInfo, build_method
-from mlrkit.metrics import map_report, summary
+from mlrkit.methods import build_method
+from mlrkit.metrics import MultiLabelMeter, map_report
 from mlrkit.utils import derive_seed, seed_everything, write_json
 
 log = logging.getLogger("mlrkit")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MlrkitError(f"train.device={name!r} but CUDA is not available")
-    return dev
+__all__ = ["BuiltRun", "Trainer", "build_for_task", "build_run_loss", "predict_scores", "resolve_device", "train"]
 
-
-@dataclass
-class BuiltRun:
-    """A method, its model and loss, built for a task (shared by train, evaluate and predict)."""
-
-    method: Method
-    model: nn.Module
-    task: TaskInfo
-
-
-def build_for_task(cfg: RunConfig, task: TaskInfo, method: Method | None = None) -> BuiltRun:
-    method = method or build_method(cfg)
-    if method.input_kind == "features" and task.feature_dim is None:
-        raise MlrkitError(f"method {cfg.method.name!r} needs features; the dataset has images only "
-                          "(set model.name to a backbone for frozen features)")
-    task.input_kind = method.input_kind
-    return BuiltRun(method, method.build_model(task), task)
-
-
-def build_run_loss(cfg: RunConfig) -> losses.MultiLabelLoss:
-    """The configured loss; ``data.expected_num_pos`` feeds losses that take it (EPR, ROLE) and the run's
-    length feeds schedules that span it (EM+APL's ``num_epochs``), unless set explicitly."""
-    import inspect
-
-    import mlrkit.losses.zoo  # noqa: F401
-
-    params = dict(cfg.loss.params)
-    accepts = inspect.signature(losses.LOSSES.get(cfg.loss.name).__init__).parameters
-    if cfg.data.expected_num_pos is not None and "expected_num_pos" in accepts:
-        params.setdefault("expected_num_pos", cfg.data.expected_num_pos)
-    if "num_epochs" in accepts:  # schedules that span the run (EM+APL)
-        params.setdefault("num_epochs", max(1, cfg.train.epochs))
-    return losses.build(cfg.loss.name, **params)
-
-
-@torch.no_grad()
-def predict_scores(
-    model: nn.Module, loader, device: torch.device, progress: bool = False, desc: str = ""
-) -> np.ndarray:
-    """Logits for every row of a (non-shuffled) loader, in order."""
-    model.eval()
-    out = []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        out.append(model(batch["inputs"].to(device)).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+#: the running loss is checked for NaN/inf every this many steps (a check waits for the device)
+FINITE_CHECK_EVERY = 50
 
 
 class Trainer:
@@ -131,15 +91,22 @@ class Trainer:
         self.built = build_for_task(cfg, task, method)
         self.method, self.model = self.built.method, self.built.model
         self.model.to(self.device)
+        tc = cfg.train
+        flops = thread_policy.model_flops(self.model, method.input_kind)
+        self.threads = thread_policy.apply(thread_policy.choose_threads(flops, tc.threads))
+        if wants_channels_last(self.model, self.device):
+            self.model.to(memory_format=torch.channels_last)
+            self.model._mlrkit_channels_last = True
         self.loss = build_run_loss(cfg).to(self.device)
         self.loss.prepare(torch.from_numpy(self.data.observed_train).to(self.device))
         resuming = self.resume and (self.out / "last.pt").exists()  # checked by _claim before any setup
         self.method.init_from_train(self.model, self.data, self.loss, device=self.device, resuming=resuming)
-        tc = cfg.train
+        self._eval_loaders: dict[tuple[int, int], Any] = {}
         self.train_loader = make_loader(self.method, self.data.train, self.data.observed_train, tc.batch_size,
                                         train=True, seed=cfg.seed, cfg=cfg,
-                                        shard=(self.env.rank, self.env.world))
-        extra = [(list(self.loss.parameters()), getattr(self.loss, "lr_mult", tc.classifier_lr_mult))]
+                                        shard=(self.env.rank, self.env.world), device=self.device)
+        loss_mult = self.loss.lr_mult if self.loss.lr_mult is not None else tc.classifier_lr_mult
+        extra = [(list(self.loss.parameters()), loss_mult)]
         if tc.epochs == 0:  # evaluation only (e.g. zero-shot): nothing to optimise
             self.optimizer = _NoOptimizer()
             self.scheduler = None
@@ -150,13 +117,16 @@ class Trainer:
         self._synced_params = [p for p in self.model.parameters() if p.requires_grad] + \
             [p for p in self.loss.parameters() if p.requires_grad]
         self.ema = EMA(self.model, tc.ema) if tc.ema > 0 else None
-        use_amp = tc.amp
-        self.autocast = (
-            (lambda: torch.autocast(self.device.type,
-                                    dtype=torch.bfloat16 if self.device.type == "cpu" else torch.float16))
-            if use_amp else nullcontext
-        )
-        self.scaler = torch.amp.GradScaler("cuda") if use_amp and self.device.type == "cuda" else None
+        self.amp_dtype = autocast_dtype(self.device, tc.amp)
+        amp_dtype = self.amp_dtype
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+        self.scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and self.device.type == "cuda" \
+            else None
+        if tc.compile:  # in place: parameters and state_dict keys stay those of the model
+            backend = "inductor" if tc.compile is True else str(tc.compile)
+            if not hasattr(self.model, "compile"):
+                raise MlrkitError(f"train.compile needs torch >= 2.2 (nn.Module.compile); this is {torch.__version__}")
+            self.model.compile(backend=backend)
 
     # ------------------------------------------------------------------ state
     def _checkpoint(self, epoch: int, best_map: float, best_epoch: int) -> dict[str, Any]:
@@ -193,6 +163,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
         """Claim ``cfg.out`` (lock, checks, ``config.yaml``), train, test; the lock is released at the end."""
+        threads_before = torch.get_num_threads()
         try:
             ck = self._claim()
             return self._fit(ck)
@@ -200,6 +171,8 @@ class Trainer:
             if self.lock is not None:
                 self.lock.release()
                 self.lock = None
+            if torch.get_num_threads() != threads_before:  # the thread policy applies to this run only
+                torch.set_num_threads(threads_before)
 
     def _claim(self) -> dict[str, Any] | None:
         """Check the run directory, lock it (rank 0) and save ``config.yaml`` before any long setup.
@@ -276,28 +249,48 @@ class Trainer:
             write_json(self.out / "run.json", run_info)
         t_train = time.perf_counter()
         epoch_times = []
-        for epoch in range(start, cfg.train.epochs):
-            te = time.perf_counter()
-            torch.manual_seed(derive_seed(cfg.seed, epoch, 1))
-            train_loss = self._train_epoch(epoch)
-            val_map = self._validate()
-            epoch_times.append(time.perf_counter() - te)
-            improved = val_map > best_map
-            if improved:
-                best_map, best_epoch = val_map, epoch
-            row = {"epoch": epoch, "train_loss": train_loss, "val_map": val_map, "best_val_map": best_map,
-                   "lr": self.optimizer.param_groups[0]["lr"], "epoch_s": round(epoch_times[-1], 4)}
-            if main:
-                ck = self._checkpoint(epoch + 1, best_map, best_epoch)
+        # last.pt is written at most every train.checkpoint_every_s seconds and after the last epoch; the
+        # newest unwritten end-of-epoch state (and best state) is kept in memory and written if the run
+        # stops on an exception. A run killed outright loses at most that interval: epochs are seeded from
+        # (seed, epoch), so resuming from an older last.pt gives the same results.
+        interval = cfg.train.checkpoint_every_s
+        last_write = time.monotonic()
+        pending: dict[str, Any] | None = None
+        pending_best: dict[str, Any] | None = None
+        try:
+            for epoch in range(start, cfg.train.epochs):
+                te = time.perf_counter()
+                torch.manual_seed(derive_seed(cfg.seed, epoch, 1))
+                train_loss = self._train_epoch(epoch)
+                val_map = self._validate()
+                epoch_times.append(time.perf_counter() - te)
+                improved = val_map > best_map
                 if improved:
-                    save_checkpoint(self.out / "best.pt", {**ck, "kind": "best"})
-                save_checkpoint(last, {**ck, "kind": "last"})
-                with open(self.out / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-            self.env.barrier()
-            if self.verbose:
-                tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {train_loss:.4f}  val mAP {100 * val_map:.2f}"
-                           f"  best {100 * best_map:.2f} (epoch {best_epoch + 1})")
+                    best_map, best_epoch = val_map, epoch
+                row = {"epoch": epoch, "train_loss": train_loss, "val_map": val_map, "best_val_map": best_map,
+                       "lr": self.optimizer.param_groups[0]["lr"], "epoch_s": round(epoch_times[-1], 4)}
+                if main:
+                    due = epoch + 1 == cfg.train.epochs or interval <= 0 or time.monotonic() - last_write >= interval
+                    ck = self._checkpoint(epoch + 1, best_map, best_epoch)
+                    if not due:
+                        ck = _cpu_copy(ck)  # the live optimizer/loss state moves on; keep this epoch's
+                    if improved:
+                        pending_best = ck
+                    pending = ck
+                    if due:
+                        self._write_checkpoints(pending, pending_best)
+                        pending = pending_best = None
+                        last_write = time.monotonic()
+                    with open(self.out / "metrics.jsonl", "a") as fh:
+                        fh.write(json.dumps(row) + "\n")
+                self.env.barrier()
+                if self.verbose:
+                    tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {train_loss:.4f}  val mAP "
+                               f"{100 * val_map:.2f}  best {100 * best_map:.2f} (epoch {best_epoch + 1})")
+        except BaseException:
+            if main and pending is not None:  # interrupted: keep what the finished epochs computed
+                self._write_checkpoints(pending, pending_best)
+            raise
         if cfg.train.epochs == 0:
             best_map, best_epoch = self._validate(), -1
             if main:
@@ -316,21 +309,36 @@ class Trainer:
         self.env.barrier()
         return results
 
+    def _write_checkpoints(self, last_ck: dict[str, Any], best_ck: dict[str, Any] | None) -> None:
+        """best.pt first (when a new best is unwritten), then last.pt: last.pt never names a best epoch
+        whose best.pt is missing."""
+        if best_ck is not None:
+            save_checkpoint(self.out / "best.pt", {**best_ck, "kind": "best"})
+        save_checkpoint(self.out / "last.pt", {**last_ck, "kind": "last"})
+
     def _train_epoch(self, epoch: int) -> float:
         self.model.train()
         self.loss.on_epoch_start(epoch)
         loader = self.train_loader
         loader.set_epoch(epoch)
-        total, n = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not self.progress)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device: no sync per step
+        n = 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False) if self.progress else loader
         env = self.env
-        for batch in bar:
+        device = self.device
+        channels_last = getattr(self.model, "_mlrkit_channels_last", False)
+        for step, batch in enumerate(bar):
             n_global = int(batch.pop("n_global", len(batch["index"])))
-            batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            if device.type != "cpu":
+                batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            if channels_last and batch["inputs"].ndim == 4:
+                batch["inputs"] = batch["inputs"].contiguous(memory_format=torch.channels_last)
             with self.autocast():
                 loss = self.method.training_step(self.model, batch, self.loss, epoch)
+            # the loss contract's input checks ran on the first batch; the loader serves the same tensors
+            self.loss.validate_inputs = False
             x = batch["inputs"]
-            if not torch.isfinite(loss):
+            if step % FINITE_CHECK_EVERY == 0 and not torch.isfinite(loss):
                 raise MlrkitError(f"loss became {loss.item()} at epoch {epoch + 1}; lower train.lr?")
             self.optimizer.zero_grad(set_to_none=True)
             # each rank's share of the global mean: averaged gradients then equal one process's
@@ -353,40 +361,32 @@ class Trainer:
                 self.scheduler.step()
             if self.ema is not None:
                 self.ema.update(self.model)
-            total += float(loss.detach()) * len(x)
+            total += loss.detach() * len(x)
             n += len(x)
             if self.progress:
-                bar.set_postfix(loss=f"{total / max(n, 1):.4f}", refresh=False)
+                bar.set_postfix(loss=f"{float(total) / max(n, 1):.4f}", refresh=False)
+        total_f = float(total)
+        if not np.isfinite(total_f):
+            raise MlrkitError(f"loss became {total_f} in epoch {epoch + 1}; lower train.lr?")
         self._end_epoch_hooks(epoch)
         if env.enabled:
-            t = torch.tensor([total, float(n)], dtype=torch.float64)
+            t = torch.tensor([total_f, float(n)], dtype=torch.float64)
             torch.distributed.all_reduce(t)
-            total, n = float(t[0]), int(t[1])
-        return total / max(n, 1)
+            total_f, n = float(t[0]), int(t[1])
+        return total_f / max(n, 1)
 
     def _end_epoch_hooks(self, epoch: int) -> None:
-        update = getattr(self.loss, "update_pseudo_labels", None)
-        if update is not None:
+        if self.loss.needs_epoch_scores:
             scores = torch.from_numpy(self.scores(self.data.train, self.data.observed_train)).to(self.device)
-            update(scores, epoch)
+            self.loss.update_pseudo_labels(scores, epoch)
         self.loss.on_epoch_end(epoch)
         if self.env.enabled:
             self.loss.sync_state(lambda t: ddp.all_reduce_max_(t, self.env))
 
     def scores(self, split, observed=None, progress: bool = False, desc: str = "") -> np.ndarray:
         """Logits of every row of ``split``; with several ranks each scores rows rank::world, then all gather."""
-        env = self.env
-        bs = max(self.cfg.train.batch_size, 256)
-        if not env.enabled:
-            loader = make_loader(self.method, split, observed, bs, train=False, seed=self.cfg.seed, cfg=self.cfg)
-            return predict_scores(self.model, loader, self.device, progress, desc)
-        rows = np.arange(len(split))[env.rank :: env.world]
-        part = split.subset(rows)
-        obs = None if observed is None else observed[rows]
-        loader = make_loader(self.method, part, obs, bs, train=False, seed=self.cfg.seed, cfg=self.cfg)
-        local = predict_scores(self.model, loader, self.device, progress, desc) if len(rows) else \
-            np.zeros((0, split.num_classes), np.float32)
-        return ddp.gather_rows(rows, local.astype(np.float32), len(split), env)
+        return score_split(self.method, self.model, split, observed, batch_size=max(self.cfg.train.batch_size, 256),
+                           device=self.device, cfg=self.cfg, progress=progress, desc=desc, loaders=self._eval_loaders)
 
     def _eval_model(self):
         if self.ema is None:
@@ -406,16 +406,22 @@ class Trainer:
             self.ema.load_state_dict(ck["ema"])
         with self._eval_model():
             scores = self.scores(self.data.test, progress=self.progress, desc="test")
-        rep = map_report(scores, self.data.test.targets, self.data.test.known)
-        extra = summary(scores, self.data.test.targets, self.data.test.known)
+        test = self.data.test
+        meter = MultiLabelMeter(self.data.class_names)
+        meter.update(scores, test.targets, test.known)  # the scores are already gathered from every rank
+        extra = meter.compute()
+        per_class = extra.pop("per_class")
         results = {
             "val_map": best_map,
-            "test_map": rep.map,
+            "test_map": extra["map"],
             "best_epoch": best_epoch,
-            "per_class_ap": dict(zip(self.data.class_names, rep.per_class_ap)),
-            "n_classes_scored": rep.n_classes_scored,
-            "n_classes_skipped": rep.n_classes_skipped,
-            "test_metrics": {k: v for k, v in extra.items() if k not in ("map",)},
+            "per_class_ap": {name: row["ap"] for name, row in per_class.items()},
+            "n_classes_scored": extra["n_classes_scored"],
+            "n_classes_skipped": extra["n_classes_skipped"],
+            "test_metrics": {k: v for k, v in extra.items() if k not in ("map", "unscored_classes")},
+            "test_per_class": per_class,
+            "unscored_classes": extra["unscored_classes"],
+            "test_known_fraction": 1.0 if test.known is None else float(test.known.mean()),
             "observed_sha256": self.data.observed.sha256,
             "dataset": self.data.dataset.name,
             "method": self.cfg.method.name,
@@ -423,15 +429,14 @@ class Trainer:
             "labels": self.cfg.labels.protocol,
             "seed": self.cfg.seed,
         }
-        from mlrkit.metrics_groups import run_grouped_map
-
-        grouped = run_grouped_map(self.cfg, self.data, scores)  # OpenImages: mAP per annotation-count group
+        grouped = grouped_report(self.method, self.data, scores)  # OpenImages: mAP per annotation-count group
         if grouped is not None:
             results["grouped_map"] = grouped
         if self.env.is_main:
             write_json(self.out / "results.json", results)
         if self.verbose:
-            tqdm.write(f"test mAP {100 * rep.map:.2f} (best val mAP {100 * best_map:.2f}, epoch {best_epoch + 1})")
+            tqdm.write(f"test mAP {100 * results['test_map']:.2f} "
+                       f"(best val mAP {100 * best_map:.2f}, epoch {best_epoch + 1})")
         return results
 
     def _truncate_metrics(self, start: int) -> None:
@@ -453,7 +458,10 @@ class Trainer:
             "device": str(self.device),
             "device_name": (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
                             else platform.processor()),
-            "threads": torch.get_num_threads(),
+            "threads": self.threads.as_dict(),
+            "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
+            "channels_last": bool(getattr(self.model, "_mlrkit_channels_last", False)),
+            "compile": self.cfg.train.compile,
             "world_size": self.env.world,
             "command": sys.argv,
             "seed": self.cfg.seed,
@@ -468,6 +476,17 @@ class Trainer:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "timings": self.timings,
         }
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """A copy of a checkpoint payload whose tensors are detached CPU copies (nested dicts/lists)."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return copy.deepcopy(obj)
 
 
 class _NoOptimizer:

@@ -65,7 +65,7 @@ class FeatureStore:
         *,
         batch_size: int = 64,
         device: torch.device | str = "cpu",
-        num_workers: int = 0,
+        num_workers: int | None = 0,
         dtype: np.dtype = np.float32,
         progress: bool = True,
         desc: str = "extracting features",
@@ -111,7 +111,7 @@ class FeatureStore:
         return np.load(data_path, mmap_mode="r")
 
     def _extract(self, rows: np.ndarray, data_path: Path, done_path: Path, encode, images, transform,
-                 batch_size: int, device, num_workers: int, dtype, progress: bool, desc: str,
+                 batch_size: int, device, num_workers: int | None, dtype, progress: bool, desc: str,
                  stop_after: int | None) -> bool:
         """Fill ``data_path`` (one row per entry of ``rows``) where ``done_path`` says missing."""
         m = len(rows)
@@ -119,12 +119,16 @@ class FeatureStore:
         todo = np.flatnonzero(~done)
         arr = np.load(data_path, mmap_mode="r+") if data_path.exists() else None
         ds = _Transformed(images, transform, rows[todo])
-        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        from mlrkit.engine.image_data import loader_options
+
+        opts = loader_options(num_workers, torch.device(device).type == "cuda")
+        opts.pop("persistent_workers", None)  # one pass over the images
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, **opts)
         pos = 0
         bar = tqdm(total=len(todo), desc=desc, disable=not progress, leave=False)
         with torch.no_grad():
             for x in loader:
-                feats = encode(x.to(device)).float().cpu().numpy()
+                feats = encode(x.to(device, non_blocking=True)).float().cpu().numpy()
                 if arr is None:
                     arr = np.lib.format.open_memmap(data_path, mode="w+", dtype=dtype, shape=(m, *feats.shape[1:]))
                 local = todo[pos : pos + len(feats)]

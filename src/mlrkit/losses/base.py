@@ -53,6 +53,18 @@ class MultiLabelLoss(nn.Module):
 
     #: whether the loss keeps per-example state keyed by ``index`` (needs ``index`` in forward)
     stateful: bool = False
+    #: whether ``forward`` checks its inputs (:func:`check_inputs`); the trainer turns it off after the
+    #: first batch, since every later batch comes from the same validated tensors
+    validate_inputs: bool = True
+    #: facts of the run this loss takes as constructor arguments, filled in by the engine unless set
+    #: in the ``loss`` section: ``expected_num_pos`` (``data.expected_num_pos``), ``num_epochs``
+    #: (``train.epochs``)
+    run_context: tuple[str, ...] = ()
+    #: learning-rate multiplier of the loss's own parameters (None: ``train.classifier_lr_mult``)
+    lr_mult: float | None = None
+    #: whether the trainer scores the whole training split after every epoch and passes the logits
+    #: to :meth:`update_pseudo_labels` (pseudo-labelling losses such as EM+APL)
+    needs_epoch_scores: bool = False
 
     def prepare(self, observed: Tensor) -> None:
         """Called once before training with the training split's observed labels [N, C] (int8)."""
@@ -62,6 +74,11 @@ class MultiLabelLoss(nn.Module):
 
     def on_epoch_end(self, epoch: int) -> None:
         """Called by the trainer at the end of every epoch (0-based)."""
+
+    def update_pseudo_labels(self, scores: Tensor, epoch: int) -> object:
+        """With ``needs_epoch_scores``: called after every epoch with the model's logits [N, C] on the
+        whole training split (rows in the order given to :meth:`prepare`), before :meth:`on_epoch_end`."""
+        return None
 
     def sync_state(self, reduce_max) -> None:
         """Distributed runs, at every epoch end: make index-keyed state identical on all ranks.
@@ -78,7 +95,8 @@ class MultiLabelLoss(nn.Module):
     def forward(
         self, logits: Tensor, observed: Tensor, *, index: Tensor | None = None, epoch: int = 0
     ) -> Tensor:
-        check_inputs(logits, observed, index)
+        if self.validate_inputs:
+            check_inputs(logits, observed, index)
         if self.stateful and index is None:
             raise ValueError(f"{type(self).__name__} is stateful: pass index= (dataset row ids)")
         matrix, reg = self.loss_matrix(logits.float(), observed, index=index, epoch=epoch)

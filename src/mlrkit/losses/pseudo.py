@@ -58,6 +58,8 @@ class EMAPLLoss(ResizableStateMixin, MultiLabelLoss):
     """
 
     stateful = True
+    run_context = ("num_epochs",)
+    needs_epoch_scores = True
     _state_names = ("soft_target", "pseudo_negative", "unknown_mask", "unknown_per_class")
     #: Zhou et al.'s per-dataset settings (their ``main.py``), 10 epochs in every case.
     ZHOU_SETTINGS: dict[str, dict[str, float]] = {

@@ -112,6 +112,8 @@ class _ExpectedPositives:
     :data:`DEFAULT_EXPECTED_NUM_POS` (2.9, Cole's COCO value), with a warning.
     """
 
+    run_context = ("expected_num_pos",)
+
     expected_num_pos: float | None
     _k_estimate: float | None
     _warned_default: bool

@@ -234,11 +234,18 @@ class SPLCLoss(MultiLabelLoss):
     ``change_epoch``. Zhang et al., arXiv 2112.07368 (2021), SPLC with focal margin: :math:`\tau=0.6`,
     :math:`e_0=1`, :math:`m=1`, :math:`\gamma=2`. The correction is decided each step from the
     current prediction (no stored state, so no ``index`` is needed); corrected entries get the
-    paper's :math:`L^+` with the margin (the reference code drops the margin for them).
+    paper's :math:`L^+` with the margin. ``corrected_margin=False`` is the reference code's behaviour
+    (SPLC's and SCPNet's ``loss.py``: the margin is subtracted from the logits of the *observed*
+    positives only, before the correction, so a corrected entry gets
+    :math:`-(1-p)^\gamma\log p` without margin).
     """
 
-    def __init__(self, tau: float = 0.6, change_epoch: int = 1, margin: float = 1.0, gamma: float = 2.0) -> None:
+    def __init__(self, tau: float = 0.6, change_epoch: int = 1, margin: float = 1.0, gamma: float = 2.0,
+                 corrected_margin: bool = True) -> None:
         super().__init__()
+        if not isinstance(corrected_margin, bool):
+            raise ConfigError(f"splc: corrected_margin must be true or false, got {corrected_margin!r}")
+        self.corrected_margin = corrected_margin
         _check_nonneg("splc", gamma=gamma, change_epoch=change_epoch)
         if not 0.0 < tau < 1.0:
             raise ConfigError(f"splc: tau must be in (0, 1), got {tau}")
@@ -255,6 +262,8 @@ class SPLCLoss(MultiLabelLoss):
             return (observed == 0) & (torch.sigmoid(logits) > self.tau)
 
     def loss_matrix(self, logits: Tensor, observed: Tensor, *, index: Tensor | None, epoch: int):
-        as_pos = (observed == 1) | self.corrected(logits, observed, epoch)
+        corrected = self.corrected(logits, observed, epoch)
         pos = focal_margin_pos(logits, self.margin, self.gamma)
-        return torch.where(as_pos, pos, focal_neg(logits, self.gamma)), None
+        if not self.corrected_margin:
+            pos = torch.where(corrected, focal_margin_pos(logits, 0.0, self.gamma), pos)
+        return torch.where((observed == 1) | corrected, pos, focal_neg(logits, self.gamma)), None

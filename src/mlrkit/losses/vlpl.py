@@ -2,7 +2,7 @@ r"""VLPL loss (Xing et al., "Vision-Language Pseudo-Labels for Single-Positive M
 Learning", CVPR-W 2024, eq. 4 and 6).
 
 With :math:`p=\sigma(x)`, observed label :math:`y`, pseudo-label :math:`\hat y` (from
-:mod:`mlrkit.pseudo_labels`, held as state keyed by dataset row ``index``), smoothing
+:mod:`mlrkit.vl.pseudo_labels`, held as state keyed by dataset row ``index``), smoothing
 :math:`\rho` and :math:`H(p)=-p\log p-(1-p)\log(1-p)`:
 
 .. math::

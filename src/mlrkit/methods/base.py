@@ -67,8 +67,17 @@ class Method:
         """Extra facts for ``run.json`` (e.g. pseudo-label quality)."""
         return {}
 
+    def report_groups(self) -> int | None:
+        """Groups of the grouped mAP report the method's config asks for (None: the dataset's choice)."""
+        return None
+
     def build_model(self, task: TaskInfo) -> nn.Module:
         raise NotImplementedError
+
+    def transform_summary(self) -> dict[str, str]:
+        """The resolved ``train`` and ``eval`` image transforms (printed by ``train --dry-run``); call after
+        :meth:`build_model`. Methods on fixed features have none."""
+        return {"train": "none (fixed features)", "eval": "none (fixed features)"}
 
     def init_from_train(self, model: nn.Module, data, loss, *, device, resuming: bool = False) -> None:
         """One-off initialisation from the training data (e.g. standardisation statistics).

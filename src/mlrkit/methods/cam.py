@@ -116,6 +116,9 @@ class CamMethod(ImageMethod):
             self.boostlu = boostlu_settings(value)  # validated as soon as build_method attaches the config
         self._cfg = value
 
+    def report_groups(self) -> int | None:
+        return boostlu_settings(self.cfg).groups
+
     def build_model(self, task: TaskInfo) -> nn.Module:
         bb = cam_backbone(self.cfg)
         self.mean, self.std = bb.mean, bb.std

@@ -98,6 +98,11 @@ class ImageMethod(Method):
         return build_transform(size, self.mean, self.std, train=train, flip=self.flip,
                                randaugment=self.randaugment, cutout=self.cutout)
 
+    def transform_summary(self) -> dict[str, str]:
+        from mlrkit.data.transforms import describe
+
+        return {"train": describe(self.transform(True)), "eval": describe(self.transform(False))}
+
     def make_loader(self, split, observed, batch_size: int, *, train: bool, seed: int, cfg=None,
                     shard: tuple[int, int] = (0, 1)):
         tc = self.cfg.train

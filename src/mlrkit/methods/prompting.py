@@ -16,19 +16,27 @@ it *is* DualCoOp's 2-way softmax probability, so the loss is the zoo's ``asl`` (
 [N, HW, D] are computed once per image through the :class:`~mlrkit.features.FeatureStore` (key:
 VL spec + weights hash + transform + view) and training reads them; the CLIP image tower never
 runs during training. Augmentation is kept by caching ``features.cache_views`` = K views per
-training image: view 0 is the evaluation transform (resize + centre crop), views 1..K-1 the
-model's training transform (random resized crop, ``features.aug_scale``) plus a horizontal flip
-(``features.hflip``), each drawn from a generator seeded by (``features.view_seed``, view, row),
-so the cache is reproducible and shared by runs with different seeds. Each epoch every training
-row uses view :math:`v = f(\text{seed}, \text{epoch}, \text{row})`, uniform over the K views.
-Validation and test use view 0 only. The text encoder still runs at every step for the learned
-prompts (that is the method), on prompts cut after their EOT token.
+training image: view 0 is the evaluation transform (``features.resize``: ``squash``, the whole
+image stretched to S x S as the reference code, or ``crop``, open_clip's shorter-side resize + centre
+crop), views 1..K-1 the training augmentation (``features.augment``: ``crop``, open_clip's random
+resized crop with scale ``features.aug_scale`` plus a horizontal flip ``features.hflip``; or
+``reference``, DualCoOp's Resize((S, S)) + Cutout(0.5) + RandAugment(), see
+:func:`mlrkit.data.transforms.dualcoop_train_transform`), each drawn from a generator seeded by
+(``features.view_seed``, view, row), so the cache is reproducible and shared by runs with different
+seeds. Each epoch every training row uses view :math:`v = f(\text{seed}, \text{epoch}, \text{row})`,
+uniform over the K views. Validation and test use view 0 only. ``features.online: true`` is the
+reference's set-up instead: a fresh augmented view of every training image at every step, through
+the frozen image tower (slow; nothing is cached for training). The text encoder still runs at every
+step for the learned prompts (that is the method), on prompts cut after their EOT token.
 
 Config: ``vl.model`` (``--vl-model``, default ``mosaic-clip``); ``features.cache_views``
-(``--cache-views``, default 1), ``features.view_seed`` (0), ``features.aug_scale`` ([0.9, 1.0],
-the scale range of open_clip's training crop), ``features.hflip`` (true), ``features.dtype``
-(float32 | float16), ``features.batch_size`` (64), ``features.max_memory_gb`` (4: larger caches
-are read from the memory map batch by batch), ``features.cache_dir``.
+(``--cache-views``, default 1), ``features.view_seed`` (0), ``features.resize`` (squash | crop,
+default squash), ``features.interpolation`` (model | bilinear | bicubic; ``model`` = the VL model's
+own, bicubic for open_clip; the reference code's Resize is bilinear), ``features.augment`` (crop |
+reference), ``features.online`` (false), ``features.aug_scale`` ([0.9, 1.0], the scale range of
+open_clip's training crop), ``features.hflip`` (true), ``features.dtype`` (float32 | float16),
+``features.batch_size`` (64), ``features.max_memory_gb`` (4: larger caches are read from the memory
+map batch by batch), ``features.cache_dir``.
 """
 
 from __future__ import annotations
@@ -61,25 +69,6 @@ from mlrkit.models.region import OUTPUT_SCALE, REGION_SCALE
 from mlrkit.utils import derive_seed
 
 log = logging.getLogger("mlrkit")
-
-_VL_CACHE: dict[tuple[str, int], Any] = {}
-
-
-def load_frozen_vl(spec: str, seed: int = 0, device: torch.device | str | None = None):
-    """``mlrkit.vl.load(spec, seed=seed).freeze()``, loaded once per process (runs of a sweep share it)."""
-    from mlrkit import vl
-
-    key = (spec, int(seed))
-    if key not in _VL_CACHE:
-        _VL_CACHE[key] = vl.load(spec, seed=seed).freeze()
-    model = _VL_CACHE[key]
-    return model.to(device) if device is not None else model
-
-
-def clear_vl_cache() -> None:
-    """Forget the VL models loaded by :func:`load_frozen_vl` (frees their memory once no run uses them)."""
-    _VL_CACHE.clear()
-
 
 # ---------------------------------------------------------------------------- cached dense views
 class _Prepared:
@@ -121,10 +110,50 @@ class ViewImages:
         return f"{self.split.ids[i]}|{self.split.images.key(i)}"
 
 
-def train_view_transform(vl, image_size: int | None, aug_scale: Sequence[float], hflip: bool):
-    """The augmentation of views >= 1: optional horizontal flip, then the VL model's training transform."""
+def _interp(vl, name: str):
+    from mlrkit.data.transforms import interpolation_mode
+
+    if name == "model":
+        name = str(vl.preprocess_cfg.get("interpolation", "bicubic"))
+    return interpolation_mode(name, "features.interpolation")
+
+
+def _image_size(vl, image_size: int | None) -> int:
+    if image_size is not None:
+        return int(image_size)
+    size = vl.preprocess_cfg["size"]
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def eval_view_transform(vl, image_size: int | None, resize: str = "squash", interpolation: str = "model"):
+    """View 0 (evaluation and caching): ``squash`` Resize((S, S)) or ``crop`` Resize(S) + CenterCrop(S), then
+    the VL model's normalisation."""
     from torchvision import transforms as T
 
+    from mlrkit.data.transforms import normalize_ops, resize_ops
+
+    pp = vl.preprocess_cfg
+    return T.Compose([*resize_ops(_image_size(vl, image_size), resize, _interp(vl, interpolation), "features.resize"),
+                      *normalize_ops(pp["mean"], pp["std"])])
+
+
+def train_view_transform(vl, image_size: int | None, aug_scale: Sequence[float], hflip: bool,
+                         augment: str = "crop", interpolation: str = "model"):
+    """The augmentation of views >= 1 (and of ``online`` training views).
+
+    ``crop``: optional horizontal flip, then the VL model's training transform (random resized crop,
+    scale ``aug_scale``); ``reference``: DualCoOp's Resize((S, S)) + CutoutPIL(0.5) + RandAugment()
+    (no flip, as the reference code).
+    """
+    from torchvision import transforms as T
+
+    from mlrkit.data.transforms import dualcoop_train_transform
+
+    if augment == "reference":
+        pp = vl.preprocess_cfg
+        return dualcoop_train_transform(_image_size(vl, image_size), pp["mean"], pp["std"], _interp(vl, interpolation))
+    if augment != "crop":
+        raise ConfigError(f"features.augment must be crop or reference, got {augment!r}")
     if len(aug_scale) != 2 or not 0 < float(aug_scale[0]) <= float(aug_scale[1]) <= 1:
         raise ConfigError(f"features.aug_scale must be [low, high] with 0 < low <= high <= 1, got {aug_scale!r}")
     tf = vl.transform(train=True, image_size=image_size,
@@ -132,18 +161,47 @@ def train_view_transform(vl, image_size: int | None, aug_scale: Sequence[float],
     return T.Compose([T.RandomHorizontalFlip(0.5), tf]) if hflip else tf
 
 
+FEATURE_KEYS = ("cache_dir", "cache_views", "view_seed", "resize", "interpolation", "augment", "online", "aug_scale",
+                "hflip", "dtype", "batch_size", "max_memory_gb")
+
+
 def feature_options(cfg) -> dict[str, Any]:
     """The ``features`` section with defaults (see the module docstring)."""
     f = dict(cfg.extra.get("features", {}) or {})
+    unknown = sorted(set(f) - set(FEATURE_KEYS))
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], FEATURE_KEYS, n=1)
+        hint = f" (did you mean features.{close[0]}?)" if close else ""
+        raise ConfigError(f"unknown config key features.{unknown[0]}{hint}; valid: {', '.join(FEATURE_KEYS)}")
     opts = {"cache_dir": f.get("cache_dir"), "cache_views": int(f.get("cache_views", 1)),
-            "view_seed": int(f.get("view_seed", 0)), "aug_scale": list(f.get("aug_scale", [0.9, 1.0])),
+            "view_seed": int(f.get("view_seed", 0)), "resize": str(f.get("resize", "squash")),
+            "interpolation": str(f.get("interpolation", "model")), "augment": str(f.get("augment", "crop")),
+            "online": f.get("online", False), "aug_scale": list(f.get("aug_scale", [0.9, 1.0])),
             "hflip": bool(f.get("hflip", True)), "dtype": str(f.get("dtype", "float32")),
             "batch_size": int(f.get("batch_size", 64)), "max_memory_gb": float(f.get("max_memory_gb", 4.0))}
     if opts["cache_views"] < 1:
         raise ConfigError(f"features.cache_views must be >= 1, got {opts['cache_views']}")
     if opts["dtype"] not in ("float32", "float16"):
         raise ConfigError(f"features.dtype must be float32 or float16, got {opts['dtype']!r}")
+    if opts["resize"] not in ("squash", "crop"):
+        raise ConfigError(f"features.resize must be squash or crop, got {opts['resize']!r}")
+    if opts["interpolation"] not in ("model", "bilinear", "bicubic", "nearest"):
+        raise ConfigError(f"features.interpolation must be model, bilinear, bicubic or nearest, "
+                          f"got {opts['interpolation']!r}")
+    if opts["augment"] not in ("crop", "reference"):
+        raise ConfigError(f"features.augment must be crop or reference, got {opts['augment']!r}")
+    if not isinstance(opts["online"], bool):
+        raise ConfigError(f"features.online must be true or false, got {opts['online']!r}")
     return opts
+
+
+def view_transforms(vl, image_size: int | None, opts: dict[str, Any]):
+    """``(eval, train)``: view 0 and the augmentation of the other (or online) views, from ``features``."""
+    return (eval_view_transform(vl, image_size, opts["resize"], opts["interpolation"]),
+            train_view_transform(vl, image_size, opts["aug_scale"], opts["hflip"], opts["augment"],
+                                 opts["interpolation"]))
 
 
 def dense_views(vl, split: Split, *, views: int, image_size: int | None, encoder_key: str, opts: dict[str, Any],
@@ -156,8 +214,7 @@ def dense_views(vl, split: Split, *, views: int, image_size: int | None, encoder
     if split.images is None:
         raise MlrkitError(f"{desc}: the split has no images (prompt methods need images)")
     store = FeatureStore(opts["cache_dir"])
-    eval_tf = vl.transform(train=False, image_size=image_size)
-    train_tf = train_view_transform(vl, image_size, opts["aug_scale"], opts["hflip"]) if views > 1 else None
+    eval_tf, train_tf = view_transforms(vl, image_size, opts)
     out = []
     for v in range(views):
         tf_text = describe(eval_tf) if v == 0 else f"view {v} seed {opts['view_seed']}: {describe(train_tf)}"
@@ -257,7 +314,9 @@ class RegionMethod(Method):
 
     # -------------------------------------------------------------- VL model and features
     def vl_model(self, device=None):
-        return load_frozen_vl(self.cfg.vl.model, seed=self.cfg.seed, device=device)
+        from mlrkit.vl import load_frozen
+
+        return load_frozen(self.cfg.vl.model, seed=self.cfg.seed, device=device)
 
     def encoder_key(self) -> str:
         if self._key is None:
@@ -275,14 +334,40 @@ class RegionMethod(Method):
         return arrs
 
     def prepare_data(self, data, *, device, progress: bool = True) -> None:
-        """Cache K views of the training split and one of validation/test (no CLIP forward afterwards)."""
+        """Cache K views of the training split and one of validation/test (no CLIP forward afterwards);
+        with ``features.online`` the training split is not cached (a fresh view every step)."""
         self._device = device
-        k = feature_options(self.cfg)["cache_views"]
+        opts = feature_options(self.cfg)
+        k = opts["cache_views"]
         for name, split, views in (("train", data.train, k), ("val", data.val, 1), ("test", data.test, 1)):
+            if name == "train" and opts["online"]:
+                continue
             self.attach_dense(split, views=views, device=device, progress=progress,
                               desc=f"{self.cfg.vl.model} dense ({name})")
 
+    def transform_summary(self) -> dict[str, str]:
+        """The resolved image transforms: what training and evaluation images go through."""
+        from mlrkit.data.transforms import describe
+
+        opts = feature_options(self.cfg)
+        eval_tf, train_tf = view_transforms(self.vl_model(), self.cfg.data.image_size, opts)
+        k = opts["cache_views"]
+        if opts["online"]:
+            train = f"online (a fresh view every step): {describe(train_tf)}"
+        elif k == 1:
+            train = f"cached, 1 view (no augmentation): {describe(eval_tf)}"
+        else:
+            train = f"cached, {k} views: view 0 = eval; views 1..{k - 1} = {describe(train_tf)}"
+        return {"train": train, "eval": describe(eval_tf)}
+
     def make_loader(self, split: Split, observed, batch_size: int, *, train: bool, seed: int, cfg=None):
+        opts = feature_options(self.cfg)
+        if train and opts["online"]:
+            from mlrkit.engine.image_data import ImageBatches
+
+            _, train_tf = view_transforms(self.vl_model(), self.cfg.data.image_size, opts)
+            return ImageBatches(split, observed, train_tf, batch_size, shuffle=True, seed=seed,
+                                num_workers=self.cfg.train.num_workers, pin_memory=torch.cuda.is_available())
         views = split.extras.get("dense_views")
         if views is None:  # evaluate / predict: the cached clean view (computed now if new)
             views = self.attach_dense(split, views=1, device=self._device, progress=False, desc="dense features")
@@ -325,7 +410,9 @@ class PromptMethod(RegionMethod):
         at the same norm (an mlrkit option: it removes the initial offset between a prompt branch
         and a random embedding, see docs/prompting.md);
         prompt_residual: add a learned per-class vector to the prompt's text feature (the
-        PositiveCoOp reference code does; off = the papers' description);
+        PositiveCoOp/NegativeCoOp reference code does, always; off = the papers' description);
+        residual_init: ``randn`` (the reference's ``torch.randn``: N(0, 1) per entry) or ``zeros``
+        (the prompt's text feature unchanged at the start);
         region_scale :math:`\tau_r` (20), output_scale :math:`\tau_o` (5): DualCoOp's temperatures;
         pos_embed: add the attention pool's positional embedding to ResNet dense features (true);
         text_chunk: class prompts per text-encoder pass, activation-checkpointed in training (256; 0 =
@@ -340,13 +427,14 @@ class PromptMethod(RegionMethod):
 
     def __init__(self, n_ctx: int = 16, csc: bool = True, ctx_init: str = "", neg_ctx_init: str = "",
                  init_std: float = 0.02, embed_init_std: float = 1.0, embed_init: str = "random",
-                 prompt_residual: bool = False,
+                 prompt_residual: bool = False, residual_init: str = "randn",
                  region_scale: float = REGION_SCALE, output_scale: float = OUTPUT_SCALE, pos_embed: bool = True,
                  text_chunk: int = TEXT_CHUNK, loss_weight: float = 1.0, init_from: str | None = None) -> None:
         super().__init__(loss_weight=loss_weight, init_from=init_from, n_ctx=n_ctx, csc=csc, ctx_init=ctx_init,
                          neg_ctx_init=neg_ctx_init, init_std=init_std, embed_init_std=embed_init_std,
                          embed_init=embed_init,
-                         prompt_residual=prompt_residual, region_scale=region_scale, output_scale=output_scale,
+                         prompt_residual=prompt_residual, residual_init=residual_init,
+                         region_scale=region_scale, output_scale=output_scale,
                          pos_embed=pos_embed, text_chunk=text_chunk)
         if isinstance(text_chunk, bool) or not isinstance(text_chunk, int) or text_chunk < 0:
             raise ConfigError(f"method.text_chunk must be an integer >= 0 (0 = one pass), got {text_chunk!r}")
@@ -355,6 +443,9 @@ class PromptMethod(RegionMethod):
         self.ctx_init, self.neg_ctx_init = str(ctx_init or ""), str(neg_ctx_init or "")
         self.init_std, self.embed_init_std = float(init_std), float(embed_init_std)
         self.prompt_residual = bool(prompt_residual)
+        if residual_init not in ("randn", "zeros"):
+            raise ConfigError(f"method.residual_init must be 'randn' or 'zeros', got {residual_init!r}")
+        self.residual_init = residual_init
         if embed_init not in ("random", "text"):
             raise ConfigError(f"embed_init must be 'random' or 'text', got {embed_init!r}")
         self.embed_init = embed_init
@@ -364,7 +455,8 @@ class PromptMethod(RegionMethod):
     def _branch(self, kind: str, vl, names: list[str], init: str, template: str) -> nn.Module:
         if kind == "prompt":
             return PromptBranch(vl, names, n_ctx=self.n_ctx, csc=self.csc, init=init, init_std=self.init_std,
-                                residual=self.prompt_residual, text_chunk=self.text_chunk)
+                                residual=self.prompt_residual, text_chunk=self.text_chunk,
+                                residual_std=1.0 if self.residual_init == "randn" else 0.0)
         text = vl.class_text_embeddings(names, (template,)).cpu() if self.embed_init == "text" else None
         return EmbeddingBranch(names, vl.embed_dim, init_std=self.embed_init_std, init=text)
 
@@ -459,7 +551,8 @@ def builtin_class_names(dataset: str) -> list[str] | None:
 
 
 def dry_run(cfg) -> dict[str, Any]:
-    """Build the run's method and model without training or extracting anything; parameter counts.
+    """Build the run's method and model without training or extracting anything; parameter counts and
+    the resolved train/eval image transforms (``transforms``).
 
     Class names come from the dataset; when its files are absent, VOC and COCO fall back to their
     known class lists (``class_names_from`` says which).
@@ -486,7 +579,8 @@ def dry_run(cfg) -> dict[str, Any]:
     counts = count_parameters(built.model)
     out: dict[str, Any] = {"method": cfg.method.name, "dataset": cfg.data.name, "classes": task.num_classes,
                            "class_names_from": source, **counts,
-                           "checkpoint_values": int(sum(v.numel() for v in trainable_state_dict(built.model).values()))}
+                           "checkpoint_values": int(sum(v.numel() for v in trainable_state_dict(built.model).values())),
+                           "transforms": method.transform_summary()}
     vl = getattr(built.model, "vl", None)
     if vl is not None:
         out.update(vl_model=vl.spec, embed_dim=vl.embed_dim, image_size=cfg.data.image_size,

@@ -84,7 +84,9 @@ TRAIN_ROWS_KEY = "scpnet_train_rows"
 # ---------------------------------------------------------------------------- options
 @dataclass
 class SCPNetOptions:
-    """The ``scpnet`` config section (defaults: the paper / reference code, COCO single-positive)."""
+    """The ``scpnet`` config section. Defaults: the paper's values, except where a comment says otherwise
+    (``k``: all classes, while the reference's COCO recipe keeps 62 of 80; the strong view and evaluation
+    resize: mlrkit's, see ``docs/scpnet.md`` "Deviations" and ``configs/scpnet/*-reference.yaml``)."""
 
     sam: bool = True                      # semantic association module (eqs. 6-7)
     pessl: str = "both"                   # both | cst | dstl | none
@@ -99,6 +101,7 @@ class SCPNetOptions:
     gcn_layers: int = 3
     gcn_hidden: int | None = None         # null = 2 x D
     tau: float | str = 0.1                # likelihood temperature (eq. 7); "clip" = the VL model's own
+    train_logit_scale: bool = True        # with tau "clip": train that logit scale (reference) | false: frozen
     lambda_cst: float = 0.125
     lambda_dstl: float = 0.125
     threshold: float = 0.95               # base threshold tau_c (eq. 11)
@@ -109,6 +112,12 @@ class SCPNetOptions:
     flip: bool = True
     randaugment: list[int] | None = field(default_factory=lambda: [3, 5])  # [num_ops, magnitude]; null = off
     cutout: float = 0.0625                # Cutout area fraction of the strong view (0 = off)
+    strong_augment: str = "torchvision"   # torchvision: RandAugment(randaugment) + erase `cutout` after the
+    #                                       geometric ops | fixmatch: the reference's FixMatch RandAugment
+    #                                       (randaugment[0] ops, magnitudes over the full range, Cutout side
+    #                                       U[0, 0.5] W always) on the image, before the geometric ops
+    eval_resize: str = "squash"           # squash: Resize((S, S)) | crop: Resize(S) + CenterCrop(S) (reference)
+    interpolation: str = "model"          # model (the VL model's, bicubic for open_clip) | bilinear (reference)
     require_splc: bool = True             # L_cls must be the zoo's splc (false: any loss, e.g. the `an` baseline)
     text_chunk: int = TEXT_CHUNK          # class prompts per checkpointed text pass (0 = one pass); many classes
 
@@ -200,6 +209,13 @@ def parse_options(section: dict[str, Any] | None) -> SCPNetOptions:
         ra = [_int("randaugment[0] (num_ops)", ra[0], 1), _int("randaugment[1] (magnitude)", ra[1], 0)]
     o.randaugment = ra
     o.cutout = _float("cutout", d["cutout"], 0.0, 0.99)
+    o.strong_augment = _choice("strong_augment", d["strong_augment"], ("torchvision", "fixmatch"))
+    if o.strong_augment == "fixmatch" and o.randaugment is None:
+        raise ConfigError("scpnet.strong_augment: fixmatch draws randaugment[0] ops; set scpnet.randaugment "
+                          "(e.g. [3, 5], the magnitude is unused) or strong_augment: torchvision")
+    o.eval_resize = _choice("eval_resize", d["eval_resize"], ("squash", "crop"))
+    o.interpolation = _choice("interpolation", d["interpolation"], ("model", "bilinear", "bicubic"))
+    o.train_logit_scale = _bool("train_logit_scale", d["train_logit_scale"])
     o.require_splc = _bool("require_splc", d["require_splc"])
     o.text_chunk = int(_int("text_chunk", d["text_chunk"], 0))
     return o
@@ -325,27 +341,31 @@ def scpnet_step(model: SCPNetModel, batch: dict, loss_fn, epoch: int, opts: SCPN
 
 
 # ---------------------------------------------------------------------------- data
-def _interpolation(vl):
-    from torchvision.transforms import InterpolationMode
+def _interpolation(vl, name: str = "model"):
+    from mlrkit.data.transforms import interpolation_mode
 
-    name = str(vl.preprocess_cfg.get("interpolation", "bicubic")).lower()
-    return {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
-            "nearest": InterpolationMode.NEAREST}.get(name, InterpolationMode.BICUBIC)
+    if name == "model":
+        name = str(vl.preprocess_cfg.get("interpolation", "bicubic")).lower()
+    return interpolation_mode(name, "scpnet.interpolation")
 
 
 def scpnet_transforms(vl, image_size: int, opts: SCPNetOptions) -> tuple[Callable, Callable, Callable]:
-    """``(eval, weak, strong)`` transforms with the VL model's own mean, std and interpolation.
+    """``(eval, weak, strong)`` transforms with the VL model's own mean and std.
 
-    eval: Resize((S, S)); weak: Resize((S, S)) or RandomResizedCrop(S, ``weak_scale``), horizontal flip;
-    strong: a weak-style geometric draw, then RandAugment(``randaugment``) and Cutout (``cutout``: the
-    erased area fraction, a square filled with the mean colour, i.e. 0 after normalisation).
+    eval: ``eval_resize`` (squash Resize((S, S)) or crop Resize(S) + CenterCrop(S)); weak: Resize((S, S))
+    or RandomResizedCrop(S, ``weak_scale``), horizontal flip; strong, ``strong_augment: torchvision``: a
+    weak-style geometric draw, then torchvision's RandAugment(``randaugment``) and Cutout (``cutout``: the
+    erased area fraction, a square filled with the mean colour, i.e. 0 after normalisation);
+    ``fixmatch`` (the reference): :class:`~mlrkit.data.transforms.FixMatchRandAugment` on the image, then
+    a weak-style geometric draw.
     """
     from torchvision import transforms as T
 
-    mean, std = list(vl.preprocess_cfg["mean"]), list(vl.preprocess_cfg["std"])
-    interp = _interpolation(vl)
+    from mlrkit.data.transforms import FixMatchRandAugment, normalize_ops, resize_ops
+
+    interp = _interpolation(vl, opts.interpolation)
     size = int(image_size)
-    tail = [T.ToTensor(), T.Normalize(mean=mean, std=std)]
+    tail = normalize_ops(vl.preprocess_cfg["mean"], vl.preprocess_cfg["std"])
 
     def geometric() -> list:
         ops: list = [T.RandomResizedCrop(size, scale=tuple(opts.weak_scale), interpolation=interp)
@@ -354,8 +374,10 @@ def scpnet_transforms(vl, image_size: int, opts: SCPNetOptions) -> tuple[Callabl
             ops.append(T.RandomHorizontalFlip(0.5))
         return ops
 
-    eval_tf = T.Compose([T.Resize((size, size), interpolation=interp), *tail])
+    eval_tf = T.Compose([*resize_ops(size, opts.eval_resize, interp, "scpnet.eval_resize"), *tail])
     weak = T.Compose([*geometric(), *tail])
+    if opts.strong_augment == "fixmatch":
+        return eval_tf, weak, T.Compose([FixMatchRandAugment(opts.randaugment[0], 0.5), *geometric(), *tail])
     strong_ops = geometric()
     if opts.randaugment:
         strong_ops.append(T.RandAugment(num_ops=opts.randaugment[0], magnitude=opts.randaugment[1],
@@ -412,7 +434,8 @@ def build_scpnet_model(vl, class_names: list[str], opts: SCPNetOptions, *, train
         return SCPNetModel(vl, image_encoder, prompt, prior, sam=opts.sam, graph_sam=opts.graph_sam,
                            graph_pessl=opts.graph_pessl, gcn_graph=opts.gcn_graph, gcn_layers=opts.gcn_layers,
                            gcn_hidden=opts.gcn_hidden, tau=None if opts.tau == "clip" else float(opts.tau),
-                           prior_k=opts.k, prior_s=opts.s, prior_tau=opts.tau_prior, train_rows=train_rows)
+                           prior_k=opts.k, prior_s=opts.s, prior_tau=opts.tau_prior, train_rows=train_rows,
+                           train_logit_scale=opts.train_logit_scale)
 
 
 # ---------------------------------------------------------------------------- method
@@ -450,9 +473,9 @@ class SCPNetMethod(Method):
                               "scpnet.require_splc: false to train SCPNet with another loss (e.g. the `an` baseline)")
 
     def vl_model(self, device=None):
-        from mlrkit.methods.prompting import load_frozen_vl
+        from mlrkit.vl import load_frozen
 
-        return load_frozen_vl(self.cfg.vl.model, seed=self.cfg.seed, device=device)
+        return load_frozen(self.cfg.vl.model, seed=self.cfg.seed, device=device)
 
     # -------------------------------------------------------------- data
     def prepare_data(self, data, *, device, progress: bool = True) -> None:
@@ -466,6 +489,15 @@ class SCPNetMethod(Method):
         if self._transforms is None:
             self._transforms = scpnet_transforms(self.vl_model(), self.cfg.data.image_size, self.options)
         return self._transforms
+
+    def transform_summary(self) -> dict[str, str]:
+        from mlrkit.data.transforms import describe
+
+        eval_tf, weak, strong = self.transforms()
+        train = f"weak: {describe(weak)}"
+        if self.options.pessl != "none":
+            train += f"; strong: {describe(strong)}"
+        return {"train": train, "eval": describe(eval_tf)}
 
     def make_loader(self, split, observed, batch_size: int, *, train: bool, seed: int, cfg=None,
                     shard: tuple[int, int] = (0, 1)):
@@ -562,9 +594,9 @@ class CLIPFinetuneMethod(Method):
         self._transforms: tuple | None = None
 
     def vl_model(self, device=None):
-        from mlrkit.methods.prompting import load_frozen_vl
+        from mlrkit.vl import load_frozen
 
-        return load_frozen_vl(self.cfg.vl.model, seed=self.cfg.seed, device=device)
+        return load_frozen(self.cfg.vl.model, seed=self.cfg.seed, device=device)
 
     def build_model(self, task: TaskInfo) -> nn.Module:
         with torch.random.fork_rng(devices=[]):

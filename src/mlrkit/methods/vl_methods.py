@@ -21,20 +21,16 @@ log = logging.getLogger("mlrkit")
 
 
 def load_vl(cfg, device=None):
-    """The configured VL model, frozen (a ``frozen`` module: checkpoints leave it out)."""
-    from mlrkit import vl
+    """The configured VL model, frozen and shared (:func:`mlrkit.vl.load_frozen`; checkpoints leave it out)."""
+    from mlrkit.vl import load_frozen
 
-    return vl.load(cfg.vl.model, seed=cfg.seed, device=device).freeze()
+    return load_frozen(cfg.vl.model, seed=cfg.seed, device=device)
 
 
 def templates_of(cfg) -> tuple[str, ...]:
-    from mlrkit.vl import TEMPLATES
+    from mlrkit.vl.model import prompt_templates
 
-    if cfg.vl.templates == "name":
-        return ("{}.",)
-    if cfg.vl.templates not in TEMPLATES:
-        raise ConfigError(f"vl.templates must be one of {sorted(TEMPLATES) + ['name']}, got {cfg.vl.templates!r}")
-    return TEMPLATES[cfg.vl.templates]
+    return prompt_templates(cfg.vl.templates)
 
 
 def vl_features_for(cfg, model, splits: dict, *, device, progress: bool) -> None:
@@ -97,24 +93,71 @@ class ZeroShotMethod(Method):
 
 @METHODS.register("vlpl", "VLPL: backbone trained with EM + VL pseudo-labels computed once (Xing et al. 2024)")
 class VLPLMethod(FinetuneMethod):
-    """Finetune a backbone with loss ``vlpl``; pseudo-labels of the training split come from the VL model."""
+    """Finetune a backbone with loss ``vlpl``; pseudo-labels of the training split come from the VL model.
+
+    ``pseudo_labels``: ``once`` (mlrkit's default: each training image's pseudo-labels come from the VL
+    model's own evaluation view, computed once and cached) or ``every_step`` (the reference code: at every
+    step, the VL model sees the backbone's training view of the batch, i.e. Resize((S, S)) + flip with the
+    backbone's (ImageNet) normalisation, resized bilinearly to the VL model's input size, and the batch's
+    pseudo-labels are recomputed from it; slower, a VL forward per step).
+    """
 
     def __init__(self, tau: float = 0.03, theta: float = 0.3, delta: float = 0.0, flip: bool = True,
                  randaugment: bool = False, cutout: float = 0.0, dropout: float = 0.0,
                  freeze_backbone: bool = False, linear_init_epochs: int = 0, linear_init_lr: float = 1e-3,
-                 linear_init_batch_size: int = 16) -> None:
+                 linear_init_batch_size: int = 16, pseudo_labels: str = "once") -> None:
         super().__init__(flip=flip, randaugment=randaugment, cutout=cutout, dropout=dropout,
                          freeze_backbone=freeze_backbone, linear_init_epochs=linear_init_epochs,
                          linear_init_lr=linear_init_lr, linear_init_batch_size=linear_init_batch_size)
-        self.params.update(tau=tau, theta=theta, delta=delta)
+        if pseudo_labels not in ("once", "every_step"):
+            raise ConfigError(f"method.pseudo_labels must be once or every_step, got {pseudo_labels!r}")
+        self.params.update(tau=tau, theta=theta, delta=delta, pseudo_labels=pseudo_labels)
         self.tau, self.theta, self.delta = float(tau), float(theta), float(delta)
+        self.pseudo_mode = pseudo_labels
         self.quality: dict = {}
+        self._step_vl: tuple | None = None
+
+    def step_pseudo_labels(self, images: Tensor) -> Tensor:
+        """The reference's per-step pseudo-labels [B, C] (int8) of a batch of training views."""
+        if self._step_vl is None:
+            raise MlrkitError("vlpl: every_step pseudo-labels need init_from_train first")
+        vl_model, text = self._step_vl
+        size = vl_model.image_size
+        size = tuple(size) if isinstance(size, (tuple, list)) else (int(size), int(size))
+        with torch.no_grad():
+            x = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+            f = F.normalize(vl_model.encode_image(x.to(text.device)).float(), dim=-1)
+            s = torch.softmax((f @ text.t()) / self.tau, dim=1)
+            out = (s > self.theta).to(torch.int8)
+            k = int(self.delta * s.shape[1])
+            if k > 0:
+                out.scatter_(1, s.topk(k, dim=1, largest=False).indices, -1)
+        return out
+
+    def training_step(self, model: nn.Module, batch: dict, loss_fn, epoch: int):
+        if self.pseudo_mode == "every_step":
+            loss_fn.pseudo[batch["index"].to(loss_fn.pseudo.device)] = \
+                self.step_pseudo_labels(batch["inputs"]).to(loss_fn.pseudo.device)
+        return super().training_step(model, batch, loss_fn, epoch)
+
+    def transform_summary(self) -> dict[str, str]:
+        out = super().transform_summary()
+        if self.pseudo_mode == "every_step":
+            out["pseudo_labels"] = "every step, from the training view resized (bilinear) to the VL input size"
+        else:
+            out["pseudo_labels"] = f"once, from the VL model's evaluation view ({self.cfg.vl.model})"
+        return out
 
     def init_from_train(self, model: nn.Module, data, loss, *, device, resuming: bool = False) -> None:
         if not hasattr(loss, "set_pseudo_labels"):
             raise ConfigError(f"method vlpl needs loss vlpl (got {self.cfg.loss.name!r})")
         pl = self.compute_pseudo_labels(data, device=device)
         loss.set_pseudo_labels(torch.from_numpy(pl.labels).to(device))
+        if self.pseudo_mode == "every_step":
+            vl_model = load_vl(self.cfg, device)
+            with torch.no_grad():
+                text = vl_model.class_text_embeddings(data.class_names, templates_of(self.cfg)).float().to(device)
+            self._step_vl = (vl_model, F.normalize(text, dim=-1))
         self.quality = pl.quality
         out = self.cfg.out
         if out:
@@ -122,17 +165,16 @@ class VLPLMethod(FinetuneMethod):
         super().init_from_train(model, data, loss, device=device, resuming=resuming)
 
     def compute_pseudo_labels(self, data, *, device, progress: bool = False):
-        from mlrkit.data import Split
-        from mlrkit.pseudo_labels import PseudoLabels, ids_sha256, pseudo_label_quality, vl_pseudo_labels
+        from mlrkit.features import FeatureStore
+        from mlrkit.vl.pseudo_labels import PseudoLabels, compute_vl_pseudo_labels, ids_sha256, pseudo_label_quality
 
-        vl_model = load_vl(self.cfg, device)
         train = data.train
-        tmp = Split(targets=train.targets, ids=train.ids, images=train.images)
-        vl_features_for(self.cfg, vl_model, {"train": tmp}, device=device, progress=progress)
-        with torch.no_grad():
-            text = vl_model.class_text_embeddings(data.class_names, templates_of(self.cfg)).cpu().numpy()
-        f = tmp.features / np.linalg.norm(tmp.features, axis=1, keepdims=True).clip(1e-12)
-        labels = vl_pseudo_labels(f @ text.T, self.tau, self.theta, self.delta)
+        labels = compute_vl_pseudo_labels(
+            load_vl(self.cfg, device), train.images, data.class_names, templates=templates_of(self.cfg),
+            tau=self.tau, theta=self.theta, delta=self.delta,
+            store=FeatureStore(self.cfg.extra.get("features", {}).get("cache_dir")), seed=self.cfg.seed,
+            device=device, batch_size=max(64, self.cfg.train.batch_size), progress=progress,
+            desc=f"{self.cfg.vl.model} features (train)")
         quality = pseudo_label_quality(labels, train.targets, data.observed_train)
         return PseudoLabels(labels=labels, vl_model=self.cfg.vl.model, tau=self.tau, theta=self.theta,
                             delta=self.delta, templates=self.cfg.vl.templates, dataset=data.dataset.name,

@@ -221,18 +221,20 @@ class ClassEmbeddings(nn.Module):
 
 
 class PromptBranch(nn.Module):
-    """A class feature per class from a learned prompt, optionally plus a learned residual [C, D].
+    r"""A class feature per class from a learned prompt, optionally plus a learned residual [C, D].
 
     The residual (``prompt_residual``) is what the PositiveCoOp reference code adds to the prompt's
-    text feature (``t_c + a_c``); it is off by default (the papers' description has no residual).
+    text feature (``t_c + a_c``, :math:`a_c \sim \mathcal N(0, I)` at the start: ``residual_std`` 1,
+    its ``torch.randn``; 0 starts at :math:`t_c`); it is off by default (the papers' description has no
+    residual).
     """
 
     def __init__(self, vl, class_names: Sequence[str], *, n_ctx: int, csc: bool, init: str, init_std: float,
-                 residual: bool = False, text_chunk: int = TEXT_CHUNK) -> None:
+                 residual: bool = False, text_chunk: int = TEXT_CHUNK, residual_std: float = 1.0) -> None:
         super().__init__()
         self.prompt = PromptLearner(vl, class_names, n_ctx=n_ctx, csc=csc, init=init, init_std=init_std,
                                     text_chunk=text_chunk)
-        self.residual = ClassEmbeddings(class_names, vl.embed_dim, init_std=0.0) if residual else None
+        self.residual = ClassEmbeddings(class_names, vl.embed_dim, init_std=float(residual_std)) if residual else None
         self._cache: tuple[tuple, Tensor] | None = None
 
     def forward(self, vl) -> Tensor:

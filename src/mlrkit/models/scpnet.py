@@ -233,6 +233,8 @@ class SCPNetModel(nn.Module):
         gcn_graph: ``prior`` (:math:`A^*`) or ``reweighted`` (:math:`A'`) as the GCN's adjacency.
         gcn_layers / gcn_hidden: depth L and hidden width (default 2D) of the GCN.
         tau: likelihood temperature :math:`\tau` (eq. 7); ``None`` uses the VL model's learned one.
+        train_logit_scale: with ``tau=None``, make that logit scale a trained parameter of this model
+            (the reference code's ``scale: clip`` trains CLIP's ``logit_scale``), else keep it frozen.
         prior_k / prior_s / prior_tau: K, s, :math:`\tau'` (used again by dynamic graphs).
         train_rows: rows of the training split (size of the learning-status state).
     """
@@ -241,7 +243,7 @@ class SCPNetModel(nn.Module):
                  sam: bool = True, graph_sam: str = "static", graph_pessl: str = "static", gcn_graph: str = "prior",
                  gcn_layers: int = 3, gcn_hidden: int | None = None, tau: float | None = 0.1,
                  prior_k: int | None = None, prior_s: float = 0.2, prior_tau: float = 0.2,
-                 train_rows: int = 0) -> None:
+                 train_rows: int = 0, train_logit_scale: bool = True) -> None:
         super().__init__()
         if not getattr(vl, "frozen", False):
             vl.freeze()
@@ -263,6 +265,9 @@ class SCPNetModel(nn.Module):
         if tau is not None and not tau > 0:
             raise ConfigError(f"scpnet.tau must be > 0 or 'clip', got {tau}")
         self.tau = None if tau is None else float(tau)
+        # log(1/tau) trained with the model (tau=None and train_logit_scale), else None (frozen or fixed tau)
+        self.logit_scale = nn.Parameter(vl.logit_scale.detach().float().clone().reshape(())) \
+            if (tau is None and train_logit_scale) else None
         self.register_buffer("prior", prior.prior.float().clone())
         self.register_buffer("prior_reweighted", prior.reweighted.float().clone())
         # PESSL learning status (eqs. 9-10): the last confident set of every training row, keyed by index.
@@ -290,7 +295,9 @@ class SCPNetModel(nn.Module):
     # -------------------------------------------------------------- text side
     def scale(self) -> Tensor | float:
         """:math:`1/\\tau` of eq. 7."""
-        return self.vl.logit_scale.exp().float() if self.tau is None else 1.0 / self.tau
+        if self.tau is not None:
+            return 1.0 / self.tau
+        return (self.logit_scale if self.logit_scale is not None else self.vl.logit_scale).exp().float()
 
     def prompt_features(self) -> Tensor:
         """:math:`t_c` [C, D]: the learned prompts through the frozen text encoder (eq. 5)."""

@@ -6,7 +6,7 @@
 * :mod:`mlrkit.negation.finetune`: contrastive fine-tuning on original + negated captions;
 * :mod:`mlrkit.negation.bench`: NegRefCOCOg-format referring retrieval, its builder for box-annotated
   data, caption retrieval against negated distractors, zero-shot mAP;
-* :mod:`mlrkit.negation.cli`: ``mlrkit negation captions | finetune | build-benchmark | eval``.
+* ``mlrkit negation captions | finetune | build-benchmark | eval``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# Lazy exports: `mlrkit --help` imports mlrkit.negation.cli, which must not pull in torch.
+# Lazy exports: `mlrkit --help` imports mlrkit.cli.negation, which must not pull in torch.
 _EXPORTS = {
     "mlrkit.negation.bench": ("RefItem", "build_caption_pairs", "build_mosaic_benchmark", "build_referring",
                               "caption_points", "evaluate_caption_pairs", "evaluate_referring", "load_referring",

@@ -417,7 +417,7 @@ def evaluate_caption_pairs(model: Any, split: Any, class_names: Sequence[str], *
 @torch.no_grad()
 def zeroshot_map(model: Any, split: Any, class_names: Sequence[str]) -> float:
     """Zero-shot mAP with the prompt "a photo of a {class}." (lower case, as mosaic-clip's training and
-    :func:`mlrkit.pretraining.zeroshot_map`)."""
+    :func:`mlrkit.vl.pretraining.zeroshot_map`)."""
     from mlrkit.metrics import mean_average_precision
 
     txt = encode_texts(model, [f"a photo of {article(display_name(c))}." for c in class_names])

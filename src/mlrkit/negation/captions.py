@@ -265,7 +265,7 @@ def generate_p1(
         targets: ground truth uint8 [N, C] of the images; ``known`` (bool [N, C]) marks the entries
             whose ground truth exists (None: all).
         captions: one caption per image; None: ``caption_fn(labels, rng)`` makes one per row; by
-            default :func:`mlrkit.pretraining.caption_and_classes` (the mosaic-clip training captions:
+            default :func:`mlrkit.vl.pretraining.caption_and_classes` (the mosaic-clip training captions:
             with probability ``subset_prob`` they name a random non-empty subset of the present
             classes, as real captions mention only some objects), and the row then records the
             classes it names (``mentioned``), which multi-positive fine-tuning uses.
@@ -299,7 +299,7 @@ def generate_p1(
         raise MlrkitError("verify='mllm' needs a multimodal LLM client and the images")
     if not 0.0 <= subset_prob <= 1.0:
         raise MlrkitError(f"subset_prob must be in [0, 1], got {subset_prob}")
-    from mlrkit.pretraining import caption_and_classes
+    from mlrkit.vl.pretraining import caption_and_classes
 
     names = [display_name(n) for n in class_names]
     lookup = class_lookup(class_names)

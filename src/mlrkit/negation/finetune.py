@@ -3,7 +3,7 @@
 Park et al. ("Know 'No' Better", 2025) fine-tune CLIP's **text encoder** on captions that state
 what is absent, with the usual CLIP loss: for a batch of B images and their captions,
 ``L = ½ [CE(s·I·Tᵀ, diag) + CE(s·T·Iᵀ, diag)]`` with ``s = exp(logit_scale)``
-(:func:`mlrkit.pretraining.contrastive_loss`). Here:
+(:func:`mlrkit.vl.pretraining.contrastive_loss`). Here:
 
 * each batch holds B **distinct images** (no image is its own in-batch negative); each image takes
   one of its rows of the negated-caption file, and within it the negated caption with probability
@@ -16,7 +16,7 @@ what is absent, with the usual CLIP loss: for a batch of B images and their capt
   constant learning rate;
 * ``multi_positive`` (mosaic captions that name a subset of the present classes): the target of
   an image is uniform over the batch's texts that truly describe it, and vice versa
-  (:func:`match_matrix`, the multi-positive loss of :func:`mlrkit.pretraining.contrastive_loss`):
+  (:func:`match_matrix`, the multi-positive loss of :func:`mlrkit.vl.pretraining.contrastive_loss`):
   "a bag with no shirt" describes every image with a bag and without a shirt, and an image with a
   bag **and** a shirt is a negative for it. Without it, a text that fits several images of the
   batch would push all but one of them away;
@@ -202,7 +202,7 @@ def finetune_negation(
     """
     from tqdm.auto import tqdm
 
-    from mlrkit.pretraining import contrastive_loss
+    from mlrkit.vl.pretraining import contrastive_loss
 
     cfg = config or FinetuneConfig()
     cfg.validate()

@@ -20,12 +20,12 @@ def image_batch(model: Any, source: ImageSource, indices: Sequence[int]) -> torc
     """Preprocessed images [B, 3, H, W] for ``indices`` of ``source``.
 
     In-memory arrays already at the model's resolution are normalised on tensors
-    (:func:`mlrkit.pretraining.images_to_tensor`: ToTensor + Normalize with the model's mean/std,
+    (:func:`mlrkit.vl.pretraining.images_to_tensor`: ToTensor + Normalize with the model's mean/std,
     what ``preprocess_val`` does to them); anything else goes through ``model.preprocess_val``.
     """
     idx = [int(i) for i in indices]
     if isinstance(source, ArrayImageSource) and source.array.shape[1:3] == _native_size(model):
-        from mlrkit.pretraining import images_to_tensor
+        from mlrkit.vl.pretraining import images_to_tensor
 
         cfg = model.preprocess_cfg
         return images_to_tensor(source.array[np.asarray(idx)], cfg["mean"], cfg["std"])

@@ -14,7 +14,6 @@ Specs (see ``docs/vl-backends.md``):
 
 from __future__ import annotations
 
-import copy
 import difflib
 import os
 import socket
@@ -40,7 +39,7 @@ from mlrkit.vl.checkpoint import (
     resolve_configs,
     sidecar_path,
 )
-from mlrkit.vl.model import VisionLanguageModel, require_open_clip
+from mlrkit.vl.model import VisionLanguageModel, build_open_clip, require_open_clip  # noqa: F401 - re-exported
 
 BackendBuilder = Callable[[str | None, str, int], VisionLanguageModel]
 """``builder(argument after 'name:' or None, full spec, seed) -> VisionLanguageModel``."""
@@ -79,36 +78,28 @@ def load(spec: str, *, seed: int = 0, device: str | torch.device | None = None) 
     return model
 
 
-# ---------------------------------------------------------------------------- building blocks
-def build_open_clip(model_cfg: dict[str, Any], *, seed: int, name: str) -> nn.Module:
-    """Instantiate an open_clip model from a config dict, randomly initialised from ``seed``.
+_FROZEN: dict[tuple[str, int], VisionLanguageModel] = {}
 
-    Never downloads tower weights (timm / Hugging Face "pretrained" flags are switched off).
+
+def load_frozen(spec: str, *, seed: int = 0, device: str | torch.device | None = None) -> VisionLanguageModel:
+    """``load(spec, seed=seed).freeze()``, loaded once per process and shared (a sweep's runs, the
+    ``pseudo-label`` command and every method that uses a frozen VL model); moved to ``device`` if given.
+
+    The model is frozen (no gradients; checkpoints leave it out), so sharing it is safe.
     """
-    oc = require_open_clip()
-    cfg = copy.deepcopy(model_cfg)
-    if not isinstance(cfg.get("vision_cfg"), dict) or not isinstance(cfg.get("text_cfg"), dict) \
-            or "embed_dim" not in cfg:
-        raise MlrkitError(f"{name}: a model config needs 'embed_dim', 'vision_cfg' and 'text_cfg'")
-    vision, text = cfg["vision_cfg"], cfg["text_cfg"]
-    if vision.get("timm_model_name"):
-        vision["timm_model_pretrained"] = False
-    if text.get("hf_model_name"):
-        text["hf_model_pretrained"] = False
-    custom_text = bool(cfg.pop("custom_text", False)) or bool(text.get("hf_model_name"))
-    if custom_text:
-        cls = oc.CoCa if "multimodal_cfg" in cfg else oc.CustomTextCLIP
-    else:
-        cls = oc.CLIP
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            clip = cls(**cfg)
-    except Exception as e:  # noqa: BLE001 - open_clip/timm/transformers raise many types
-        raise MlrkitError(f"cannot build {name}: {type(e).__name__}: {e}") from None
-    return clip.eval()
+    key = (str(spec).strip(), int(seed))
+    if key not in _FROZEN:
+        _FROZEN[key] = load(spec, seed=seed).freeze()
+    model = _FROZEN[key]
+    return model.to(device) if device is not None else model
 
 
+def clear_frozen_cache() -> None:
+    """Forget the models loaded by :func:`load_frozen` (frees their memory once nothing uses them)."""
+    _FROZEN.clear()
+
+
+# ---------------------------------------------------------------------------- building blocks
 def _preprocess_cfg(clip: nn.Module, overlay: dict[str, Any] | None) -> dict[str, Any]:
     """open_clip's default preprocessing, overlaid with a tag's / file's, at the tower's image size."""
     oc = require_open_clip()

@@ -33,7 +33,7 @@ from torch import nn
 
 from mlrkit.errors import MlrkitError
 from mlrkit.utils import atomic_write, write_json
-from mlrkit.vl.model import VisionLanguageModel, require_open_clip
+from mlrkit.vl.model import VisionLanguageModel, build_open_clip, require_open_clip
 
 FORMAT = "mlrkit-vl-checkpoint"
 FORMAT_VERSION = 1
@@ -279,8 +279,6 @@ def save_vl_checkpoint(
         for k, v in clip.state_dict().items()
     }
     if sparse_token_init_seed is not None:
-        from mlrkit.vl.backends import build_open_clip
-
         init = build_open_clip(model_cfg, seed=int(sparse_token_init_seed), name="init").token_embedding.weight
         trained = clip.token_embedding.weight.detach().cpu()
         rows = torch.nonzero((trained != init).any(dim=1)).flatten()
@@ -311,8 +309,6 @@ def expand_sparse_tokens(weights: WeightsFile, model_cfg: dict[str, Any]) -> Non
     info = weights.metadata.get("sparse_token_embedding") or {}
     if "init_seed" not in info:
         raise MlrkitError(f"{weights.path}: sparse token embedding without its init_seed in the metadata")
-    from mlrkit.vl.backends import build_open_clip
-
     dtype = sd["token_embedding.values"].dtype
     table = build_open_clip(model_cfg, seed=int(info["init_seed"]), name="init").token_embedding.weight.detach()
     table = table.to(dtype).clone()

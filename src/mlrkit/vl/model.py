@@ -46,6 +46,17 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 """Prompt templates for :meth:`VisionLanguageModel.class_text_embeddings` (each has one ``{}``)."""
 
 
+def prompt_templates(name: str) -> tuple[str, ...]:
+    """The prompt templates named by ``vl.templates``: ``single``, ``ensemble`` or ``name`` ("{}.")."""
+    from mlrkit.errors import ConfigError
+
+    if name == "name":
+        return ("{}.",)
+    if name not in TEMPLATES:
+        raise ConfigError(f"vl.templates must be one of {sorted(TEMPLATES) + ['name']}, got {name!r}")
+    return TEMPLATES[name]
+
+
 def require_open_clip() -> Any:
     """Import and return ``open_clip``, or raise a clear error naming the extra to install."""
     try:
@@ -55,6 +66,35 @@ def require_open_clip() -> Any:
             f"the vision-language backends need open_clip ({e}); install it with `pip install 'mlrkit[vl]'`"
         ) from None
     return open_clip
+
+
+def build_open_clip(model_cfg: dict[str, Any], *, seed: int, name: str) -> nn.Module:
+    """Instantiate an open_clip model from a config dict, randomly initialised from ``seed``.
+
+    Never downloads tower weights (timm / Hugging Face "pretrained" flags are switched off).
+    """
+    oc = require_open_clip()
+    cfg = copy.deepcopy(model_cfg)
+    if not isinstance(cfg.get("vision_cfg"), dict) or not isinstance(cfg.get("text_cfg"), dict) \
+            or "embed_dim" not in cfg:
+        raise MlrkitError(f"{name}: a model config needs 'embed_dim', 'vision_cfg' and 'text_cfg'")
+    vision, text = cfg["vision_cfg"], cfg["text_cfg"]
+    if vision.get("timm_model_name"):
+        vision["timm_model_pretrained"] = False
+    if text.get("hf_model_name"):
+        text["hf_model_pretrained"] = False
+    custom_text = bool(cfg.pop("custom_text", False)) or bool(text.get("hf_model_name"))
+    if custom_text:
+        cls = oc.CoCa if "multimodal_cfg" in cfg else oc.CustomTextCLIP
+    else:
+        cls = oc.CLIP
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            clip = cls(**cfg)
+    except Exception as e:  # noqa: BLE001 - open_clip/timm/transformers raise many types
+        raise MlrkitError(f"cannot build {name}: {type(e).__name__}: {e}") from None
+    return clip.eval()
 
 
 def _as_size(size: Any) -> int | tuple[int, int]:

@@ -2,7 +2,8 @@
 
 from importlib import import_module
 
-for _mod in ("builtin", "features", "voc", "coco", "nuswide", "cub", "openimages", "manifest", "fashion_mosaic"):
+for _mod in ("builtin", "features", "voc", "coco", "nuswide", "cub", "openimages", "manifest", "fashion_mosaic", "lvis",
+             "chexpert", "vaw"):
     try:
         import_module(f"{__name__}.{_mod}")
     except ModuleNotFoundError as e:  # an adapter module not written yet must not hide others

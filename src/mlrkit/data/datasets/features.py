@@ -142,6 +142,26 @@ def _check_known_test(path: Path, known: np.ndarray, shape: tuple[int, ...]) -> 
     return known
 
 
+def save_partial_features(ds: MultiLabelDataset, observed_train: np.ndarray, path: str | Path) -> Path:
+    """Write ``ds`` as a features file whose training labels are ``observed_train`` alone (no ``Y_train``):
+    what a user with real incomplete labels has. The test split keeps its ground truth (and mask)."""
+    from mlrkit.utils import atomic_write
+
+    if ds.trainval.features is None or ds.test.features is None:
+        raise DataError(f"dataset {ds.name!r} has no features to export (use a features or built-in dataset)")
+    arrays = {"X_train": ds.trainval.features, "observed_train": np.asarray(observed_train, dtype=np.int8),
+              "X_test": ds.test.features, "Y_test": ds.test.targets, "class_names": np.array(ds.class_names)}
+    if ds.test.known is not None:
+        arrays["known_test"] = ds.test.known
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise DataError(f"--export-features {path}: the file name must end in .npz")
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return path
+
+
 @DATASETS.register("features", "features:<file.npz> - precomputed X_train, Y_train, X_test, Y_test (+class_names)")
 def features_dataset(path: str | None = None, root: Path | None = None) -> MultiLabelDataset:
     if not path:

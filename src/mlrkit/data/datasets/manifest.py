@@ -36,7 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mlrkit.data.base import DATASETS, MultiLabelDataset, PathImageSource, Split, dataset_options
+from mlrkit.data.base import (
+    DATASETS,
+    MultiLabelDataset,
+    PathImageSource,
+    Split,
+    dataset_options,
+    three_state_matrices,
+)
 from mlrkit.errors import DataError
 
 DESCRIPTION = ("manifest:<file.csv|.jsonl|.json> - your own images: image, split, and labels (complete) or "
@@ -159,7 +166,7 @@ def read_csv_rows(path: Path, text: str, uncertain: str = "unknown") -> tuple[li
                 raise DataError(f"{path}:{lineno}: {len(row)} fields, the header has {len(header)}")
             where = str(lineno)
             if dense is not None:
-                pos, neg = _dense_values(path, where, header, row, (ii, isp), uncertain)
+                pos, neg = dense_values(path, where, header, row, (ii, isp), uncertain)
                 rows.append(_check_row(path, Row(where, lineno, row[ii].strip(), pos, neg, row[isp].strip())))
                 continue
             fields = {c: _split_field(path, where, row[header.index(c)]) for c in list_cols}
@@ -173,9 +180,12 @@ def read_csv_rows(path: Path, text: str, uncertain: str = "unknown") -> tuple[li
     return rows, dense
 
 
-def _dense_values(path: Path, where: str, header: list[str], row: list[str], skip: tuple[int, int],
+def dense_values(path: Path, where: str, header: list[str], row: list[str], skip: tuple[int, int],
                   uncertain: str) -> tuple[list[str], list[str]]:
-    """Positives and negatives of one dense row: 1 / 0 / -1 (uncertain) / empty (unknown)."""
+    """Positives and negatives (column names) of one dense row: 1 / 0 / -1 (uncertain) / empty (unknown).
+
+    ``uncertain`` says what -1 means: ``unknown`` (ignored), ``positive`` or ``negative``
+    (CheXpert's U-Ignore, U-Ones and U-Zeros). Other values are errors naming the column."""
     pos: list[str] = []
     neg: list[str] = []
     for j, (name, raw) in enumerate(zip(header, row)):
@@ -321,18 +331,16 @@ def load_manifest(path: str | Path, classes: str | Path | None = None,
         part = parts[split]
         if not part:
             raise DataError(f"{path}: no image has split {split!r} (each of 'train' and 'test' needs images)")
-        targets = np.zeros((len(part), len(names)), dtype=np.uint8)
-        known = np.ones((len(part), len(names)), dtype=bool)
-        for i, (r, _) in enumerate(part):
-            targets[i, [col[x] for x in r.positives]] = 1
-            if r.negatives is not None:  # three-state row: only the listed classes are known
-                known[i] = False
-                known[i, [col[x] for x in (*r.positives, *r.negatives)]] = True
+        targets, known = three_state_matrices(
+            [[col[x] for x in r.positives] for r, _ in part],
+            [None if r.negatives is None else [col[x] for x in r.negatives] for r, _ in part],
+            len(names),
+        )
         return Split(
             targets=targets,
             ids=[r.image for r, _ in part],  # the image path as written in the manifest
             images=PathImageSource([res for _, res in part]),
-            known=None if known.all() else known,
+            known=known,
             extras={"manifest_line": np.array([r.lineno for r, _ in part])},
         )
 

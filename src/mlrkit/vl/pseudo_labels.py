@@ -39,6 +39,30 @@ def vl_pseudo_labels(similarity: np.ndarray, tau: float, theta: float, delta: fl
     return out
 
 
+def compute_vl_pseudo_labels(model, images, class_names: list[str], *, templates: tuple[str, ...], tau: float,
+                             theta: float, delta: float = 0.0, store=None, seed: int = 0, device="cpu",
+                             batch_size: int = 64, progress: bool = False, desc: str = "VL features") -> np.ndarray:
+    """VLPL pseudo-labels of ``images`` from a frozen VL ``model`` (the one path used by ``mlrkit
+    pseudo-label`` and the ``vlpl`` method).
+
+    Image embeddings f_i come from the FeatureStore (computed once per image), class embeddings t_c
+    from the prompt ``templates``; :func:`vl_pseudo_labels` is applied to the cosine similarities
+    <f_i / |f_i|, t_c>. Returns int8 [N, C] (+1 / 0 / -1).
+    """
+    import torch
+
+    from mlrkit.vl.features import vl_image_features
+
+    if images is None:
+        raise MlrkitError("VL pseudo-labels need images: the split has none")
+    feats = np.asarray(vl_image_features(model, images, store=store, seed=seed, device=device, progress=progress,
+                                         batch_size=batch_size, desc=desc), dtype=np.float32)
+    with torch.no_grad():
+        text = model.class_text_embeddings(class_names, templates).cpu().numpy()
+    f = feats / np.linalg.norm(feats, axis=1, keepdims=True).clip(1e-12)
+    return vl_pseudo_labels(f @ text.T, tau, theta, delta)
+
+
 def pseudo_label_quality(pseudo: np.ndarray, targets: np.ndarray, observed: np.ndarray | None = None) -> dict:
     """Precision/recall of pseudo-positives and pseudo-negatives against the ground truth.
 

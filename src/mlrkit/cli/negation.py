@@ -1,6 +1,7 @@
 """``mlrkit negation …``: negated captions, NegationCLIP fine-tuning, negation benchmarks.
 
-Registered by :func:`register_negation` (called from ``mlrkit.cli.commands.register``). Each
+Registered by :func:`register_negation` (called from ``mlrkit.cli.commands.register``); the
+library itself lives in :mod:`mlrkit.negation`. Each
 sub-command accepts ``--config RECIPE.yaml``: the recipe's section named after the sub-command
 (``captions:``, ``finetune:``, ``build-benchmark:``, ``eval:``) sets flag values (keys are the flag
 names with ``_`` or ``-``); flags given on the command line win.
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mlrkit.cli.common import add_command
 from mlrkit.errors import ConfigError, MlrkitError
 
 
@@ -87,8 +89,6 @@ def _add_llm_flags(p: argparse.ArgumentParser) -> None:
 
 def register_negation(sub: Any) -> None:
     """Add the ``negation`` command group to the top-level sub-parsers."""
-    from mlrkit.cli.main import add_command
-
     grp = sub.add_parser(
         "negation", help="negation-aware CLIP (NegationCLIP): negated captions, fine-tuning, benchmarks",
         description="Negation-aware CLIP (Park et al., 'Know No Better', 2025): negated captions, text-encoder "

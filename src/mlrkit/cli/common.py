@@ -1,0 +1,19 @@
+"""What every command module of the CLI shares: the help formatter and :func:`add_command`."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the examples' line breaks and shows each flag's default."""
+
+
+def add_command(sub, name: str, help: str, example: str, handler: Handler) -> argparse.ArgumentParser:
+    """A sub-command whose ``--help`` ends with its example(s)."""
+    p = sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}", formatter_class=Formatter)
+    p.set_defaults(handler=handler)
+    return p
