@@ -317,7 +317,21 @@ def train_config_from_args(args: argparse.Namespace):
         "vl": {"model": args.vl_model},
         "features": {"cache_views": getattr(args, "cache_views", None)},
     }
-    return build_config(args.config, flags, args.set)
+    cfg = build_config(args.config, flags, args.set)
+    from mlrkit.methods.base import method_class
+
+    if not method_class(cfg.method.name).trains and not _epochs_given(args):
+        cfg.train.epochs = 0  # a method that trains nothing (zeroshot) needs no --epochs
+    return cfg
+
+
+def _epochs_given(args: argparse.Namespace) -> bool:
+    """Whether train.epochs was set explicitly: --epochs, --set train.epochs=..., or the recipe (with its bases)."""
+    from mlrkit.config import load_recipe
+
+    if args.epochs is not None or any(s.split("=", 1)[0].strip() == "train.epochs" for s in args.set):
+        return True
+    return bool(args.config) and "epochs" in (load_recipe(args.config).get("train") or {})
 
 
 def cmd_train(args: argparse.Namespace) -> int:

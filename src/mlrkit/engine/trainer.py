@@ -35,6 +35,7 @@ from mlrkit.engine.build import (  # noqa: F401 - re-exported: build_run_loss, p
     score_split,
 )
 from mlrkit.engine.checkpoint import load_checkpoint, load_trainable_state, save_checkpoint, trainable_state_dict
+from mlrkit.engine.checks import check_observed, check_settings, check_training_plan
 from mlrkit.engine.devices import autocast_dtype, resolve_device, wants_channels_last
 from mlrkit.engine.loaders import make_loader
 from mlrkit.engine.optim import EMA, build_optimizer, build_scheduler, param_groups
@@ -63,6 +64,8 @@ class Trainer:
             raise MlrkitError("no output directory: pass --out RUN_DIR")
         if extend and not resume:
             raise MlrkitError("extending train.epochs applies to --resume only")
+        check_settings(cfg)  # ranges; epochs and loss vs method: before anything is touched or set up
+        check_training_plan(cfg)
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.resume = resume
@@ -82,6 +85,7 @@ class Trainer:
         seed_everything(cfg.seed)
         t0 = time.perf_counter()
         self.data: RunData = prepare_run_data(cfg)
+        check_observed(self.data.observed_train, cfg.labels.protocol, cfg.train.epochs > 0)
         self.timings: dict[str, float] = {"data_s": time.perf_counter() - t0}
         method = build_method(cfg)
         t0 = time.perf_counter()
@@ -164,9 +168,18 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Claim ``cfg.out`` (lock, checks, ``config.yaml``), train, test; the lock is released at the end."""
         threads_before = torch.get_num_threads()
+        claimed = False
         try:
             ck = self._claim()
+            claimed = True
             return self._fit(ck)
+        except MlrkitError:
+            if claimed and not self.resume and self.env.is_main and not (self.out / "last.pt").exists():
+                # refused input found during setup: leave no half-made run behind (a killed setup keeps its
+                # config.yaml, so that --resume can continue it)
+                for name in ("config.yaml", "observed_labels.npz", "run.json"):
+                    (self.out / name).unlink(missing_ok=True)
+            raise
         finally:
             if self.lock is not None:
                 self.lock.release()

@@ -65,6 +65,8 @@ class MultiLabelLoss(nn.Module):
     #: whether the trainer scores the whole training split after every epoch and passes the logits
     #: to :meth:`update_pseudo_labels` (pseudo-labelling losses such as EM+APL)
     needs_epoch_scores: bool = False
+    #: trains on pseudo-labels that a method sets (``vlpl``): only with a method that ``makes_pseudo_labels``
+    needs_pseudo_labels: bool = False
 
     def prepare(self, observed: Tensor) -> None:
         """Called once before training with the training split's observed labels [N, C] (int8)."""

@@ -47,6 +47,10 @@ class Method:
     """Base class of a method. Subclasses set ``input_kind`` and implement :meth:`build_model`."""
 
     input_kind: str = "features"
+    #: False for a method that trains nothing (``zeroshot``): it runs with ``train.epochs: 0``, and only it may
+    trains: bool = True
+    #: True for a method that gives its loss pseudo-labels (losses with ``needs_pseudo_labels`` require one)
+    makes_pseudo_labels: bool = False
 
     def __init__(self, **params: Any) -> None:
         self.params = params
@@ -118,6 +122,12 @@ def register_all() -> None:
         except ModuleNotFoundError as e:  # a method family not written yet must not hide the others
             if e.name != f"mlrkit.methods.{mod}":
                 raise
+
+
+def method_class(name: str) -> type[Method]:
+    """The registered class of method ``name`` (every method module imported first)."""
+    register_all()
+    return METHODS.get(name)
 
 
 def build_method(cfg) -> Method:

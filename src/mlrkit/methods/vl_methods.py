@@ -63,6 +63,7 @@ class ZeroShotHead(nn.Module):
 @METHODS.register("zeroshot", "CLIP zero-shot baseline: cos(image, class-name prompt), no training")
 class ZeroShotMethod(Method):
     input_kind = "features"
+    trains = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -101,6 +102,8 @@ class VLPLMethod(FinetuneMethod):
     backbone's (ImageNet) normalisation, resized bilinearly to the VL model's input size, and the batch's
     pseudo-labels are recomputed from it; slower, a VL forward per step).
     """
+
+    makes_pseudo_labels = True
 
     def __init__(self, tau: float = 0.03, theta: float = 0.3, delta: float = 0.0, flip: bool = True,
                  randaugment: bool = False, cutout: float = 0.0, dropout: float = 0.0,
