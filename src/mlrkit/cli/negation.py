@@ -162,6 +162,9 @@ def register_negation(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=1e-6, help="AdamW learning rate (paper: 1e-6)")
     p.add_argument("--epochs", type=int, default=15, help="epochs (paper: 15)")
     p.add_argument("--batch-size", type=int, default=128, help="distinct images per batch")
+    p.add_argument("--rows-per-epoch", choices=["image", "all"], default="image",
+                   help="image: one row of each training image per epoch (batches of distinct images); all: every "
+                   "row once per epoch, as the reference's caption loader")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--p-negated", type=float, default=0.5, help="probability that an image's text is its negated "
                    "caption rather than the original")
@@ -340,7 +343,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                          weight_decay=float(args.weight_decay), p_negated=float(args.p_negated),
                          val_fraction=float(args.val_fraction), seed=int(args.seed),
                          train_logit_scale=bool(args.train_logit_scale), multi_positive=bool(args.multi_positive),
-                         max_steps=args.max_steps,
+                         rows_per_epoch=str(getattr(args, "rows_per_epoch", "image")), max_steps=args.max_steps,
                          time_limit_s=None if args.time_limit is None else 60 * float(args.time_limit))
     model = load(args.vl_model, seed=args.seed)
     result = finetune_negation(model, rows, sp.images, sp.ids, cfg, progress=not args.quiet, targets=sp.targets,

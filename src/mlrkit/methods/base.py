@@ -9,9 +9,8 @@ the training split (e.g. feature standardisation) and which parameters form the 
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -47,18 +46,35 @@ class Method:
     """Base class of a method. Subclasses set ``input_kind`` and implement :meth:`build_model`."""
 
     input_kind: str = "features"
+    #: extra config sections the method reads: name -> schema (a :class:`mlrkit.schema.Section`);
+    #: the config loader rejects any other section, and a section of another method names this one
+    config_sections: ClassVar[dict[str, type]] = {}
+    #: whether the method reads the ``model`` section (a backbone); if not, setting it is an error
+    uses_model: ClassVar[bool] = False
+    #: whether the method reads the ``vl`` section (a vision-language model); if not, setting it is an error
+    uses_vl: ClassVar[bool] = False
     #: False for a method that trains nothing (``zeroshot``): it runs with ``train.epochs: 0``, and only it may
     trains: bool = True
     #: True for a method that gives its loss pseudo-labels (losses with ``needs_pseudo_labels`` require one)
     makes_pseudo_labels: bool = False
 
-    def __init__(self, **params: Any) -> None:
-        self.params = params
-        self.cfg = None  # the RunConfig, set by build_method
+    def __init__(self) -> None:
+        self.cfg = None  # the run's RunConfig, given by configure() when build_method builds the method
+
+    def configure(self, cfg) -> None:
+        """Receive the run's configuration, already checked by the loader (every section typed, only
+        sections this method declares in ``config_sections``). Called by :func:`build_method` right
+        after the constructor (which takes the ``method`` section's hyper-parameters); override to
+        derive settings from other sections (call ``super().configure(cfg)`` first)."""
+        self.cfg = cfg
 
     def prepare_data(self, data, *, device, progress: bool = True) -> None:
         """Called once before the task is described: feature methods on image datasets get
         frozen-encoder features attached (:meth:`attach_features`, cached in the FeatureStore)."""
+        if self.input_kind == "features" and data.train.features is not None and self.uses_model \
+                and self.cfg.model.name:
+            raise ConfigError(f"dataset {data.dataset.name!r} has features: model.name {self.cfg.model.name!r} would "
+                              "not be used (drop the model section, or use an image dataset)")
         if self.input_kind == "features" and data.train.features is None:
             self.attach_features({"train": data.train, "val": data.val, "test": data.test},
                                  device=device, progress=progress)
@@ -131,20 +147,15 @@ def method_class(name: str) -> type[Method]:
 
 
 def build_method(cfg) -> Method:
-    """Instantiate the configured method (``cfg.method``); unknown hyper-parameters are a ConfigError."""
+    """Instantiate the configured method with its hyper-parameters (``cfg.method``; checked against
+    the constructor by the config loader) and give it the run's configuration (:meth:`Method.configure`)."""
     register_all()
+    from mlrkit.schema import check_params
 
-    name = cfg.method.name
-    cls = METHODS.get(name)
+    cls = METHODS.get(cfg.method.name)
     params = dict(cfg.method.params or {})
-    sig = inspect.signature(cls.__init__).parameters
-    valid = [p for p in sig if p not in ("self", "params")]
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise ConfigError(f"method {name!r} has no hyper-parameter {unknown}; valid: {valid or 'none'}")
-    boost = cfg.extra.get("boostlu") or {}
-    if name != "cam" and isinstance(boost, dict) and (boost.get("train") or boost.get("infer")):
-        raise ConfigError(f"boostlu.train/infer act on a CAM head: use --method cam (got {name!r})")
+    # configs built without the loader (RunConfig(...)) are checked too
+    check_params(params, cls.__init__, "method", component=cfg.method.name)
     method = cls(**params)
-    method.cfg = cfg
+    method.configure(cfg)
     return method

@@ -63,6 +63,7 @@ from torch.utils.data import Dataset
 
 from mlrkit.engine.image_data import ImageBatches
 from mlrkit.errors import ConfigError, MlrkitError
+from mlrkit.features.options import FeaturesSection
 from mlrkit.methods.base import METHODS, Method, TaskInfo
 from mlrkit.models.prompt_learner import TEXT_CHUNK, PromptLearner
 from mlrkit.models.scpnet import (
@@ -73,6 +74,7 @@ from mlrkit.models.scpnet import (
     cached_structured_prior,
     count_trainable,
 )
+from mlrkit.schema import Section
 from mlrkit.utils import derive_seed
 
 log = logging.getLogger("mlrkit")
@@ -126,6 +128,22 @@ class SCPNetOptions:
 
 
 DEFAULTS = SCPNetOptions()
+
+
+class SCPNetSection(Section):
+    """The ``scpnet`` section's schema: :class:`SCPNetOptions` checked by :func:`parse_options`."""
+
+    section_name = "scpnet"
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return list(DEFAULTS.as_dict())
+
+    @classmethod
+    def parse(cls, d: Any, where: str | None = None) -> SCPNetOptions:  # type: ignore[override]
+        if d is not None and not isinstance(d, dict):
+            raise ConfigError(f"config section scpnet must be a mapping, got {d!r}")
+        return parse_options(d)
 
 
 def _bool(key: str, v: Any) -> bool:
@@ -342,11 +360,9 @@ def scpnet_step(model: SCPNetModel, batch: dict, loss_fn, epoch: int, opts: SCPN
 
 # ---------------------------------------------------------------------------- data
 def _interpolation(vl, name: str = "model"):
-    from mlrkit.data.transforms import interpolation_mode
+    from mlrkit.data.transforms import model_interpolation
 
-    if name == "model":
-        name = str(vl.preprocess_cfg.get("interpolation", "bicubic")).lower()
-    return interpolation_mode(name, "scpnet.interpolation")
+    return model_interpolation(vl.preprocess_cfg, name, "scpnet.interpolation")
 
 
 def scpnet_transforms(vl, image_size: int, opts: SCPNetOptions) -> tuple[Callable, Callable, Callable]:
@@ -446,6 +462,8 @@ class SCPNetMethod(Method):
     ``vl.model``; the loss (``loss.name``) must be ``splc`` unless ``scpnet.require_splc: false``."""
 
     input_kind = "images"
+    uses_vl = True
+    config_sections = {"scpnet": SCPNetSection, "features": FeaturesSection}
 
     def __init__(self) -> None:
         super().__init__()
@@ -457,17 +475,10 @@ class SCPNetMethod(Method):
         self.last_terms: dict[str, float] = {}
 
     # -------------------------------------------------------------- config
-    @property
-    def cfg(self):
-        return self._cfg
-
-    @cfg.setter
-    def cfg(self, cfg) -> None:
-        """Setting the run config validates the ``scpnet`` section and the loss (build_method sets it)."""
-        self._cfg = cfg
-        if cfg is None:
-            return
-        self.options = parse_options(cfg.extra.get("scpnet"))
+    def configure(self, cfg) -> None:
+        """The ``scpnet`` section (checked by the config loader) and the loss it requires."""
+        super().configure(cfg)
+        self.options = cfg.section("scpnet")
         if self.options.require_splc and cfg.loss.name != "splc":
             raise ConfigError(f"scpnet: L_cls follows Zhang et al. (loss `splc`), got loss {cfg.loss.name!r}; set "
                               "scpnet.require_splc: false to train SCPNet with another loss (e.g. the `an` baseline)")
@@ -521,7 +532,7 @@ class SCPNetMethod(Method):
             rows = self._train_rows or 0
         task.extras[TRAIN_ROWS_KEY] = int(rows)  # in the checkpoint: predict rebuilds the same state shape
         vl = self.vl_model()
-        cache = (self.cfg.extra.get("features") or {}).get("cache_dir")
+        cache = self.cfg.section("features").cache_dir
         model = build_scpnet_model(vl, list(task.class_names), self.options, train_rows=int(rows), seed=self.cfg.seed,
                                    cache_dir=cache)
         nz = (model.prior > 0).sum(dim=1).float()
@@ -587,9 +598,10 @@ class CLIPFinetuneMethod(Method):
     """
 
     input_kind = "images"
+    uses_vl = True
 
     def __init__(self, flip: bool = True, weak_scale: list[float] | None = None) -> None:
-        super().__init__(flip=flip, weak_scale=weak_scale)
+        super().__init__()
         self.options = parse_options({"flip": flip, "weak_scale": weak_scale, "pessl": "none", "sam": False})
         self._transforms: tuple | None = None
 
