@@ -74,10 +74,16 @@ OPTION_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
 def check_option_ranges(args: argparse.Namespace) -> None:
     """Every numeric option given is finite and in its :data:`OPTION_RANGES` interval (a ConfigError naming
     the flag and the value otherwise)."""
-    from mlrkit.engine.checks import check_range
+    import math
+
+    from mlrkit.errors import ConfigError
+    from mlrkit.schema import check_range
 
     for dest, value in vars(args).items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
+        flag = "--" + dest.replace("_", "-")
+        if not math.isfinite(value):
+            raise ConfigError(f"{flag} must be a finite number, got {value!r}")
         low, high, lo_open, hi_open = OPTION_RANGES.get(dest, (None, None, False, False))
-        check_range("--" + dest.replace("_", "-"), value, low, high, lo_open, hi_open)
+        check_range(value, {"min": low, "max": high, "min_open": lo_open, "max_open": hi_open}, flag)

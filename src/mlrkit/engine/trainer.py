@@ -35,7 +35,7 @@ from mlrkit.engine.build import (  # noqa: F401 - re-exported: build_run_loss, p
     score_split,
 )
 from mlrkit.engine.checkpoint import load_checkpoint, load_trainable_state, save_checkpoint, trainable_state_dict
-from mlrkit.engine.checks import check_observed, check_settings, check_training_plan
+from mlrkit.engine.checks import check_observed, check_training_plan
 from mlrkit.engine.devices import autocast_dtype, resolve_device, wants_channels_last
 from mlrkit.engine.loaders import make_loader
 from mlrkit.engine.optim import EMA, build_optimizer, build_scheduler, param_groups
@@ -64,8 +64,7 @@ class Trainer:
             raise MlrkitError("no output directory: pass --out RUN_DIR")
         if extend and not resume:
             raise MlrkitError("extending train.epochs applies to --resume only")
-        check_settings(cfg)  # ranges; epochs and loss vs method: before anything is touched or set up
-        check_training_plan(cfg)
+        check_training_plan(cfg)  # epochs and loss vs method: before anything is touched or set up
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.resume = resume
