@@ -475,6 +475,14 @@ def _format_evaluation(res: dict, per_class: bool = False) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     from mlrkit.engine.inference import load_run, predict_inputs
 
+    if args.output:
+        from mlrkit.errors import MlrkitError
+
+        out = Path(args.output)
+        if out.is_dir():
+            raise MlrkitError(f"--output {out} is a directory; give a file name")
+        if not out.parent.is_dir():
+            raise MlrkitError(f"--output {out}: folder {out.parent} does not exist")
     run = load_run(args.run)
     ids, probs = predict_inputs(run, args.inputs)
     names = run.class_names

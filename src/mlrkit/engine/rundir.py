@@ -133,7 +133,7 @@ def saved_config(run_dir: Path, resuming: bool = True):
     if problem and resuming:
         raise MlrkitError(f"--resume: {problem}; restore it, or start afresh without --resume in another --out")
     if problem:
-        raise MlrkitError(f"{problem}; it is not the configuration the run was trained with")
+        raise MlrkitError(f"{problem}; the run cannot be rebuilt from it")
     return cfg
 
 

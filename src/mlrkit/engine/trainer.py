@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -45,7 +46,7 @@ from mlrkit.engine.rundir import RUN_FILES, RunLock, check_out_path, config_diff
 from mlrkit.errors import MlrkitError
 from mlrkit.methods import build_method
 from mlrkit.metrics import MultiLabelMeter, map_report
-from mlrkit.utils import derive_seed, seed_everything, write_json
+from mlrkit.utils import atomic_write, derive_seed, seed_everything, write_json
 
 log = logging.getLogger("mlrkit")
 
@@ -152,7 +153,7 @@ class Trainer:
     def _restore(self, ck: dict[str, Any]) -> tuple[int, float, int]:
         if ck.get("observed_sha256") != self.data.observed.sha256:
             raise MlrkitError("cannot resume: the observed labels differ from the checkpoint's")
-        load_trainable_state(self.model, ck["model"])
+        load_trainable_state(self.model, ck["model"], self.out / "last.pt")
         self.optimizer.load_state_dict(ck["optimizer"])
         if self.scheduler is not None and ck["scheduler"] is not None:
             self.scheduler.load_state_dict(ck["scheduler"])
@@ -282,6 +283,12 @@ class Trainer:
                 row = {"epoch": epoch, "train_loss": train_loss, "val_map": val_map, "best_val_map": best_map,
                        "lr": self.optimizer.param_groups[0]["lr"], "epoch_s": round(epoch_times[-1], 4)}
                 if main:
+                    # the row first, then last.pt: a kill between them leaves a row ahead of last.pt, which the
+                    # resume drops and recomputes (_truncate_metrics); the other order would lose the row
+                    with open(self.out / "metrics.jsonl", "a") as fh:
+                        fh.write(json.dumps(row) + "\n")
+                        fh.flush()
+                        os.fsync(fh.fileno())
                     due = epoch + 1 == cfg.train.epochs or interval <= 0 or time.monotonic() - last_write >= interval
                     ck = self._checkpoint(epoch + 1, best_map, best_epoch)
                     if not due:
@@ -293,8 +300,6 @@ class Trainer:
                         self._write_checkpoints(pending, pending_best)
                         pending = pending_best = None
                         last_write = time.monotonic()
-                    with open(self.out / "metrics.jsonl", "a") as fh:
-                        fh.write(json.dumps(row) + "\n")
                 self.env.barrier()
                 if self.verbose:
                     tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {train_loss:.4f}  val mAP "
@@ -413,7 +418,7 @@ class Trainer:
     def _test_best(self, best_map: float, best_epoch: int) -> dict[str, Any]:
         best = self.out / "best.pt"
         ck = load_checkpoint(best)
-        load_trainable_state(self.model, ck["model"])
+        load_trainable_state(self.model, ck["model"], best)
         if self.ema is not None and ck.get("ema"):
             self.ema.load_state_dict(ck["ema"])
         with self._eval_model():
@@ -455,9 +460,16 @@ class Trainer:
         path = self.out / "metrics.jsonl"
         if not path.exists():
             return
-        rows = [line for line in path.read_text().splitlines() if line.strip()]
-        keep = [r for r in rows if json.loads(r)["epoch"] < start]
-        path.write_text("".join(r + "\n" for r in keep))
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:  # a row cut short by a kill: its epoch is recomputed
+                continue
+            if isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] < start:
+                keep.append(line)
+        with atomic_write(path) as tmp:
+            tmp.write_text("".join(r + "\n" for r in keep))
 
     def _run_info(self) -> dict[str, Any]:
         d = self.data
