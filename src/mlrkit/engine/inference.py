@@ -105,7 +105,7 @@ def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "
         if name == "test":
             test_scores = scores
         meter = MultiLabelMeter(data.class_names, threshold, k)
-        meter.update(scores, targets, mask)
+        meter.update(_metric_scores(run, scores), targets, mask)
         out[name] = meter.compute()
         out[name]["known_fraction"] = 1.0 if mask is None else float(np.asarray(mask).mean())
     report = None
@@ -164,15 +164,28 @@ def predict_inputs(run: LoadedRun, inputs: list[str | Path]) -> tuple[list[str],
     if task.input_kind == "features" and task.extras.get("feature_encoder"):
         split = _image_split(inputs, task.num_classes)
         run.built.method.attach_features({"predict": split}, device=run.device, progress=False)
-        logits = run.scores(split)
-        return split.ids, 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        return split.ids, run_probabilities(run, run.scores(split))
     if task.input_kind == "features":
         x, ids = read_feature_inputs(inputs, int(task.feature_dim or 0))
         split = Split(targets=np.zeros((len(x), task.num_classes), np.uint8), ids=ids, features=x)
     else:
         split = _image_split(inputs, task.num_classes)
-    logits = run.scores(split)
-    return split.ids, 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    return split.ids, run_probabilities(run, run.scores(split))
+
+
+def _metric_scores(run: LoadedRun, logits: np.ndarray) -> np.ndarray:
+    """What the metrics read: the logits, or the calibrated probabilities of a loss with an inverse link (spa)."""
+    import mlrkit.losses.zoo  # noqa: F401 - registers every loss
+    from mlrkit.losses import LOSSES
+
+    return run_probabilities(run, logits) if hasattr(LOSSES.get(run.cfg.loss.name), "probabilities") else logits
+
+
+def run_probabilities(run: LoadedRun, logits: np.ndarray) -> np.ndarray:
+    """The run's probabilities: its loss's inverse link where it has one (``spa``), else the sigmoid."""
+    from mlrkit.losses import probabilities
+
+    return probabilities(run.cfg.loss.name, dict(run.cfg.loss.params), logits)
 
 
 def _image_split(inputs: list[str | Path], num_classes: int) -> Split:

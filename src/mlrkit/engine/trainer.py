@@ -103,6 +103,15 @@ class Trainer:
             self.model._mlrkit_channels_last = True
         self.loss = build_run_loss(cfg).to(self.device)
         self.loss.prepare(torch.from_numpy(self.data.observed_train).to(self.device))
+        from mlrkit.engine.cft import classifier_of, parse_cft
+        from mlrkit.engine.mixing import build_mixer
+        from mlrkit.methods import Method
+
+        own_step = type(self.method).training_step is not Method.training_step
+        self.mixer = build_mixer(cfg, self.method, self.loss, own_step)  # mix: LogicMix / MixUp-PME (None: off)
+        self.cft = parse_cft(cfg.extra.get("cft"))  # cft: category-wise fine-tuning after training (None: off)
+        if self.cft is not None:
+            classifier_of(self.model)  # a head CFT can tune, checked before training
         resuming = self.resume and (self.out / "last.pt").exists()  # checked by _claim before any setup
         self.method.init_from_train(self.model, self.data, self.loss, device=self.device, resuming=resuming)
         self._eval_loaders: dict[tuple[int, int], Any] = {}
@@ -274,7 +283,7 @@ class Trainer:
             for epoch in range(start, cfg.train.epochs):
                 te = time.perf_counter()
                 torch.manual_seed(derive_seed(cfg.seed, epoch, 1))
-                train_loss = self._train_epoch(epoch)
+                train_loss, terms = self._train_epoch(epoch)
                 val_map = self._validate()
                 epoch_times.append(time.perf_counter() - te)
                 improved = val_map > best_map
@@ -282,6 +291,8 @@ class Trainer:
                     best_map, best_epoch = val_map, epoch
                 row = {"epoch": epoch, "train_loss": train_loss, "val_map": val_map, "best_val_map": best_map,
                        "lr": self.optimizer.param_groups[0]["lr"], "epoch_s": round(epoch_times[-1], 4)}
+                if terms:  # the method's named extra terms (StepOutput.terms), epoch means
+                    row["terms"] = terms
                 if main:
                     # the row first, then last.pt: a kill between them leaves a row ahead of last.pt, which the
                     # resume drops and recomputes (_truncate_metrics); the other order would lose the row
@@ -318,7 +329,15 @@ class Trainer:
         self.timings["train_s"] = time.perf_counter() - t_train
         if epoch_times:
             self.timings["epoch_s_mean"] = float(np.mean(epoch_times))
-        results = self._test_best(best_map, best_epoch)
+        extra_results = {}
+        if self.cft is not None and cfg.train.epochs > 0:
+            from mlrkit.engine.cft import apply_cft
+
+            t0 = time.perf_counter()
+            extra_results["cft"] = {**apply_cft(self, self.cft), "val_map_before": best_map}
+            best_map = self._validate()  # of the fine-tuned head, which _test_best reloads from best.pt
+            self.timings["cft_s"] = time.perf_counter() - t0
+        results = self._test_best(best_map, best_epoch, extra_results)
         run_info["timings"] = self.timings
         run_info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         if main:
@@ -333,12 +352,14 @@ class Trainer:
             save_checkpoint(self.out / "best.pt", {**best_ck, "kind": "best"})
         save_checkpoint(self.out / "last.pt", {**last_ck, "kind": "last"})
 
-    def _train_epoch(self, epoch: int) -> float:
+    def _train_epoch(self, epoch: int) -> tuple[float, dict[str, float]]:
+        """One epoch; returns the mean training loss and the means of the method's extra terms."""
         self.model.train()
         self.loss.on_epoch_start(epoch)
         loader = self.train_loader
         loader.set_epoch(epoch)
         total = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device: no sync per step
+        term_sums: dict[str, torch.Tensor] = {}
         n = 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False) if self.progress else loader
         env = self.env
@@ -350,8 +371,12 @@ class Trainer:
                 batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
             if channels_last and batch["inputs"].ndim == 4:
                 batch["inputs"] = batch["inputs"].contiguous(memory_format=torch.channels_last)
+            loss_fn = self.loss
+            if self.mixer is not None:  # mix: LogicMix / MixUp-PME
+                batch, loss_fn = self.mixer(batch)
             with self.autocast():
-                loss = self.method.training_step(self.model, batch, self.loss, epoch)
+                out = self.method.training_step(self.model, batch, loss_fn, epoch)
+            loss = out.loss
             # the loss contract's input checks ran on the first batch; the loader serves the same tensors
             self.loss.validate_inputs = False
             x = batch["inputs"]
@@ -379,6 +404,8 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.model)
             total += loss.detach() * len(x)
+            for name, value in out.terms.items():
+                term_sums[name] = term_sums.get(name, 0.0) + value.detach().double() * len(x)
             n += len(x)
             if self.progress:
                 bar.set_postfix(loss=f"{float(total) / max(n, 1):.4f}", refresh=False)
@@ -386,11 +413,14 @@ class Trainer:
         if not np.isfinite(total_f):
             raise MlrkitError(f"loss became {total_f} in epoch {epoch + 1}; lower train.lr?")
         self._end_epoch_hooks(epoch)
+        names = sorted(term_sums)
+        sums = [total_f, float(n)] + [float(term_sums[k]) for k in names]
         if env.enabled:
-            t = torch.tensor([total_f, float(n)], dtype=torch.float64)
+            t = torch.tensor(sums, dtype=torch.float64)
             torch.distributed.all_reduce(t)
-            total_f, n = float(t[0]), int(t[1])
-        return total_f / max(n, 1)
+            sums = t.tolist()
+        n = max(int(sums[1]), 1)
+        return sums[0] / n, {k: sums[2 + i] / n for i, k in enumerate(names)}
 
     def _end_epoch_hooks(self, epoch: int) -> None:
         if self.loss.needs_epoch_scores:
@@ -415,7 +445,8 @@ class Trainer:
             scores = self.scores(self.data.val)
         return map_report(scores, self.data.val_targets, self.data.val_mask).map
 
-    def _test_best(self, best_map: float, best_epoch: int) -> dict[str, Any]:
+    def _test_best(self, best_map: float, best_epoch: int,
+                   extra_results: dict[str, Any] | None = None) -> dict[str, Any]:
         best = self.out / "best.pt"
         ck = load_checkpoint(best)
         load_trainable_state(self.model, ck["model"], best)
@@ -425,7 +456,12 @@ class Trainer:
             scores = self.scores(self.data.test, progress=self.progress, desc="test")
         test = self.data.test
         meter = MultiLabelMeter(self.data.class_names)
-        meter.update(scores, test.targets, test.known)  # the scores are already gathered from every rank
+        metric_scores = scores
+        if hasattr(self.loss, "probabilities"):  # a loss with a calibrated inverse link (spa): its probabilities
+            from mlrkit.losses import probabilities
+
+            metric_scores = probabilities(self.cfg.loss.name, dict(self.cfg.loss.params), scores)
+        meter.update(metric_scores, test.targets, test.known)  # the scores are already gathered from every rank
         extra = meter.compute()
         per_class = extra.pop("per_class")
         results = {
@@ -449,6 +485,7 @@ class Trainer:
         grouped = grouped_report(self.method, self.data, scores)  # OpenImages: mAP per annotation-count group
         if grouped is not None:
             results["grouped_map"] = grouped
+        results.update(extra_results or {})  # e.g. the cft summary
         if self.env.is_main:
             write_json(self.out / "results.json", results)
         if self.verbose:
