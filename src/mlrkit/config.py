@@ -9,8 +9,8 @@ are this module's schemas; ``method``, ``loss`` and ``model`` are open sections 
 a component and whose other keys are checked against that component's signature; any other
 section must be declared by the active method (``Method.config_sections``, e.g. ``boostlu`` by
 ``cam``). A key or section that nothing active reads is an error with a suggestion: a section of
-another method names the active one; ``model``/``vl`` set for a method that reads neither is an
-error. This module names no method: it asks the method registry.
+another method names the active one; ``model`` set for a method that reads none is an error. This
+module names no method: it asks the method registry.
 """
 
 from __future__ import annotations
@@ -277,8 +277,9 @@ def claim_sections(cfg: RunConfig, sections: dict[str, Any], core: list[str]) ->
 
 
 def check_components(cfg: RunConfig) -> None:
-    """The open sections' hyper-parameters against their components' signatures, and the sections the
-    active method does not read (``model``, ``vl``) left at their defaults."""
+    """The open sections' hyper-parameters against their components' signatures, and the ``model``
+    section left empty when the active method reads none. (``vl`` is the run's: besides VL methods,
+    ``mlrkit suggest-labels``' vl-disagreement reads it for any method.)"""
     import mlrkit.losses.zoo  # noqa: F401 - registers every loss
     from mlrkit.errors import MlrkitError
     from mlrkit.losses import LOSSES
@@ -301,9 +302,6 @@ def check_components(cfg: RunConfig) -> None:
         unknown = [k for k in cfg.model.params if k not in valid]
         if unknown:
             raise unknown_key(unknown[0], "model", valid)
-    if not cls.uses_vl and cfg.vl != VLConfig():
-        raise ConfigError(f"method {cfg.method.name!r} uses no vision-language model, but the vl section is set "
-                          f"({_to_dict(cfg.vl)}); drop it or pick a VL method")
 
 
 def _to_dict(obj: Any) -> Any:

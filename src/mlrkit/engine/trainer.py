@@ -216,7 +216,7 @@ class Trainer:
             for epoch in range(start, cfg.train.epochs):
                 te = time.perf_counter()
                 torch.manual_seed(derive_seed(cfg.seed, epoch, 1))
-                train_loss = self._train_epoch(epoch)
+                train_loss, terms = self._train_epoch(epoch)
                 val_map = self._validate()
                 epoch_times.append(time.perf_counter() - te)
                 improved = val_map > best_map
@@ -224,6 +224,8 @@ class Trainer:
                     best_map, best_epoch = val_map, epoch
                 row = {"epoch": epoch, "train_loss": train_loss, "val_map": val_map, "best_val_map": best_map,
                        "lr": self.optimizer.param_groups[0]["lr"], "epoch_s": round(epoch_times[-1], 4)}
+                if terms:  # the method's named extra terms (StepOutput.terms), epoch means
+                    row["terms"] = terms
                 if main:
                     due = epoch + 1 == cfg.train.epochs or interval <= 0 or time.monotonic() - last_write >= interval
                     ck = self._checkpoint(epoch + 1, best_map, best_epoch)
@@ -279,12 +281,14 @@ class Trainer:
             save_checkpoint(self.out / "best.pt", {**best_ck, "kind": "best"})
         save_checkpoint(self.out / "last.pt", {**last_ck, "kind": "last"})
 
-    def _train_epoch(self, epoch: int) -> float:
+    def _train_epoch(self, epoch: int) -> tuple[float, dict[str, float]]:
+        """One epoch; returns the mean training loss and the means of the method's extra terms."""
         self.model.train()
         self.loss.on_epoch_start(epoch)
         loader = self.train_loader
         loader.set_epoch(epoch)
         total = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device: no sync per step
+        term_sums: dict[str, torch.Tensor] = {}
         n = 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False) if self.progress else loader
         env = self.env
@@ -300,7 +304,8 @@ class Trainer:
             if self.mixer is not None:  # mix: LogicMix / MixUp-PME
                 batch, loss_fn = self.mixer(batch)
             with self.autocast():
-                loss = self.method.training_step(self.model, batch, loss_fn, epoch)
+                out = self.method.training_step(self.model, batch, loss_fn, epoch)
+            loss = out.loss
             # the loss contract's input checks ran on the first batch; the loader serves the same tensors
             self.loss.validate_inputs = False
             x = batch["inputs"]
@@ -328,6 +333,8 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.model)
             total += loss.detach() * len(x)
+            for name, value in out.terms.items():
+                term_sums[name] = term_sums.get(name, 0.0) + value.detach().double() * len(x)
             n += len(x)
             if self.progress:
                 bar.set_postfix(loss=f"{float(total) / max(n, 1):.4f}", refresh=False)
@@ -335,11 +342,14 @@ class Trainer:
         if not np.isfinite(total_f):
             raise MlrkitError(f"loss became {total_f} in epoch {epoch + 1}; lower train.lr?")
         self._end_epoch_hooks(epoch)
+        names = sorted(term_sums)
+        sums = [total_f, float(n)] + [float(term_sums[k]) for k in names]
         if env.enabled:
-            t = torch.tensor([total_f, float(n)], dtype=torch.float64)
+            t = torch.tensor(sums, dtype=torch.float64)
             torch.distributed.all_reduce(t)
-            total_f, n = float(t[0]), int(t[1])
-        return total_f / max(n, 1)
+            sums = t.tolist()
+        n = max(int(sums[1]), 1)
+        return sums[0] / n, {k: sums[2 + i] / n for i, k in enumerate(names)}
 
     def _end_epoch_hooks(self, epoch: int) -> None:
         if self.loss.needs_epoch_scores:

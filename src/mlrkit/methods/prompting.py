@@ -55,7 +55,7 @@ from mlrkit.data.base import Split
 from mlrkit.engine.host_memory import use_for_chunked_text
 from mlrkit.errors import ConfigError, MlrkitError
 from mlrkit.features.options import FeaturesSection
-from mlrkit.methods.base import METHODS, Method, TaskInfo
+from mlrkit.methods.base import METHODS, Method, StepOutput, TaskInfo
 from mlrkit.models.prompt_learner import (
     TEXT_CHUNK,
     EmbeddingBranch,
@@ -331,7 +331,10 @@ class RegionMethod(Method):
             train = f"cached, {k} views: view 0 = eval; views 1..{k - 1} = {describe(train_tf)}"
         return {"train": train, "eval": describe(eval_tf)}
 
-    def make_loader(self, split: Split, observed, batch_size: int, *, train: bool, seed: int, cfg=None):
+    loader_shards = False  # DenseBatches / ImageBatches here draw whole global batches: the engine slices them
+
+    def make_loader(self, split: Split, observed, batch_size: int, *, train: bool, seed: int,
+                    shard: tuple[int, int] = (0, 1)):
         opts = feature_options(self.cfg)
         if train and opts["online"]:
             from mlrkit.engine.image_data import ImageBatches
@@ -348,7 +351,8 @@ class RegionMethod(Method):
     # -------------------------------------------------------------- training
     def training_step(self, model: nn.Module, batch: dict, loss_fn, epoch: int):
         """``loss_weight`` x the run's loss on :math:`s^+ - s^-` (the reference's ``loss_w``, see docs)."""
-        return self.loss_weight * super().training_step(model, batch, loss_fn, epoch)
+        out = super().training_step(model, batch, loss_fn, epoch)
+        return StepOutput(self.loss_weight * out.loss, out.terms)
 
     def init_from_train(self, model: nn.Module, data, loss, *, device, resuming: bool = False) -> None:
         if self.init_from and not resuming:
