@@ -1,4 +1,4 @@
-"""``pytest -m badinput --reliability-table FILE``: the table of docs/reliability.md, made from the tests.
+"""``pytest -m badinput --reliability-table docs/reliability.md``: the table of that page, made from the tests.
 
 Every ``badinput`` test's docstring starts with ``<kind> | <input tried> | <what the test checks>``; the
 table lists each test with that text, its number of cases (parametrisations) and how many passed in
@@ -60,4 +60,17 @@ def table(outcomes: dict[str, dict[str, str]]) -> str:
 def pytest_sessionfinish(session) -> None:
     target = session.config.getoption("--reliability-table", None)
     if target and _OUTCOMES and not hasattr(session.config, "workerinput"):
-        Path(target).write_text(table(_OUTCOMES))
+        write_table(Path(target), table(_OUTCOMES))
+
+
+BEGIN, END = "<!-- badinput table: begin -->", "<!-- badinput table: end -->"
+
+
+def write_table(path: Path, text: str) -> None:
+    """Replace the text between the BEGIN/END markers of ``path`` (docs/reliability.md), or write the file."""
+    old = path.read_text() if path.is_file() else ""
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        path.write_text(head + BEGIN + "\n" + text + END + rest.split(END, 1)[1])
+    else:
+        path.write_text(text)
