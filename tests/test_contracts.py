@@ -137,7 +137,8 @@ def test_every_method_trains_and_reloads(name, tmp_path):
     assert cfg.method.name == name
     res = train(cfg, quiet=True)
     assert 0.0 <= res["test_map"] <= 1.0
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()] if cfg.train.epochs else []
     assert len(rows) == cfg.train.epochs and all(np.isfinite(r["train_loss"]) for r in rows)
     again = evaluate_run(tmp_path / "run", splits=("test",))  # best.pt reloaded from config.yaml alone
     assert again["test"]["map"] == pytest.approx(res["test_map"], abs=1e-6)
