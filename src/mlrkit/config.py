@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import yaml
 
 from mlrkit.errors import ConfigError
-from mlrkit.schema import Section, check_params, coerce, setting, suggest, unknown_key
+from mlrkit.schema import Section, check_params, check_range, coerce, setting, suggest, unknown_key
 
 
 class _Loader(yaml.SafeLoader):
@@ -59,7 +59,7 @@ class DataConfig(Section):
     name: str = "scene"
     root: str | None = None
     val_fraction: float = setting(0.2, min=0.0, max=0.9, help="fraction of the official train set held out")
-    split_seed: int = 1200  # Cole et al.
+    split_seed: int = setting(1200, min=0, help="seed of the validation split (Cole et al.'s 1200)")
     val_labels: str = setting("full", choices=("full", "observed"),
                               help="full (Cole's default: clean validation labels) | observed")
     skip_bad_images: bool = False
@@ -76,7 +76,7 @@ class LabelsConfig(Section):
 
     section_name: ClassVar[str] = "labels"
     protocol: str = "full"  # a protocol string, or the path of a `mlrkit prepare` .npz
-    seed: int | None = None  # observation seed; defaults to the run seed
+    seed: int | None = setting(None, min=0, help="observation seed; defaults to the run seed")
 
 
 @dataclass
@@ -141,7 +141,7 @@ class TrainConfig(Section):
     compile: bool | str = setting(False, help="torch.compile the model: true (inductor) or a backend name, e.g. eager")
     checkpoint_every_s: float = setting(60.0, min=0.0, help="write last.pt at most this often (and after the last "
                                                             "epoch); 0 = every epoch")
-    ema: float = setting(0.0, min=0.0, max=1.0, help="EMA decay of the weights (0 = off)")
+    ema: float = setting(0.0, min=0.0, max=1.0, max_open=True, help="EMA decay of the weights (0 = off)")
     grad_clip: float = setting(0.0, min=0.0)
     progress: bool = True
     keep_last: bool = setting(False, help="keep last.pt (optimizer state) after a finished run; deleted otherwise")
@@ -250,7 +250,10 @@ def _parse_core(key: str, v: Any) -> Any:
         if "name" in v:
             out.name = coerce(v["name"], str, f"{key}.name")
         return out
-    return coerce(v, tp, key)
+    value = coerce(v, tp, key)
+    if key == "seed":
+        check_range(value, {"min": 0}, key)
+    return value
 
 
 # ---------------------------------------------------------------------------- ownership

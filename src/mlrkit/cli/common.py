@@ -74,3 +74,73 @@ class LayeredFlags:
         for k, v in merged.items():
             setattr(out, k, v)
         return out
+
+
+class Parser(argparse.ArgumentParser):
+    """The CLI's parser: a usage error is one ``mlrkit: error:`` line (exit status 2), like every other error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"mlrkit: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+# Every numeric command-line option, by its argparse dest: (low, high, low exclusive, high exclusive), None =
+# unbounded. A dest means the same everywhere (a batch size is >= 1 in every command). Options not listed are
+# refused by tests/test_badinput_cli.py, so that a new numeric option cannot skip its range check.
+OPTION_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "seed": (0, None, False, False),
+    "epochs": (0, None, False, False),
+    "batch_size": (1, None, False, False),
+    "batch": (1, None, False, False),
+    "lr": (0, None, True, False),
+    "threshold": (0, 1, False, False),
+    "k": (1, None, False, False),
+    "top_k": (1, None, False, False),
+    "limit": (1, None, False, False),
+    "image_size": (1, None, False, False),
+    "images": (1, None, False, False),
+    "classes": (1, None, False, False),
+    "cache_views": (1, None, False, False),
+    "steps": (1, None, False, False),
+    "max_steps": (1, None, False, False),
+    "eval_every": (0, None, False, False),
+    "heldout_mosaics": (1, None, False, False),
+    "repeats": (1, None, False, False),
+    "threads": (1, None, False, False),
+    "rounds": (0, None, False, False),
+    "per_image": (1, None, False, False),
+    "max_absent": (1, None, False, False),
+    "llm_retries": (0, None, False, False),
+    "text_chunk": (0, None, False, False),
+    "fill": (0, 255, False, False),
+    "tau": (0, None, True, False),
+    "theta": (0, 1, False, False),
+    "delta": (0, 1, False, False),
+    "s": (0, 1, False, False),
+    "alpha": (0, None, True, False),
+    "beta": (0, 1, False, True),
+    "subset_prob": (0, 1, False, False),
+    "p_negated": (0, 1, False, False),
+    "val_fraction": (0, 1, False, True),
+    "weight_decay": (0, None, False, False),
+    "time_limit": (0, None, True, False),
+    "timeout": (0, None, True, False),
+    "llm_timeout": (0, None, True, False),
+}
+
+
+def check_option_ranges(args: argparse.Namespace) -> None:
+    """Every numeric option given is finite and in its :data:`OPTION_RANGES` interval (a ConfigError naming
+    the flag and the value otherwise)."""
+    import math
+
+    from mlrkit.errors import ConfigError
+    from mlrkit.schema import check_range
+
+    for dest, value in vars(args).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if not math.isfinite(value):
+            raise ConfigError(f"{flag} must be a finite number, got {value!r}")
+        low, high, lo_open, hi_open = OPTION_RANGES.get(dest, (None, None, False, False))
+        check_range(value, {"min": low, "max": high, "min_open": lo_open, "max_open": hi_open}, flag)

@@ -16,6 +16,7 @@ from mlrkit.config import RunConfig
 from mlrkit.data import Split
 from mlrkit.engine.build import BuiltRun, build_for_task, resolve_device, score_split
 from mlrkit.engine.checkpoint import load_checkpoint, load_trainable_state
+from mlrkit.engine.rundir import config_diff, saved_config
 from mlrkit.errors import DataError, MlrkitError
 from mlrkit.methods import TaskInfo
 from mlrkit.metrics import MultiLabelMeter, f1_scores, hamming_loss, jaccard_index
@@ -79,13 +80,17 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise MlrkitError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = RunConfig.load(run_dir / "config.yaml")
+    cfg = saved_config(run_dir, resuming=False)
     ck = load_checkpoint(run_dir / f"{which}.pt")
+    diff = config_diff(ck.get("config") or {}, cfg.to_dict(), ("out", "train.epochs"))
+    if diff:
+        raise MlrkitError(f"{run_dir / f'{which}.pt'} was not trained with {run_dir / 'config.yaml'} "
+                          f"({'; '.join(diff[:3])}): a checkpoint of another run?")
     t = ck["task"]
     task = TaskInfo(class_names=t["class_names"], input_kind=t["input_kind"], feature_dim=t["feature_dim"],
                     image_size=t["image_size"], extras=t.get("extras", {}))
     built = build_for_task(cfg, task)
-    load_trainable_state(built.model, ck["model"])
+    load_trainable_state(built.model, ck["model"], run_dir / f"{which}.pt")
     from mlrkit.engine.distributed import current
 
     dev = resolve_device(device)
@@ -127,6 +132,8 @@ def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "
     data = prepare_run_data(run.cfg)
     cal = run.calibration
     th = cal.threshold_array(threshold)
+    # what the Trainer does before scoring: e.g. frozen-backbone features of a linear probe on images
+    run.built.method.prepare_data(data, device=run.device, progress=False)
     out: dict[str, dict] = {}
     test_scores = None
     for name in splits:
@@ -160,28 +167,23 @@ def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "
 
 def read_feature_inputs(paths: list[str | Path], dim: int) -> tuple[np.ndarray, list[str]]:
     """Feature rows from .npy ([N, D] or [D]), .npz (X, X_test or the only array) or .csv (one row each)."""
+    import zipfile
+
     rows, ids = [], []
     for p in map(Path, paths):
+        if p.is_dir():
+            raise DataError(f"input {p} is a directory; give feature files (.npy, .npz, .csv)")
         if not p.is_file():
             raise DataError(f"input not found: {p}")
-        if p.suffix == ".npy":
-            x = np.load(p, allow_pickle=False)
-        elif p.suffix == ".npz":
-            with np.load(p, allow_pickle=False) as z:
-                key = next((k for k in ("X", "X_test", "features") if k in z.files), None)
-                if key is None and len(z.files) == 1:
-                    key = z.files[0]
-                if key is None:
-                    raise DataError(f"{p}: expected an array named X, X_test or features, found {z.files}")
-                x = z[key]
-        elif p.suffix == ".csv":
-            try:
-                x = np.loadtxt(p, delimiter=",", ndmin=2, dtype=np.float64)
-            except ValueError as e:
-                raise DataError(f"{p}: {e}") from None
-        else:
+        if p.suffix not in (".npy", ".npz", ".csv"):
             raise DataError(f"{p}: unsupported input type {p.suffix!r} for a features model (.npy, .npz, .csv)")
-        x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+        try:
+            x = _read_feature_file(p)
+            x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+        except DataError:
+            raise
+        except (ValueError, TypeError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            raise DataError(f"{p}: not a readable numeric feature file ({str(e).splitlines()[0][:200]})") from None
         if x.ndim != 2 or x.shape[1] != dim:
             raise DataError(f"{p}: features must be [N, {dim}], got {x.shape}")
         if not np.isfinite(x).all():
@@ -190,6 +192,22 @@ def read_feature_inputs(paths: list[str | Path], dim: int) -> tuple[np.ndarray, 
         rows.append(x)
         ids += [f"{p.name}#{i}" for i in range(len(x))] if len(x) > 1 else [p.name]
     return np.concatenate(rows), ids
+
+
+def _read_feature_file(p: Path) -> np.ndarray:
+    if p.suffix == ".npy":
+        return np.load(p, allow_pickle=False)
+    if p.suffix == ".npz":
+        with np.load(p, allow_pickle=False) as z:
+            key = next((k for k in ("X", "X_test", "features") if k in z.files), None)
+            if key is None and len(z.files) == 1:
+                key = z.files[0]
+            if key is None:
+                raise DataError(f"{p}: expected an array named X, X_test or features, found {z.files}")
+            return z[key]
+    return np.loadtxt(p, delimiter=",", ndmin=2, dtype=np.float64)
+
+
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")

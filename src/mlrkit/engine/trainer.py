@@ -3,7 +3,7 @@
 Run directory (DESIGN.md): ``config.yaml``, ``run.json`` (with ``warnings``), ``console.log``
 (everything the run printed), ``metrics.jsonl`` (one line per epoch), ``best.pt`` (the best
 epoch's weights only), ``last.pt`` (weights + optimizer state for ``--resume``; deleted when the
-run finishes unless ``train.keep_last``), ``calibration.json`` (temperature and per-class
+run finishes unless ``train.keep_last``), ``calibration.json`` (temperature, shift and per-class
 thresholds fitted on validation, :mod:`mlrkit.calibration`), ``results.json`` and ``plots/``.
 
 Conventions: epochs are counted from 1 everywhere (console, ``metrics.jsonl``, ``best_epoch``;
@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -43,17 +44,19 @@ from mlrkit.engine.build import (  # noqa: F401 - re-exported: build_run_loss, p
     score_split,
 )
 from mlrkit.engine.checkpoint import load_checkpoint, load_trainable_state, save_checkpoint, trainable_state_dict
+from mlrkit.engine.checks import check_observed, check_training_plan
 from mlrkit.engine.console import ConsoleLog, console_write
 from mlrkit.engine.devices import autocast_dtype, resolve_device, wants_channels_last
 from mlrkit.engine.loaders import make_loader
 from mlrkit.engine.optim import EMA, build_optimizer, build_scheduler, param_groups
 from mlrkit.engine.reports import grouped_report
 from mlrkit.engine.run_data import RunData, prepare_run_data, task_info
+from mlrkit.engine.rundir import RUN_FILES, RunLock, check_out_path, config_diff, saved_config
 from mlrkit.errors import MlrkitError
 from mlrkit.methods import build_method
 from mlrkit.metrics import MultiLabelMeter, f1_scores, hamming_loss, jaccard_index, map_report
 from mlrkit.progress import progress as progress_bar
-from mlrkit.utils import derive_seed, seed_everything, write_json
+from mlrkit.utils import atomic_write, derive_seed, seed_everything, write_json
 
 log = logging.getLogger("mlrkit")
 
@@ -67,12 +70,17 @@ FINITE_CHECK_EVERY = 50
 class Trainer:
     """Runs one configuration end to end in ``cfg.out``."""
 
-    def __init__(self, cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> None:
+    def __init__(self, cfg: RunConfig, *, resume: bool = False, quiet: bool = False, extend: bool = False) -> None:
         if not cfg.out:
             raise MlrkitError("no output directory: pass --out RUN_DIR")
+        if extend and not resume:
+            raise MlrkitError("extending train.epochs applies to --resume only")
+        check_training_plan(cfg)  # epochs and loss vs method: before anything is touched or set up
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.resume = resume
+        self.extend = extend
+        self.lock: RunLock | None = None
         # a bar on a terminal, periodic lines with rate and ETA elsewhere (batch logs): mlrkit.progress
         self.progress = cfg.train.progress and not quiet
         self.env = ddp.init_distributed(cfg.train.device)
@@ -88,12 +96,16 @@ class Trainer:
         seed_everything(cfg.seed)
         t0 = time.perf_counter()
         self.data: RunData = prepare_run_data(cfg)
+        check_observed(self.data.observed_train, cfg.labels.protocol, cfg.train.epochs > 0)
         self.timings: dict[str, float] = {"data_s": time.perf_counter() - t0}
         method = build_method(cfg)
+        if method.input_kind == "images" and self.data.train.images is None:
+            raise MlrkitError(f"method {cfg.method.name!r} trains on images; dataset {self.data.dataset.name!r} has "
+                              "features only (use a method on features: linear, mlp)")
         t0 = time.perf_counter()
         method.prepare_data(self.data, device=self.device, progress=self.progress)
         self.timings["prepare_data_s"] = time.perf_counter() - t0
-        self.checks = method.check_data(self.data.class_names)
+        self.checks = method.check_data(self.data.class_names)  # e.g. the VL-vocabulary check
         task = task_info(cfg, self.data, method.input_kind)
         self.built = build_for_task(cfg, task, method)
         self.method, self.model = self.built.method, self.built.model
@@ -115,7 +127,7 @@ class Trainer:
         self.cft = parse_cft(cfg.extra.get("cft"))  # cft: category-wise fine-tuning after training (None: off)
         if self.cft is not None:
             classifier_of(self.model)  # a head CFT can tune, checked before training
-        resuming = self.resume and (self.out / "last.pt").exists()
+        resuming = self.resume and (self.out / "last.pt").exists()  # checked by _claim before any setup
         self.method.init_from_train(self.model, self.data, self.loss, device=self.device, resuming=resuming)
         self._eval_loaders: dict[tuple[int, int], Any] = {}
         self.train_loader = make_loader(self.method, self.data.train, self.data.observed_train, tc.batch_size,
@@ -145,12 +157,6 @@ class Trainer:
             self.model.compile(backend=backend)
 
     # ------------------------------------------------------------------ state
-    def _best_checkpoint(self, epoch: int, best_map: float, best_epoch: int) -> dict[str, Any]:
-        """``best.pt``: what predicting needs (weights, EMA weights, task, config), no optimizer state."""
-        ck = self._checkpoint(epoch, best_map, best_epoch)
-        return {**{k: v for k, v in ck.items() if k not in ("optimizer", "scheduler", "loss", "scaler")},
-                "kind": "best"}
-
     def _checkpoint(self, epoch: int, best_map: float, best_epoch: int) -> dict[str, Any]:
         return {
             "format": "mlrkit-checkpoint-1",
@@ -171,7 +177,7 @@ class Trainer:
     def _restore(self, ck: dict[str, Any]) -> tuple[int, float, int]:
         if ck.get("observed_sha256") != self.data.observed.sha256:
             raise MlrkitError("cannot resume: the observed labels differ from the checkpoint's")
-        load_trainable_state(self.model, ck["model"])
+        load_trainable_state(self.model, ck["model"], self.out / "last.pt")
         self.optimizer.load_state_dict(ck["optimizer"])
         if self.scheduler is not None and ck["scheduler"] is not None:
             self.scheduler.load_state_dict(ck["scheduler"])
@@ -184,28 +190,47 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
-        cfg = self.cfg
-        main = self.env.is_main
-        last = self.out / "last.pt"
-        if not self.resume and (last.exists() or (self.out / "results.json").exists()):
-            raise MlrkitError(f"{self.out} already holds a run; use --resume to continue it or another --out")
-        if self.resume:
-            saved = self.out / "config.yaml"
-            if saved.exists() and {**RunConfig.load(saved).to_dict(), "out": None} != {**cfg.to_dict(), "out": None}:
-                raise MlrkitError(f"--resume: the configuration differs from {saved}")
-            if not last.exists() and (self.out / "results.json").exists():
-                log.info("%s is finished (results.json; last.pt was removed at the end): nothing to resume", self.out)
-                return json.loads((self.out / "results.json").read_text())
-        self.env.barrier()  # every rank has checked the directory before rank 0 writes into it
-        if main:
-            self.out.mkdir(parents=True, exist_ok=True)
+        """Claim ``cfg.out`` (lock, checks, ``config.yaml``), train, test; the lock is released at the end."""
+        finished = self._finished_results()
+        if finished is not None:
+            return finished
         threads_before = torch.get_num_threads()
+        claimed = False
         try:
-            with ConsoleLog(self.out / "console.log" if main else None):
-                return self._fit(main, last)
-        finally:  # the thread policy applies to this run only, not to the caller's process
-            if torch.get_num_threads() != threads_before:
+            ck = self._claim()
+            claimed = True
+            with ConsoleLog(self.out / "console.log" if self.env.is_main else None):
+                return self._fit(ck)
+        except MlrkitError:
+            if claimed and not self.resume and self.env.is_main and not (self.out / "last.pt").exists():
+                # refused input found during setup: leave no half-made run behind (a killed setup keeps its
+                # config.yaml, so that --resume can continue it)
+                for name in ("config.yaml", "observed_labels.npz", "run.json"):
+                    (self.out / name).unlink(missing_ok=True)
+            raise
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
+            if torch.get_num_threads() != threads_before:  # the thread policy applies to this run only
                 torch.set_num_threads(threads_before)
+
+    def _finished_results(self) -> dict[str, Any] | None:
+        """``--resume`` of a finished run whose ``last.pt`` was removed at the end: its results (nothing to do)."""
+        out = self.out
+        if not (self.resume and (out / "results.json").is_file() and (out / "config.yaml").is_file()
+                and not (out / "last.pt").exists()):
+            return None
+        saved = saved_config(out)
+        if saved.train.epochs != self.cfg.train.epochs and self.extend:
+            raise MlrkitError(f"--resume --epochs: {out} is finished and its last.pt (optimizer state) was removed at "
+                              "the end (train.keep_last: false); it cannot be extended. Train it with --set "
+                              "train.keep_last=true to extend it later")
+        diff = config_diff(saved.to_dict(), self.cfg.to_dict(), ("out",))
+        if diff:
+            raise MlrkitError(f"--resume: the configuration differs from {out / 'config.yaml'} ({'; '.join(diff[:4])})")
+        log.info("%s is finished (results.json; last.pt was removed at the end): nothing to resume", out)
+        return json.loads((out / "results.json").read_text())
 
     def _say(self, message: str) -> None:
         """A console line of the run (also kept in console.log, even when quiet)."""
@@ -213,22 +238,78 @@ class Trainer:
             tqdm.write(message)
         console_write(message)
 
-    def _fit(self, main: bool, last: Path) -> dict[str, Any]:
+    def _claim(self) -> dict[str, Any] | None:
+        """Check the run directory, lock it (rank 0) and save ``config.yaml`` before any long setup.
+
+        Returns the checkpoint to resume from (rank 0; ``None`` elsewhere and on a fresh start).
+        """
+        cfg, out, main = self.cfg, self.out, self.env.is_main
+        check_out_path(out)
+        if self.resume and not out.is_dir():
+            raise MlrkitError(f"--resume: {out} does not exist; to start a new run there, drop --resume")
+        ck, error = None, None
+        if main:
+            try:
+                self.lock = RunLock(out).acquire()
+                if self.lock.stale:
+                    log.warning("mlrkit: warning: %s", self.lock.stale)
+                ck = self._check_directory()
+                cfg.save(out / "config.yaml")  # before data, features and models: a killed setup can be resumed
+            except MlrkitError as e:
+                error = str(e)
+        error = ddp.broadcast_object(error, self.env)  # every rank stops with rank 0's verdict on the directory
+        if error is not None:
+            raise MlrkitError(error)
+        return ck
+
+    def _check_directory(self) -> dict[str, Any] | None:
+        cfg, out = self.cfg, self.out
+        if not self.resume:
+            held = [n for n in RUN_FILES if (out / n).exists()]
+            if held:
+                raise MlrkitError(f"{out} already holds a run ({', '.join(held)}); continue it with --resume "
+                                  "or choose another --out")
+            return None
+        ignore = ("out", "train.epochs") if self.extend else ("out",)
+        diff = config_diff(saved_config(out).to_dict(), cfg.to_dict(), ignore)
+        if diff:
+            raise MlrkitError(f"--resume: the configuration differs from {out / 'config.yaml'} ({'; '.join(diff[:4])})")
+        last = out / "last.pt"
+        if not last.exists():
+            return None  # set up (config.yaml) but never checkpointed: starts from the first epoch
+        ck = load_checkpoint(last)
+        diff = config_diff(ck.get("config") or {}, cfg.to_dict(), ("out", "train.epochs"))
+        if diff:
+            raise MlrkitError(f"--resume: {out / 'config.yaml'} no longer matches the configuration {last} was "
+                              f"trained with ({'; '.join(diff[:4])}); restore it, or train the new configuration "
+                              "in another --out")
+        done = int(ck.get("epoch", 0))
+        if done > cfg.train.epochs:
+            raise MlrkitError(f"--resume: {last} has {done} epochs done, more than train.epochs={cfg.train.epochs}")
+        if self.extend and cfg.train.epochs != ck["config"]["train"]["epochs"] and cfg.train.scheduler == "onecycle":
+            raise MlrkitError("--epochs with --resume: train.scheduler=onecycle has a fixed length and cannot be "
+                              "extended")
+        return ck
+
+    def _fit(self, ck: dict[str, Any] | None) -> dict[str, Any]:
         cfg = self.cfg
+        main = self.env.is_main
+        last = self.out / "last.pt"
         from mlrkit.engine.tracking import Trackers
 
         self.trackers = Trackers(cfg, self.out, enabled=main)
         self._setup()
         if main:
-            cfg.save(self.out / "config.yaml")
             self.data.observed.save(self.out / "observed_labels.npz")
         start, best_map, best_epoch = 0, -1.0, 0
-        if self.resume and last.exists():
+        if self.resume and ddp.broadcast_object(ck is not None if main else None, self.env):
             # every rank restores rank 0's reading of last.pt (never two different files)
-            ck = ddp.broadcast_object(load_checkpoint(last) if main else None, self.env)
+            ck = ddp.broadcast_object(ck if main else None, self.env)
             start, best_map, best_epoch = self._restore(ck)
             log.info("resuming %s after epoch %d", self.out, start)
         run_info = self._run_info()
+        if self.lock is not None and self.lock.stale:
+            run_info["stale_lock"] = self.lock.stale
         run_info["method_info"] = self.method.run_info()
         run_info["warnings"] = list(getattr(self.method, "warnings", []))
         run_info.update(self.checks)
@@ -260,6 +341,13 @@ class Trainer:
                 if terms:  # the method's named extra terms (StepOutput.terms), epoch means
                     row["terms"] = terms
                 if main:
+                    # the row first, then last.pt: a kill between them leaves a row ahead of last.pt, which the
+                    # resume drops and recomputes (_truncate_metrics); the other order would lose the row
+                    with open(self.out / "metrics.jsonl", "a") as fh:
+                        fh.write(json.dumps(row) + "\n")
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                    self.trackers.log_epoch(row)
                     due = epoch + 1 == cfg.train.epochs or interval <= 0 or time.monotonic() - last_write >= interval
                     ck = self._checkpoint(epoch + 1, best_map, best_epoch)
                     if not due:
@@ -271,9 +359,6 @@ class Trainer:
                         self._write_checkpoints(pending, pending_best)
                         pending = pending_best = None
                         last_write = time.monotonic()
-                    with open(self.out / "metrics.jsonl", "a") as fh:
-                        fh.write(json.dumps(row) + "\n")
-                    self.trackers.log_epoch(row)
                 self.env.barrier()
                 self._say(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {train_loss:.4f}  val mAP {100 * val_map:.2f}%"
                           f"  best {100 * best_map:.2f}% (epoch {best_epoch})")
@@ -284,7 +369,7 @@ class Trainer:
         if cfg.train.epochs == 0:
             best_map, best_epoch = self._validate(), 0
             if main:
-                save_checkpoint(self.out / "best.pt", self._best_checkpoint(0, best_map, best_epoch))
+                self._write_checkpoints(None, self._checkpoint(0, best_map, best_epoch))
             self.env.barrier()
         self.timings["train_s"] = time.perf_counter() - t_train
         if epoch_times:
@@ -310,13 +395,15 @@ class Trainer:
         self.env.barrier()
         return results
 
-    def _write_checkpoints(self, last_ck: dict[str, Any], best_ck: dict[str, Any] | None) -> None:
+    def _write_checkpoints(self, last_ck: dict[str, Any] | None, best_ck: dict[str, Any] | None) -> None:
         """best.pt first (when a new best is unwritten), then last.pt: last.pt never names a best epoch
         whose best.pt is missing."""
-        if best_ck is not None:  # weights only: optimizer/scheduler/loss state lives in last.pt alone
+        if best_ck is not None:
+            # weights only: the optimizer/scheduler/loss state lives in last.pt alone
             weights = {k: v for k, v in best_ck.items() if k not in ("optimizer", "scheduler", "loss", "scaler")}
             save_checkpoint(self.out / "best.pt", {**weights, "kind": "best"})
-        save_checkpoint(self.out / "last.pt", {**last_ck, "kind": "last"})
+        if last_ck is not None:
+            save_checkpoint(self.out / "last.pt", {**last_ck, "kind": "last"})
 
     def _train_epoch(self, epoch: int) -> tuple[float, dict[str, float]]:
         """One epoch; returns the mean training loss and the means of the method's extra terms."""
@@ -415,7 +502,7 @@ class Trainer:
                    extra_results: dict[str, Any] | None = None) -> dict[str, Any]:
         best = self.out / "best.pt"
         ck = load_checkpoint(best)
-        load_trainable_state(self.model, ck["model"])
+        load_trainable_state(self.model, ck["model"], best)
         if self.ema is not None and ck.get("ema"):
             self.ema.load_state_dict(ck["ema"])
         with self._eval_model():
@@ -450,11 +537,11 @@ class Trainer:
             "n_classes_scored": extra["n_classes_scored"],
             "n_classes_skipped": extra["n_classes_skipped"],
             "test_metrics": {k: v for k, v in extra.items() if k not in ("map", "unscored_classes")},
+            "calibration": {"temperature": cal.temperature, "bias": cal.bias, "thresholds": cal.policy,
+                            "ece": cal.ece},
             "test_per_class": per_class,
             "unscored_classes": extra["unscored_classes"],
             "test_known_fraction": 1.0 if test.known is None else float(test.known.mean()),
-            "calibration": {"temperature": cal.temperature, "bias": cal.bias, "thresholds": cal.policy,
-                            "ece": cal.ece},
             "observed_sha256": self.data.observed.sha256,
             "dataset": self.data.dataset.name,
             "method": self.cfg.method.name,
@@ -472,7 +559,7 @@ class Trainer:
         return results
 
     def _calibrate(self, val_scores: np.ndarray, test_scores: np.ndarray):
-        """Temperature and per-class thresholds on validation (mlrkit.calibration); ECE on val and test."""
+        """Temperature, shift and per-class thresholds on validation (mlrkit.calibration); ECE on val and test."""
         from mlrkit.calibration import SATURATED_SHARE, calibrate, link_logits, sigmoid
         from mlrkit.metrics import expected_calibration_error
 
@@ -489,26 +576,33 @@ class Trainer:
         if cal.saturated_share > SATURATED_SHARE:
             self.method.warn(f"raw scores saturate: {100 * cal.saturated_share:.0f}% of the validation scores are "
                              f"above 0.99 or below 0.01; temperature scaling (T = {cal.temperature:.3g}, "
-                             f"b = {cal.bias:.3g}) and "
-                             "per-class thresholds fitted on validation are applied by evaluate and predict")
+                             f"b = {cal.bias:.3g}) and per-class thresholds fitted on validation are applied by "
+                             "evaluate and predict")
         if cal.fallback_classes:
             self.method.warn(f"{len(cal.fallback_classes)} classes have no validation positive and keep the global "
                              f"threshold {cal.global_threshold}: {', '.join(cal.fallback_classes[:10])}")
         if self.env.is_main:
             cal.save(self.out)
         self._say(f"calibration on validation: T = {cal.temperature:.3g}, b = {cal.bias:.3g}, "
-                  f"ECE {100 * cal.ece['val_before']:.2f}% -> "
-                  f"{100 * cal.ece['val_after']:.2f}% (test {100 * cal.ece['test_before']:.2f}% -> "
-                  f"{100 * cal.ece['test_after']:.2f}%), thresholds: {cal.policy}")
+                  f"ECE {100 * cal.ece['val_before']:.2f}% -> {100 * cal.ece['val_after']:.2f}% "
+                  f"(test {100 * cal.ece['test_before']:.2f}% -> {100 * cal.ece['test_after']:.2f}%), "
+                  f"thresholds: {cal.policy}")
         return cal
 
     def _truncate_metrics(self, start: int) -> None:
         path = self.out / "metrics.jsonl"
         if not path.exists():
             return
-        rows = [line for line in path.read_text().splitlines() if line.strip()]
-        keep = [r for r in rows if json.loads(r)["epoch"] <= start]  # epochs count from 1
-        path.write_text("".join(r + "\n" for r in keep))
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:  # a row cut short by a kill: its epoch is recomputed
+                continue
+            if isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] <= start:  # counted from 1
+                keep.append(line)
+        with atomic_write(path) as tmp:
+            tmp.write_text("".join(r + "\n" for r in keep))
 
     def _run_info(self) -> dict[str, Any]:
         d = self.data
@@ -575,6 +669,10 @@ class _EMASwap:
         self.model.load_state_dict({**self.model.state_dict(), **self.backup})
 
 
-def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Train ``cfg`` in ``cfg.out``; returns ``results.json``'s content."""
-    return Trainer(cfg, resume=resume, quiet=quiet).fit()
+def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False, extend: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` in ``cfg.out``; returns ``results.json``'s content.
+
+    ``resume`` continues the run in ``cfg.out`` exactly (its saved configuration must equal ``cfg``);
+    ``extend`` (with ``resume``) allows ``cfg.train.epochs`` to differ: more epochs than were done.
+    """
+    return Trainer(cfg, resume=resume, quiet=quiet, extend=extend).fit()

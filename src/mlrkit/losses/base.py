@@ -67,6 +67,8 @@ class MultiLabelLoss(nn.Module):
     #: whether the trainer scores the whole training split after every epoch and passes the logits
     #: to :meth:`update_pseudo_labels` (pseudo-labelling losses such as EM+APL)
     needs_epoch_scores: bool = False
+    #: trains on pseudo-labels that a method sets (``vlpl``): only with a method that ``makes_pseudo_labels``
+    needs_pseudo_labels: bool = False
     #: whether each entry's loss depends only on that entry's logit and label (no batch-level
     #: selection, no per-row normalisation): MixUp-PME may then mix per-entry losses (mlrkit.engine.mixing)
     entrywise: bool = False

@@ -76,6 +76,10 @@ class Method:
     uses_model: ClassVar[bool] = False
     #: whether the method uses the ``vl`` section's vision-language model (the section is the run's: always allowed)
     uses_vl: ClassVar[bool] = False
+    #: False for a method that trains nothing (``zeroshot``): it runs with ``train.epochs: 0``, and only it may
+    trains: bool = True
+    #: True for a method that gives its loss pseudo-labels (losses with ``needs_pseudo_labels`` require one)
+    makes_pseudo_labels: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -208,6 +212,12 @@ def register_all() -> None:
     from mlrkit.registry import import_modules
 
     import_modules("mlrkit.methods", METHOD_MODULES, skip=("base",))
+
+
+def method_class(name: str) -> type[Method]:
+    """The registered class of method ``name`` (every method module imported first)."""
+    register_all()
+    return METHODS.get(name)
 
 
 def build_method(cfg) -> Method:
