@@ -305,7 +305,7 @@ def test_kill_between_last_pt_and_metrics_row_loses_nothing(tmp_path, monkeypatc
     def rows(d):
         return [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
 
-    assert [r["epoch"] for r in rows(tmp_path / "k")] == [0, 1, 2, 3, 4]
+    assert [r["epoch"] for r in rows(tmp_path / "k")] == [1, 2, 3, 4, 5]  # epochs count from 1
     assert [r["val_map"] for r in rows(tmp_path / "k")] == [r["val_map"] for r in rows(tmp_path / "s")]
 
 
@@ -315,13 +315,13 @@ def test_row_cut_short_by_a_kill_is_recomputed(tmp_path):
     from mlrkit.engine.trainer import train
 
     c = build_config(flags={"out": str(tmp_path / "r"), "data": {"name": "scene"}, "method": {"name": "linear"},
-                            "train": {"epochs": 2, "batch_size": 64}})
+                            "train": {"epochs": 2, "batch_size": 64, "keep_last": True}})
     train(c, quiet=True)
     (tmp_path / "r" / "results.json").unlink()
     with open(tmp_path / "r" / "metrics.jsonl", "a") as fh:
         fh.write('{"epoch": 2, "train_lo')  # a kill in the middle of a write
     train(c, resume=True, quiet=True)
-    assert [json.loads(x)["epoch"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
 # ---------------------------------------------------------------------------- LLM client deadline

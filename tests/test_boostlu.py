@@ -386,7 +386,7 @@ def test_ll_cp_differs_from_ll_ct_in_a_training_run(tmp_path):
     for name in ("ll_ct", "ll_cp"):
         cfg = _tiny_cfg(tmp_path, name, loss={"name": name, "delta_rel": 0.02},
                         data={"limit_train": 80, "options": {"limit_test": 16}},
-                        boostlu={"train": True, "infer": True}, train={"epochs": 3})
+                        boostlu={"train": True, "infer": True}, train={"epochs": 3, "keep_last": True})
         train(cfg, quiet=True)
         losses[name] = [json.loads(line)["train_loss"] for line in (tmp_path / name / "metrics.jsonl").open()]
     # same rate: epoch 0 selects nothing, epoch 1 the same entries (LL-Cp only records them) ...
