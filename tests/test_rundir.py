@@ -105,7 +105,7 @@ def test_half_set_up_run_resumes_to_the_same_results(finished, tmp_path, capsys)
         assert "interrupted" in capsys.readouterr().err
     finally:
         trainer.prepare_run_data = real
-    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.yaml"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.yaml", "console.log"]  # + what it printed
     assert train_cli(run) == 2
     err = one_line_error(capsys)
     assert "already holds a run (config.yaml)" in err and "--resume" in err

@@ -205,7 +205,7 @@ class Trainer:
             if claimed and not self.resume and self.env.is_main and not (self.out / "last.pt").exists():
                 # refused input found during setup: leave no half-made run behind (a killed setup keeps its
                 # config.yaml, so that --resume can continue it)
-                for name in ("config.yaml", "observed_labels.npz", "run.json"):
+                for name in ("config.yaml", "observed_labels.npz", "run.json", "console.log"):
                     (self.out / name).unlink(missing_ok=True)
             raise
         finally:
