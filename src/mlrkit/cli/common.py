@@ -17,3 +17,9 @@ def add_command(sub, name: str, help: str, example: str, handler: Handler) -> ar
     p = sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}", formatter_class=Formatter)
     p.set_defaults(handler=handler)
     return p
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device`` for a command that runs a model (default ``auto``; :func:`mlrkit.engine.devices.resolve_device`)."""
+    parser.add_argument("--device", default="auto",
+                        help="auto (the accelerator when present, else the CPU), cpu, cuda or cuda:N")

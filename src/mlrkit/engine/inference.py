@@ -77,13 +77,14 @@ def evaluate_grouped(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"), threshold: float = 0.5,
-                        k: int = 3, *, grouped: bool = True) -> tuple[dict[str, dict], dict | None]:
+                        k: int = 3, *, grouped: bool = True,
+                        device: str = "auto") -> tuple[dict[str, dict], dict | None]:
     """:func:`evaluate_run`'s metrics and the grouped test mAP (:mod:`mlrkit.engine.reports`; None when
-    off), from one load of the run and its data."""
+    off), from one load of the run (on ``device``) and its data."""
     from mlrkit.engine.reports import grouped_report
     from mlrkit.engine.run_data import prepare_run_data
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, device=device)
     if not splits and (not grouped or run.built.method.report_groups() == 0):
         return {}, None
     data = prepare_run_data(run.cfg)
