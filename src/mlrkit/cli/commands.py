@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlrkit.cli.common import add_command, add_device_argument
+from mlrkit.cli.common import add_command, add_device_argument, command_device
 
 
 def register(sub) -> None:
@@ -511,7 +511,7 @@ def cmd_vl_pretrain(args: argparse.Namespace) -> int:
     model, config, result, history = pretrain_mosaic_clip(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         time_limit_s=None if args.time_limit is None else 60 * args.time_limit,
-        eval_every=args.eval_every, device=str(_command_device(args)), init=args.init, subset_prob=args.subset_prob,
+        eval_every=args.eval_every, device=str(command_device(args)), init=args.init, subset_prob=args.subset_prob,
         multi_positive=args.multi_positive, heldout_source=args.heldout_source,
         heldout_mosaics_count=args.heldout_mosaics)
     from mlrkit.vl.pretraining import BUILTIN_TRAINED_ON, HELDOUT_TRAINED_ON
@@ -541,7 +541,7 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
     split: Split = ds.trainval if args.split == "trainval" else ds.test
     if split.images is None:
         raise MlrkitError(f"dataset {ds.name!r} has no images: pseudo-labels need a VL image encoder")
-    device = _command_device(args)
+    device = command_device(args)
     labels = compute_vl_pseudo_labels(load_frozen(args.vl_model, seed=args.seed, device=device), split.images,
                                       ds.class_names, templates=templates, tau=args.tau, theta=args.theta,
                                       delta=args.delta, store=FeatureStore(), seed=args.seed, device=device,
@@ -577,7 +577,7 @@ def cmd_extract_features(args: argparse.Namespace) -> int:
         from mlrkit.vl import load_frozen
         from mlrkit.vl.features import vl_image_features
 
-        device = _command_device(args)
+        device = command_device(args)
         model = load_frozen(args.vl_model, seed=args.seed, device=device)
         for name, split in splits.items():
             out[name] = vl_image_features(model, split.images, image_size=args.image_size, dense=args.dense,
@@ -590,7 +590,7 @@ def cmd_extract_features(args: argparse.Namespace) -> int:
                  "data": {"image_size": args.image_size} if args.image_size else {},
                  "train": {"batch_size": args.batch_size}}
         cfg = build_config(flags=flags, sets=args.set)
-        frozen_features(cfg, splits, device=_command_device(args))
+        frozen_features(cfg, splits, device=command_device(args))
         out = {name: split.features for name, split in splits.items()}
     for name, arr in out.items():
         print(f"{name}: {tuple(arr.shape)} features cached under {store.root}")
@@ -649,7 +649,7 @@ def cmd_analyze_prompts(args: argparse.Namespace) -> int:
         from mlrkit.data import load_dataset
 
         names = load_dataset(args.dataset, args.root).class_names
-    vl = load(args.vl_model, seed=args.seed, device=_command_device(args))
+    vl = load(args.vl_model, seed=args.seed, device=command_device(args))
     rep = prompt_similarity(vl, names, positive=args.positive, negative=args.negative, reference=args.reference)
     rep["dataset"] = args.dataset
     print(format_report(rep))
@@ -695,7 +695,7 @@ def cmd_analyze_prior(args: argparse.Namespace) -> int:
         from mlrkit.data import load_dataset
 
         names = load_dataset(args.dataset, args.root).class_names
-    vl = load_frozen(args.vl_model, seed=args.seed, device=_command_device(args))
+    vl = load_frozen(args.vl_model, seed=args.seed, device=command_device(args))
     prior, rep = prior_report(vl, names, k=args.k, s=args.s, tau=args.tau, template=args.template, seed=args.seed)
     rep["dataset"] = args.dataset
     title = f"{args.vl_model} on {args.dataset}: A* (K={rep['k']}, s={args.s}, tau'={args.tau})"
@@ -716,14 +716,3 @@ def cmd_vl_export(args: argparse.Namespace) -> int:
                       "phases": len(meta["phases"])}))
     return 0
 
-
-def _command_device(args: argparse.Namespace):
-    """The device of a command that runs a model (``--device``, default auto); sets the thread policy
-    for large models (the usable CPUs) when it runs on the CPU."""
-    from mlrkit.engine.devices import resolve_device
-    from mlrkit.engine.threads import default_threads
-
-    dev = resolve_device(getattr(args, "device", "auto"))
-    if dev.type == "cpu":
-        default_threads()
-    return dev

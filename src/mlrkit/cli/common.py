@@ -23,3 +23,16 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     """``--device`` for a command that runs a model (default ``auto``; :func:`mlrkit.engine.devices.resolve_device`)."""
     parser.add_argument("--device", default="auto",
                         help="auto (the accelerator when present, else the CPU), cpu, cuda or cuda:N")
+
+
+def command_device(args: argparse.Namespace):
+    """The device of a command that runs a model (``--device``, default auto: the accelerator when
+    present); on the CPU it also applies the thread policy for large models (the usable CPUs), unless
+    the command was given ``--threads``."""
+    from mlrkit.engine.devices import resolve_device
+    from mlrkit.engine.threads import default_threads
+
+    dev = resolve_device(getattr(args, "device", "auto"))
+    if dev.type == "cpu" and not getattr(args, "threads", None):
+        default_threads()
+    return dev

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlrkit.cli.common import add_command, add_device_argument
+from mlrkit.cli.common import add_command, add_device_argument, command_device
 from mlrkit.errors import ConfigError, MlrkitError
 
 
@@ -344,7 +344,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                          train_logit_scale=bool(args.train_logit_scale), multi_positive=bool(args.multi_positive),
                          max_steps=args.max_steps,
                          time_limit_s=None if args.time_limit is None else 60 * float(args.time_limit))
-    model = load(args.vl_model, seed=args.seed, device=_device(args))
+    model = load(args.vl_model, seed=args.seed, device=command_device(args))
     result = finetune_negation(model, rows, sp.images, sp.ids, cfg, progress=not args.quiet, targets=sp.targets,
                                class_names=ds.class_names)
     path = save_finetuned(model, args.out, result, source_spec=args.vl_model, captions=str(args.captions),
@@ -438,7 +438,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
                                "region_mode": mode, "models": {}}
     loader = _image_loader(header, args, ds) if items is not None else None
     for spec in args.vl_model:
-        model = load(spec, seed=args.seed, device=_device(args)).eval()
+        model = load(spec, seed=args.seed, device=command_device(args)).eval()
         res: dict[str, Any] = {}
         if items is not None and loader is not None:
             res["referring"] = bench.evaluate_referring(model, items, loader, mode=mode, fill=fill)
@@ -486,9 +486,3 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     return 0
 
-
-def _device(args: argparse.Namespace):
-    """``--device`` (default auto: the accelerator when present), as every model-running command."""
-    from mlrkit.cli.commands import _command_device
-
-    return _command_device(args)
