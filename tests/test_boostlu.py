@@ -114,11 +114,13 @@ def test_cam_method_reads_the_boostlu_section():
     ({"groups": -1}, r"boostlu.groups must be a non-negative integer"),
 ])
 def test_bad_boostlu_section_is_a_config_error(section, match):
-    from mlrkit.methods import build_method
+    with pytest.raises(ConfigError, match=match):  # when the configuration is loaded, before anything is built
+        build_config(None, {"data": {"name": "fashion-mosaic"}, "method": {"name": "cam"}, "boostlu": section})
 
-    cfg = build_config(None, {"data": {"name": "fashion-mosaic"}, "method": {"name": "cam"}, "boostlu": section})
-    with pytest.raises(ConfigError, match=match):
-        build_method(cfg)
+
+def test_boostlu_section_with_another_method_is_an_error():
+    with pytest.raises(ConfigError, match="'boostlu' is read by method cam, but the active method is 'finetune'"):
+        build_config(None, {"method": {"name": "finetune"}, "model": {"name": "smallcnn"}, "boostlu": {"groups": 5}})
 
 
 def test_unknown_boostlu_key_on_the_command_line(tmp_path, capsys):

@@ -237,11 +237,12 @@ def test_parse_set_malformed(item):
 
 
 def test_open_sections_collect_params():
-    cfg = build_config(sets=["loss.alpha=0.2", "loss.hard=true", "loss.k=3", "loss.mode=soft", "method.hidden=64"])
-    assert cfg.loss.name == "an"
-    assert cfg.loss.params == {"alpha": 0.2, "hard": True, "k": 3, "mode": "soft"}
-    assert cfg.method.params == {"hidden": 64}
-    assert cfg.to_dict()["loss"] == {"name": "an", "alpha": 0.2, "hard": True, "k": 3, "mode": "soft"}
+    cfg = build_config(sets=["loss.name=splc", "loss.tau=0.7", "loss.corrected_margin=false", "loss.change_epoch=2",
+                             "method.name=mlp", "method.hidden_dim=64"])
+    assert cfg.loss.name == "splc"
+    assert cfg.loss.params == {"tau": 0.7, "corrected_margin": False, "change_epoch": 2}
+    assert cfg.method.params == {"hidden_dim": 64}
+    assert cfg.to_dict()["loss"] == {"name": "splc", "tau": 0.7, "corrected_margin": False, "change_epoch": 2}
 
 
 @pytest.mark.parametrize("layer", ["set", "recipe"])
@@ -249,24 +250,24 @@ def test_open_section_scientific_notation_is_a_float(layer, tmp_path):
     # `--set loss.alpha=1e-4` (or `alpha: 1e-4` in a recipe) must reach the loss as the number
     # 1e-4, not the string "1e-4" (PyYAML's YAML 1.1 resolver needs a dot to read a float)
     if layer == "set":
-        cfg = build_config(sets=["loss.name=hill", "loss.alpha=1e-4"])
+        cfg = build_config(sets=["loss.name=asl", "loss.clip=1e-4"])
     else:
-        cfg = build_config(_write(tmp_path / "r.yaml", "loss: {name: hill, alpha: 1e-4}\n"))
-    assert cfg.loss.params["alpha"] == pytest.approx(1e-4)
-    assert isinstance(cfg.loss.params["alpha"], float)
+        cfg = build_config(_write(tmp_path / "r.yaml", "loss: {name: asl, clip: 1e-4}\n"))
+    assert cfg.loss.params["clip"] == pytest.approx(1e-4)
+    assert isinstance(cfg.loss.params["clip"], float)
 
 
 def test_changing_loss_name_drops_old_params(tmp_path):
-    r = _write(tmp_path / "r.yaml", "loss: {name: em, alpha: 0.1, beta: 2}\n")
+    r = _write(tmp_path / "r.yaml", "loss: {name: em_apl, alpha: 0.1, beta: 2}\n")
     assert build_config(r).loss.params == {"alpha": 0.1, "beta": 2}
     cfg = build_config(r, sets=["loss.name=hill"])
     assert (cfg.loss.name, cfg.loss.params) == ("hill", {})
     cfg = build_config(r, sets=["loss.name=hill", "loss.gamma=2"])
     assert (cfg.loss.name, cfg.loss.params) == ("hill", {"gamma": 2})
-    cfg = build_config(r, sets=["loss.name=em"])  # same name: params kept
-    assert (cfg.loss.name, cfg.loss.params) == ("em", {"alpha": 0.1, "beta": 2})
+    cfg = build_config(r, sets=["loss.name=em_apl"])  # same name: params kept
+    assert (cfg.loss.name, cfg.loss.params) == ("em_apl", {"alpha": 0.1, "beta": 2})
     cfg = build_config(r, sets=["loss.alpha=0.3"])  # no name: merged
-    assert (cfg.loss.name, cfg.loss.params) == ("em", {"alpha": 0.3, "beta": 2})
+    assert (cfg.loss.name, cfg.loss.params) == ("em_apl", {"alpha": 0.3, "beta": 2})
     cfg = build_config(r, flags={"loss": {"name": "asl"}})  # a flag layer behaves the same
     assert (cfg.loss.name, cfg.loss.params) == ("asl", {})
     # and across a base chain
@@ -316,8 +317,8 @@ def test_unknown_key_in_recipe(tmp_path):
         ("train.epochs=abc", r"train\.epochs must be an integer, got 'abc'"),
         ("train.epochs=2.5", r"train\.epochs must be an integer"),
         ("train.epochs=true", r"train\.epochs must be an integer"),
-        ("train.amp=maybe", r"train\.amp must be true/false, got 'maybe'"),
-        ("train.amp=2", r"train\.amp must be true/false"),
+        ("train.amp=maybe", r"train\.amp must be true or false, got 'maybe'"),
+        ("train.amp=2", r"train\.amp must be true or false"),
         ("train.lr=fast", r"train\.lr must be a number, got 'fast'"),
         ("train.lr=false", r"train\.lr must be a number"),
         ("data.limit_train=lots", r"data\.limit_train must be an integer"),
@@ -336,15 +337,15 @@ def test_wrong_types_name_the_key(item, pattern):
 
 
 def test_extra_sections_are_kept():
-    cfg = build_config(sets=["boostlu.train=true", "boostlu.alpha=5", "vl.model=tiny"])
+    cfg = build_config(sets=["method.name=cam", "boostlu.train=true", "boostlu.alpha=5"])
     assert cfg.extra == {"boostlu": {"train": True, "alpha": 5}}
-    assert cfg.vl.model == "tiny"
+    assert cfg.section("boostlu").alpha == 5.0 and cfg.section("boostlu").infer is False  # typed, defaults filled
     d = cfg.to_dict()
     assert d["boostlu"] == {"train": True, "alpha": 5} and "extra" not in d
 
 
 def test_extra_sections_merge_across_layers(tmp_path):
-    r = _write(tmp_path / "r.yaml", "boostlu: {train: false, alpha: 5}\n")
+    r = _write(tmp_path / "r.yaml", "method: {name: cam}\nboostlu: {train: false, alpha: 5}\n")
     cfg = build_config(r, sets=["boostlu.train=true"])
     assert cfg.extra == {"boostlu": {"train": True, "alpha": 5}}
 
@@ -359,23 +360,28 @@ def test_yaml_round_trip(tmp_path):
             "data.limit_train=300",
             "labels.protocol=partial:0.3",
             "labels.seed=9",
-            "method.name=mlp",
-            "method.hidden=[64, 32]",
+            "method.name=cam",
+            "method.flip=false",
             "loss.name=hill",
             "loss.gamma=2.5",
-            "model.name=x",
+            "model.name=smallcnn",
+            "model.width=8",
             "train.lr=0.003",
             "train.amp=true",
             "boostlu.train=true",
-            "scpnet.prior={topk: 3}",
         ]
     )
     path = tmp_path / "run" / "config.yaml"
     cfg.save(path)
     back = RunConfig.load(path)
     assert back == cfg
-    assert back.method.params == {"hidden": [64, 32]}
-    assert back.extra == {"boostlu": {"train": True}, "scpnet": {"prior": {"topk": 3}}}
+    assert back.method.params == {"flip": False} and back.model.params == {"width": 8}
+    assert back.extra == {"boostlu": {"train": True}}
+    scp = build_config(sets=["method.name=scpnet", "loss.name=splc", "vl.model=tiny", "scpnet.k=3",
+                             "features.cache_dir=/tmp/x"])
+    scp.save(tmp_path / "scp.yaml")
+    assert RunConfig.load(tmp_path / "scp.yaml") == scp and scp.extra == {"scpnet": {"k": 3},
+                                                                          "features": {"cache_dir": "/tmp/x"}}
     assert RunConfig.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
     # the default config survives a round trip too
     RunConfig().save(tmp_path / "default.yaml")
@@ -387,3 +393,98 @@ def test_saved_config_usable_as_recipe(tmp_path):
     cfg.save(tmp_path / "c.yaml")
     again = build_config(tmp_path / "c.yaml", sets=["train.epochs=3"])
     assert again.loss.params == {"alpha": 0.2} and again.train.epochs == 3
+
+
+# --------------------------------------------------------------------------- ownership: nothing silent
+
+
+@pytest.mark.parametrize(
+    "sets, pattern",
+    [
+        # a method's hyper-parameters live in the method section, never in a section named after it
+        (["vlpl.tau=0.5"], r"unknown config section 'vlpl': the hyper-parameters of method 'vlpl' go in the "
+                           r"method section"),
+        (["method.name=vlpl", "loss.name=vlpl", "vlpl.tau=0.5"], r"unknown config section 'vlpl'"),
+        # a section of another method names the active one
+        (["boostlu.alpha=5"], r"config section 'boostlu' is read by method cam, but the active method is 'linear'"),
+        (["method.name=cam", "scpnet.k=3"], r"'scpnet' is read by method scpnet, but the active method is 'cam'"),
+        # model keys nothing reads
+        (["model.foo=1"], r"model parameters \['foo'\] given without model.name"),
+        (["model.name=resnet18", "model.foo=1"], r"unknown config key 'model.foo'; valid: weights, pretrained"),
+        (["method.name=cam", "model.name=clip:tiny:rn", "model.width=4"], r"unknown config key 'model.width'"),
+        (["method.name=dualcoop", "model.name=resnet18"], r"method 'dualcoop' reads no model section"),
+        # typos in typed sections
+        (["features.cache_veiws=4"], r"unknown config key 'features.cache_veiws' \(did you mean cache_views"),
+        (["method.name=cam", "boostlu.trian=true"], r"unknown config key 'boostlu.trian' \(did you mean train"),
+        (["loss.name=em", "loss.alhpa=0.1"], r"unknown config key 'loss.alhpa' \(did you mean alpha"),
+        (["method.name=mlp", "method.hiden_dim=3"], r"unknown config key 'method.hiden_dim' \(did you mean hidden_dim"),
+        # a key read nowhere is gone
+        (["train.eval_test_each_epoch=true"], r"unknown config key 'train.eval_test_each_epoch'"),
+        # types and ranges, named
+        (["loss.name=em", "loss.alpha=much"], r"loss.alpha must be a number, got 'much'"),
+        (["train.lr=0"], r"train.lr must be > 0"),
+        (["train.batch_size=0"], r"train.batch_size must be >= 1"),
+        (["train.epochs=-1"], r"train.epochs must be >= 0"),
+        (["data.val_fraction=1.5"], r"data.val_fraction must be <= 0.9"),
+        (["train.optimizer=rmsprop"], r"train.optimizer must be one of adam, adamw, sgd; got 'rmsprop'"),
+        (["train.ema=nan"], r"train.ema must be a finite number"),
+        (["method.name=dualcoop", "features.dtype=float64"], r"features.dtype must be one of float32, float16"),
+        (["method.name=dualcoop", "features.aug_scale=[0.5]"], r"features.aug_scale must be \[low, high\]"),
+        (["vl.templates=many", "method.name=zeroshot"], r"vl.templates must be one of single, ensemble, name"),
+        (["method.name=cam", "boostlu.alpha=0.5"], r"boostlu.alpha must be a finite number >= 1"),
+        (["method.name=scpnet", "loss.name=splc", "scpnet.k=0"], r"scpnet.k"),
+        (["method.name=nosuch"], r"unknown method 'nosuch'"),
+    ],
+)
+def test_every_silent_case_is_an_error(sets, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        build_config(sets=sets)
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("prompt: 7\n", r"unknown config key 'prompt'"),
+    ("method: {name: cam}\nboostlu: 7\n", r"config section boostlu must be a mapping, got 7"),
+    ("features:\n  cache_veiws: 4\n", r"features.cache_veiws.*did you mean cache_views"),
+])
+def test_recipe_sections_nothing_reads_are_errors(tmp_path, text, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        build_config(_write(tmp_path / "r.yaml", text))
+
+
+def test_config_py_names_no_method():
+    """Which sections exist is the methods' business (Method.config_sections), not config.py's."""
+    import mlrkit.config
+    from mlrkit.methods import METHODS
+    from mlrkit.methods.base import register_all
+
+    register_all()
+    text = Path(mlrkit.config.__file__).read_text()
+    named = [m for m in METHODS.names() if re.search(rf"[\"']{re.escape(m)}[\"']", text)]
+    assert named == ["linear"], named  # the default method only (MethodConfig.name)
+    for section in ("boostlu", "scpnet", "features", "vlpl", "prompt", "negation"):
+        assert f'"{section}"' not in text
+
+
+def test_a_method_gets_its_checked_sections():
+    from mlrkit.methods import build_method
+
+    method = build_method(build_config(sets=["method.name=cam", "boostlu.infer=true", "boostlu.groups=3"]))
+    assert method.cfg is not None and method.report_groups() == 3
+    with pytest.raises(ConfigError, match="method 'linear' reads no config section 'boostlu'"):
+        build_config().section("boostlu")
+
+
+def test_features_dataset_with_a_backbone_is_an_error():
+    """`--method linear --set model.name=…` on a dataset that already has features: the backbone would be unused."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from mlrkit.data import Split
+    from mlrkit.methods import build_method
+
+    method = build_method(build_config(sets=["data.name=yeast", "model.name=resnet18"]))
+    split = Split(targets=np.zeros((2, 3), np.uint8), ids=["a", "b"], features=np.zeros((2, 4), np.float32))
+    data = SimpleNamespace(train=split, val=split, test=split, dataset=SimpleNamespace(name="yeast"))
+    with pytest.raises(ConfigError, match="dataset 'yeast' has features: model.name 'resnet18' would not be used"):
+        method.prepare_data(data, device="cpu", progress=False)

@@ -10,7 +10,17 @@ from mlrkit.config import build_config, load_recipe
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # configs/negation/ holds flags of `mlrkit negation` commands (tested in test_negation.py), not train recipes
-RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.relative_to(CONFIGS).parts[0] != "negation")
+# Overlays are not runnable by themselves (no method; sections of the method they are layered onto);
+# every overlay is used as a base by recipes in RECIPES, which test it in context.
+OVERLAYS = {"scpnet/reference.yaml", "vlpl/reference.yaml"}
+RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.relative_to(CONFIGS).parts[0] != "negation"
+                 and str(p.relative_to(CONFIGS)) not in OVERLAYS)
+
+
+def test_overlays_are_used_by_recipes():
+    for overlay in OVERLAYS:
+        users = [p for p in RECIPES if Path(overlay).name in p.read_text() and "base:" in p.read_text()]
+        assert users, f"overlay {overlay} is the base of no recipe"
 
 
 def test_there_are_recipes():

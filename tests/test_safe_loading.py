@@ -156,7 +156,13 @@ def test_checkpoints_hold_only_tensors_and_plain_data(feature_run, tmp_path):
 
 def test_raw_pretraining_checkpoint_round_trip(tmp_path):
     """`vl pretrain`'s raw file (config, fp32 weights, result, history) is plain data: it reads back safely."""
-    from mlrkit.vl.pretraining import MOSAIC_CLIP_CONFIG, PretrainResult, build_clip, load_raw_checkpoint, save_pretrained
+    from mlrkit.vl.pretraining import (
+        MOSAIC_CLIP_CONFIG,
+        PretrainResult,
+        build_clip,
+        load_raw_checkpoint,
+        save_pretrained,
+    )
 
     model = build_clip(MOSAIC_CLIP_CONFIG, 0)
     res = PretrainResult(steps=1, seconds=0.5, final_loss=1.0, zeroshot_map=0.3)

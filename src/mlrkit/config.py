@@ -3,25 +3,29 @@
 A recipe is YAML with the same nesting as :class:`RunConfig`; ``base: other.yaml`` (a path
 relative to the recipe, or a list of them) is merged first. ``--set a.b=value`` overrides any
 key; values are parsed as YAML scalars (``--set train.lr=1e-4``, ``--set boostlu.train=true``).
-Sections ``method``, ``loss`` and ``model`` are open: keys other than ``name`` are the
-hyper-parameters of the chosen method/loss/model and are validated by their builders.
-Unknown keys anywhere else are an error with a suggestion.
+
+Every section is owned and typed (:mod:`mlrkit.schema`): ``data``, ``labels``, ``train`` and ``vl``
+are this module's schemas; ``method``, ``loss`` and ``model`` are open sections whose ``name`` picks
+a component and whose other keys are checked against that component's signature; any other
+section must be declared by the active method (``Method.config_sections``, e.g. ``boostlu`` by
+``cam``). A key or section that nothing active reads is an error with a suggestion: a section of
+another method names the active one; ``model`` set for a method that reads none is an error. This
+module names no method: it asks the method registry.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from mlrkit.errors import ConfigError
+from mlrkit.schema import Section, check_params, check_range, coerce, setting, suggest, unknown_key
 
 
 class _Loader(yaml.SafeLoader):
@@ -48,27 +52,38 @@ def yaml_load(text: str):
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
+    """``data``: the dataset, its split and image settings (owned by the run's data preparation)."""
+
+    section_name: ClassVar[str] = "data"
     name: str = "scene"
     root: str | None = None
-    val_fraction: float = 0.2
-    split_seed: int = 1200  # Cole et al.
-    val_labels: str = "full"  # full (Cole's default: clean validation labels) | observed
+    val_fraction: float = setting(0.2, min=0.0, max=0.9, help="fraction of the official train set held out")
+    split_seed: int = setting(1200, min=0, help="seed of the validation split (Cole et al.'s 1200)")
+    val_labels: str = setting("full", choices=("full", "observed"),
+                              help="full (Cole's default: clean validation labels) | observed")
     skip_bad_images: bool = False
-    image_size: int = 448
-    limit_train: int | None = None  # first N official-train rows (quick runs)
+    image_size: int = setting(448, min=1)
+    limit_train: int | None = setting(None, min=1, help="first N official-train rows (quick runs)")
     options: dict[str, Any] = field(default_factory=dict)  # adapter options, e.g. {difficult: unknown}
-    expected_num_pos: float | None = None  # mean positives per image (EPR/ROLE's k), if known
+    expected_num_pos: float | None = setting(None, min=0.0, min_open=True,
+                                             help="mean positives per image (EPR/ROLE's k), if known")
 
 
 @dataclass
-class LabelsConfig:
+class LabelsConfig(Section):
+    """``labels``: the observation protocol and its seed."""
+
+    section_name: ClassVar[str] = "labels"
     protocol: str = "full"  # a protocol string, or the path of a `mlrkit prepare` .npz
-    seed: int | None = None  # observation seed; defaults to the run seed
+    seed: int | None = setting(None, min=0, help="observation seed; defaults to the run seed")
 
 
 @dataclass
 class OpenSection:
+    """A section whose ``name`` picks a component (a method, a loss, a backbone) and whose other keys
+    are that component's hyper-parameters, checked against its signature (:func:`check_components`)."""
+
     name: str = ""
     params: dict[str, Any] = field(default_factory=dict)
 
@@ -89,36 +104,46 @@ class ModelConfig(OpenSection):
 
 
 @dataclass
-class VLConfig:
+class VLConfig(Section):
+    """``vl``: the vision-language model of methods that use one (``--vl-model``)."""
+
+    section_name: ClassVar[str] = "vl"
     model: str = "mosaic-clip"  # a mlrkit.vl.load spec (--vl-model)
-    templates: str = "single"  # prompt templates for class-name text embeddings: single | ensemble
+    templates: str = setting("single", choices=("single", "ensemble", "name"),
+                             help="prompt templates for class-name text embeddings")
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1e-3
-    optimizer: str = "adam"  # adam | adamw | sgd
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    scheduler: str = "none"  # none | cosine | onecycle
-    warmup_epochs: int = 0
-    warmup: str = "linear"  # linear (0 -> lr) | constant (warmup_lr for warmup_epochs: Dassl's, DualCoOp's code)
-    warmup_lr: float = 1e-5  # the constant warm-up's lr (every parameter group)
-    pct_start: float = 0.3  # onecycle: fraction of the schedule spent increasing the lr (SCPNet's code: 0.2)
-    schedule_epochs: int | None = None  # length of the lr schedule; null = epochs (SCPNet COCO: 80, trains 60)
-    classifier_lr_mult: float = 1.0
+class TrainConfig(Section):
+    """``train``: the Trainer's settings."""
+
+    section_name: ClassVar[str] = "train"
+    epochs: int = setting(20, min=0)
+    batch_size: int = setting(32, min=1)
+    lr: float = setting(1e-3, min=0.0, min_open=True)
+    optimizer: str = setting("adam", choices=("adam", "adamw", "sgd"))
+    momentum: float = setting(0.9, min=0.0, max=1.0)
+    weight_decay: float = setting(0.0, min=0.0)
+    scheduler: str = setting("none", choices=("none", "cosine", "onecycle"))
+    warmup_epochs: int = setting(0, min=0)
+    warmup: str = setting("linear", choices=("linear", "constant"),
+                          help="linear (0 -> lr) | constant (warmup_lr for warmup_epochs: Dassl's, DualCoOp's code)")
+    warmup_lr: float = setting(1e-5, min=0.0, min_open=True, help="the constant warm-up's lr")
+    pct_start: float = setting(0.3, min=0.0, max=1.0, min_open=True,
+                               help="onecycle: fraction of the schedule spent increasing the lr (SCPNet's code: 0.2)")
+    schedule_epochs: int | None = setting(None, min=1, help="length of the lr schedule; null = epochs")
+    classifier_lr_mult: float = setting(1.0, min=0.0, min_open=True)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_workers: int | None = None  # image DataLoader workers; null = auto (0 on the CPU, from the CPUs on CUDA)
-    amp: bool | None = None  # null = auto: bf16 autocast on CUDA devices that support it, off on the CPU
-    threads: int = 0  # torch intra-op threads; 0 = the thread policy (mlrkit.engine.threads)
-    compile: bool | str = False  # torch.compile the model: true (inductor) or a backend name, e.g. eager
-    checkpoint_every_s: float = 60.0  # write last.pt at most this often (and after the last epoch); 0 = every epoch
-    ema: float = 0.0  # EMA decay of the weights (0 = off)
-    grad_clip: float = 0.0
+    num_workers: int | None = setting(None, min=0, help="image DataLoader workers; null = auto (0 on the CPU, "
+                                                         "from the CPUs on CUDA)")
+    amp: bool | None = setting(None, help="null = auto: bf16 autocast on CUDA devices that support it, off on the CPU")
+    threads: int = setting(0, min=0, help="torch intra-op threads; 0 = the thread policy (mlrkit.engine.threads)")
+    compile: bool | str = setting(False, help="torch.compile the model: true (inductor) or a backend name, e.g. eager")
+    checkpoint_every_s: float = setting(60.0, min=0.0, help="write last.pt at most this often (and after the last "
+                                                            "epoch); 0 = every epoch")
+    ema: float = setting(0.0, min=0.0, max=1.0, max_open=True, help="EMA decay of the weights (0 = off)")
+    grad_clip: float = setting(0.0, min=0.0)
     progress: bool = True
-    eval_test_each_epoch: bool = False  # never used for selection; off by default
 
 
 @dataclass
@@ -132,11 +157,19 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     vl: VLConfig = field(default_factory=VLConfig)
-    extra: dict[str, Any] = field(default_factory=dict)  # sections owned by methods (e.g. boostlu)
+    extra: dict[str, Any] = field(default_factory=dict)  # sections owned by the active method (e.g. boostlu)
 
     @property
     def labels_seed(self) -> int:
         return self.seed if self.labels.seed is None else self.labels.seed
+
+    def section(self, name: str) -> Any:
+        """The active method's section ``name`` as its checked schema instance (defaults where unset)."""
+        schemas = method_sections(self.method.name)
+        if name not in schemas:
+            raise ConfigError(f"method {self.method.name!r} reads no config section {name!r}"
+                              f" (it reads: {', '.join(sorted(schemas)) or 'none'})")
+        return schemas[name].parse(self.extra.get(name), name)
 
     # ------------------------------------------------------------------ conversion
     def to_dict(self) -> dict[str, Any]:
@@ -147,7 +180,24 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        return _from_dict(cls, d, "")
+        """Parse and check a whole configuration (see the module docstring): every section and key
+        must be claimed by the run itself or by its active method, loss and model."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a configuration must be a mapping, got {d!r}")
+        core = [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
+        kwargs: dict[str, Any] = {}
+        rest: dict[str, Any] = {}
+        for k, v in d.items():
+            if k == "base":
+                continue
+            if k in core:
+                kwargs[k] = _parse_core(k, v)
+            else:
+                rest[k] = v
+        cfg = cls(**kwargs)
+        cfg.extra = claim_sections(cfg, rest, core)
+        check_components(cfg)
+        return cfg
 
     def save(self, path: str | Path) -> None:
         from mlrkit.utils import atomic_write
@@ -160,8 +210,101 @@ class RunConfig:
         return cls.from_dict(load_recipe(path))
 
 
-# Extra top-level sections that methods may own (free-form; validated by the method).
-EXTRA_SECTIONS = ("boostlu", "prompt", "scpnet", "vlpl", "features", "negation")
+def _parse_core(key: str, v: Any) -> Any:
+    tp = typing.get_type_hints(RunConfig)[key]
+    if isinstance(tp, type) and issubclass(tp, Section):
+        return tp.parse(v, key)
+    if isinstance(tp, type) and issubclass(tp, OpenSection):
+        if not isinstance(v, dict):
+            raise ConfigError(f"config section {key} must be a mapping, got {v!r}")
+        params = {k: x for k, x in v.items() if k != "name"}
+        out = tp(params=params)
+        if "name" in v:
+            out.name = coerce(v["name"], str, f"{key}.name")
+        return out
+    value = coerce(v, tp, key)
+    if key == "seed":
+        check_range(value, {"min": 0}, key)
+    return value
+
+
+# ---------------------------------------------------------------------------- ownership
+def _methods():
+    from mlrkit.methods.base import METHODS, register_all
+
+    register_all()
+    return METHODS
+
+
+def method_class(name: str) -> type:
+    """The registered method class ``name`` (an unknown name is a ConfigError with suggestions)."""
+    from mlrkit.errors import MlrkitError
+
+    try:
+        return _methods().get(name)
+    except MlrkitError as e:
+        raise ConfigError(f"method.name: {e}") from None
+
+
+def method_sections(name: str) -> dict[str, type]:
+    """The extra sections (name -> schema) the method ``name`` reads."""
+    return dict(method_class(name).config_sections)
+
+
+def claim_sections(cfg: RunConfig, sections: dict[str, Any], core: list[str]) -> dict[str, Any]:
+    """Check the non-core sections against the active method's schemas; any other is an error."""
+    methods = _methods()
+    active = cfg.method.name
+    mine = method_sections(active)
+    owners: dict[str, list[str]] = {}
+    for other in methods.names():
+        for sec in methods.get(other).config_sections:
+            owners.setdefault(sec, []).append(other)
+    out: dict[str, Any] = {}
+    for name, value in sections.items():
+        if name in mine:
+            mine[name].parse(value, name)  # type and range checks; the mapping itself is kept as written
+            out[name] = copy.deepcopy(value)
+        elif name in owners:
+            raise ConfigError(f"config section {name!r} is read by method {' / '.join(owners[name])}, "
+                              f"but the active method is {active!r} (which reads "
+                              f"{', '.join(sorted(mine)) or 'no extra section'})")
+        elif name in methods.names():
+            raise ConfigError(f"unknown config section {name!r}: the hyper-parameters of method {name!r} go in "
+                              f"the method section (method.<key>, with method.name: {name})")
+        else:
+            valid = core + sorted(owners)
+            raise ConfigError(f"unknown config key {name!r}{suggest(name, valid)}; "
+                              f"sections: {', '.join(valid)}")
+    return out
+
+
+def check_components(cfg: RunConfig) -> None:
+    """The open sections' hyper-parameters against their components' signatures, and the ``model``
+    section left empty when the active method reads none. (``vl`` is the run's: besides VL methods,
+    ``mlrkit suggest-labels``' vl-disagreement reads it for any method.)"""
+    import mlrkit.losses.zoo  # noqa: F401 - registers every loss
+    from mlrkit.errors import MlrkitError
+    from mlrkit.losses import LOSSES
+    from mlrkit.models.backbones import backbone_param_names
+
+    cls = method_class(cfg.method.name)
+    check_params(cfg.method.params, cls.__init__, "method", component=cfg.method.name)
+    try:
+        loss_cls = LOSSES.get(cfg.loss.name)
+    except MlrkitError as e:
+        raise ConfigError(f"loss.name: {e}") from None
+    check_params(cfg.loss.params, loss_cls.__init__, "loss", component=cfg.loss.name)
+    if not cls.uses_model and (cfg.model.name or cfg.model.params):
+        raise ConfigError(f"method {cfg.method.name!r} reads no model section (got model: {_to_dict(cfg.model)}); "
+                          "its networks come from vl.model")
+    if cfg.model.params:
+        if not cfg.model.name:
+            raise ConfigError(f"model parameters {sorted(cfg.model.params)} given without model.name")
+        valid = backbone_param_names(cfg.model.name)
+        unknown = [k for k in cfg.model.params if k not in valid]
+        if unknown:
+            raise unknown_key(unknown[0], "model", valid)
 
 
 def _to_dict(obj: Any) -> Any:
@@ -179,96 +322,6 @@ def _to_dict(obj: Any) -> Any:
                 out[f.name] = _to_dict(v)
         return out
     return obj
-
-
-def _from_dict(cls: type, d: Any, where: str) -> Any:
-    if not isinstance(d, dict):
-        raise ConfigError(f"config section {where or '<root>'} must be a mapping, got {d!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    if issubclass(cls, OpenSection):
-        kwargs: dict[str, Any] = {}
-        params = {}
-        for k, v in d.items():
-            if k == "name":
-                kwargs["name"] = _coerce(v, str, f"{where}.name")
-            else:
-                params[k] = v
-        kwargs["params"] = params
-        return cls(**kwargs)
-    kwargs = {}
-    extra: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{where}.{k}" if where else k
-        if k not in names or k == "extra":
-            if cls is RunConfig and k in EXTRA_SECTIONS:
-                extra[k] = v
-                continue
-            if cls is RunConfig and k == "base":
-                continue
-            close = difflib.get_close_matches(k, names + (list(EXTRA_SECTIONS) if cls is RunConfig else []), n=2)
-            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-            raise ConfigError(f"unknown config key {key!r}{hint}")
-        tp = hints[k]
-        if dataclasses.is_dataclass(tp):
-            kwargs[k] = _from_dict(tp, v, key)
-        else:
-            kwargs[k] = _coerce(v, tp, key)
-    if extra:
-        kwargs["extra"] = extra
-    return cls(**kwargs)
-
-
-def _coerce(v: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if v is None and type(None) in args:
-            return None
-        last: ConfigError | None = None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(v, a, key)
-            except ConfigError as e:
-                last = e
-        raise last or ConfigError(f"{key}: bad value {v!r}")
-    if tp is bool:
-        if isinstance(v, bool):
-            return v
-        if isinstance(v, str) and v.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return v.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{key} must be true/false, got {v!r}")
-    if tp is int:
-        if isinstance(v, bool):
-            raise ConfigError(f"{key} must be an integer, got {v!r}")
-        if isinstance(v, int):
-            return v
-        if isinstance(v, float) and v.is_integer():
-            return int(v)
-        if isinstance(v, str):
-            try:
-                return int(v)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be an integer, got {v!r}")
-    if tp is float:
-        if isinstance(v, bool):
-            raise ConfigError(f"{key} must be a number, got {v!r}")
-        try:
-            return float(v)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key} must be a number, got {v!r}") from None
-    if tp is str:
-        if isinstance(v, (dict, list)) or v is None:
-            raise ConfigError(f"{key} must be a string, got {v!r}")
-        return str(v)
-    if origin is dict or tp is dict:
-        if not isinstance(v, dict):
-            raise ConfigError(f"{key} must be a mapping, got {v!r}")
-        return dict(v)
-    return v
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

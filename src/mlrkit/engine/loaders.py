@@ -79,23 +79,21 @@ class FeatureBatches:
 
 def make_loader(method, split: Split, observed: np.ndarray | None, batch_size: int, *, train: bool, seed: int,
                 cfg=None, shard: tuple[int, int] = (0, 1), device: torch.device | str | None = None):
-    """The loader a method needs for a split; ``shard=(rank, world)`` splits every global batch.
-    Feature batches are sliced from whole-split tensors kept on ``device``.
+    """The loader a method declares for a split (:meth:`mlrkit.methods.Method.make_loader`);
+    ``shard=(rank, world)`` splits every global batch. ``cfg`` is unused (the method has its own).
 
-    Loaders that cannot shard themselves (no ``shard`` argument) are wrapped so that each rank
-    keeps its slice of each global batch (correct, though every rank then loads the whole batch).
+    A method's ``make_loader`` returning None gets the default: feature batches sliced from
+    whole-split tensors kept on ``device``. A method whose loader does not shard
+    (``loader_shards = False``) is wrapped so that each rank keeps its slice of each global batch
+    (correct, though every rank then loads the whole batch).
     """
-    make = getattr(method, "make_loader", None)
-    if make is None:
+    own_shard = shard if method.loader_shards else (0, 1)
+    loader = method.make_loader(split, observed, batch_size, train=train, seed=seed, shard=own_shard)
+    if loader is None:
         if method.input_kind != "features":
             raise ValueError(f"method {type(method).__name__} consumes {method.input_kind!r} but has no loader")
         return FeatureBatches(split, observed, batch_size, shuffle=train, seed=seed, shard=shard, device=device)
-    import inspect
-
-    if "shard" in inspect.signature(make).parameters:
-        return make(split, observed, batch_size, train=train, seed=seed, cfg=cfg, shard=shard)
-    loader = make(split, observed, batch_size, train=train, seed=seed, cfg=cfg)
-    return loader if shard[1] == 1 else ShardedBatches(loader, *shard)
+    return loader if method.loader_shards or shard[1] == 1 else ShardedBatches(loader, *shard)
 
 
 class ShardedBatches:

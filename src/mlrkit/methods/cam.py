@@ -16,14 +16,14 @@ Config::
       alpha: 5.0     # alpha >= 1
       groups: null   # grouped mAP report: number of groups (null: 5 on openimages, else off; 0: off)
 
-The ``boostlu`` section is validated when the method is built (an unknown key is a ConfigError).
+The ``boostlu`` section is :class:`BoostLUSection`, checked when the configuration is loaded (an
+unknown key, a bad value, or the section with another method is a ConfigError).
 """
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -32,56 +32,33 @@ from mlrkit.methods.base import METHODS, TaskInfo
 from mlrkit.methods.image import ImageMethod, backbone_from_config
 from mlrkit.models.backbones import Backbone
 from mlrkit.models.cam import DEFAULT_ALPHA, CAMClassifier, ClipResNetTrunk, check_alpha
+from mlrkit.schema import Section, setting
 
-BOOSTLU_KEYS: dict[str, str] = {
-    "train": "apply BoostLU in training mode (bool, default false)",
-    "infer": "apply BoostLU in evaluation mode: validation, test, predict (bool, default false)",
-    "alpha": "BoostLU's alpha >= 1 (default 5)",
-    "groups": "classes per training-annotation groups for the grouped mAP report (int; default: 5 on "
-              "openimages, off elsewhere; 0 = off)",
-}
 CLIP_PREFIX = "clip:"
 
 
-@dataclass(frozen=True)
-class BoostLUSettings:
-    """The validated ``boostlu`` config section."""
+@dataclass
+class BoostLUSection(Section):
+    """The ``boostlu`` config section (read by method ``cam``)."""
 
-    train: bool = False
-    infer: bool = False
-    alpha: float = DEFAULT_ALPHA
-    groups: int | None = None
+    section_name: ClassVar[str] = "boostlu"
+    train: bool = setting(False, help="apply BoostLU in training mode")
+    infer: bool = setting(False, help="apply BoostLU in evaluation mode: validation, test, predict")
+    alpha: float = setting(DEFAULT_ALPHA, help="BoostLU's alpha >= 1")
+    groups: int | None = setting(None, help="groups of classes by training annotations for the grouped mAP "
+                                             "report (default: the dataset's, 5 on openimages; 0 = off)")
+
+    def check(self, where: str) -> None:
+        self.alpha = check_alpha(self.alpha, f"{where}.alpha")
+        if self.groups is not None and self.groups < 0:
+            raise ConfigError(f"{where}.groups must be a non-negative integer (or null), got {self.groups!r}")
 
 
-def boostlu_settings(cfg_or_section: Any) -> BoostLUSettings:
-    """Validate the ``boostlu`` section (of a RunConfig, or the section dict itself).
-
-    Unknown keys, non-boolean switches, ``alpha`` < 1 and a negative ``groups`` are ConfigErrors.
-    """
-    if cfg_or_section is None:
-        return BoostLUSettings()
-    section = cfg_or_section
-    if hasattr(cfg_or_section, "extra"):
-        section = cfg_or_section.extra.get("boostlu")
-    if section is None:
-        return BoostLUSettings()
-    if not isinstance(section, dict):
-        raise ConfigError(f"config section boostlu must be a mapping (train, infer, alpha, groups), got {section!r}")
-    unknown = [k for k in section if k not in BOOSTLU_KEYS]
-    if unknown:
-        k = unknown[0]
-        close = difflib.get_close_matches(str(k), list(BOOSTLU_KEYS), n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ConfigError(f"unknown config key 'boostlu.{k}'{hint}; valid: {', '.join(BOOSTLU_KEYS)}")
-    for key in ("train", "infer"):
-        if key in section and not isinstance(section[key], bool):
-            raise ConfigError(f"boostlu.{key} must be true or false, got {section[key]!r}")
-    alpha = check_alpha(section.get("alpha", DEFAULT_ALPHA))
-    groups = section.get("groups")
-    if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int) or groups < 0):
-        raise ConfigError(f"boostlu.groups must be a non-negative integer (or null), got {groups!r}")
-    return BoostLUSettings(train=bool(section.get("train", False)), infer=bool(section.get("infer", False)),
-                           alpha=alpha, groups=groups)
+def boostlu_settings(cfg_or_section: Any) -> BoostLUSection:
+    """The checked ``boostlu`` section of a RunConfig whose method is ``cam`` (or of the section dict)."""
+    if hasattr(cfg_or_section, "section"):
+        return cfg_or_section.section("boostlu")
+    return BoostLUSection.parse(cfg_or_section, "boostlu")
 
 
 def cam_backbone(cfg) -> Backbone:
@@ -103,18 +80,10 @@ def cam_backbone(cfg) -> Backbone:
 class CamMethod(ImageMethod):
     """CAM-as-classifier (Kim et al. 2023, eqs. 2-3) with BoostLU switched by the ``boostlu`` section."""
 
+    config_sections = {"boostlu": BoostLUSection}
+
     def __init__(self, flip: bool = True, randaugment: bool = False, cutout: float = 0.0) -> None:
         super().__init__(flip=flip, randaugment=randaugment, cutout=cutout)
-
-    @property
-    def cfg(self):
-        return self._cfg
-
-    @cfg.setter
-    def cfg(self, value) -> None:
-        if value is not None:
-            self.boostlu = boostlu_settings(value)  # validated as soon as build_method attaches the config
-        self._cfg = value
 
     def report_groups(self) -> int | None:
         return boostlu_settings(self.cfg).groups

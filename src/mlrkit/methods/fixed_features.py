@@ -10,12 +10,15 @@ from __future__ import annotations
 from torch import nn
 
 from mlrkit.errors import MlrkitError
+from mlrkit.features.options import FeaturesSection
 from mlrkit.methods.base import METHODS, Method, TaskInfo
 from mlrkit.models.heads import LinearHead, MLPHead, Standardize
 
 
 class _FeatureMethod(Method):
     input_kind = "features"
+    uses_model = True  # image datasets: features of the frozen backbone model.name
+    config_sections = {"features": FeaturesSection}
 
     def _check(self, task: TaskInfo) -> int:
         if task.feature_dim is None:
@@ -40,7 +43,7 @@ class _FeatureMethod(Method):
 @METHODS.register("linear", "linear classifier on fixed features, standardised (Cole et al.'s linear probe)")
 class LinearMethod(_FeatureMethod):
     def __init__(self, standardize: bool = True) -> None:
-        super().__init__(standardize=standardize)
+        super().__init__()
         self.standardize = standardize
 
     def build_model(self, task: TaskInfo) -> nn.Module:
@@ -52,7 +55,7 @@ class MLPMethod(_FeatureMethod):
     def __init__(
         self, hidden_dim: int = 256, num_layers: int = 1, dropout: float = 0.1, standardize: bool = True
     ) -> None:
-        super().__init__(hidden_dim=hidden_dim, num_layers=num_layers, dropout=dropout, standardize=standardize)
+        super().__init__()
         self.hidden_dim, self.num_layers, self.dropout = int(hidden_dim), int(num_layers), float(dropout)
         self.standardize = standardize
 

@@ -58,7 +58,7 @@ def frozen_features(cfg, splits: dict, *, device, progress: bool = True) -> None
     torch.manual_seed(derive_seed(cfg.seed, 99))  # random-init backbones are reproducible
     bb = backbone_from_config(cfg).to(device).eval()
     tf = build_transform(cfg.data.image_size, bb.mean, bb.std, train=False)
-    store = FeatureStore(cfg.extra.get("features", {}).get("cache_dir"))
+    store = FeatureStore(cfg.section("features").cache_dir)
     key = encoder_key(cfg)
     for name, split in splits.items():
         if split.images is None:
@@ -85,9 +85,10 @@ class ImageMethod(Method):
     """Base of methods that read images: transforms built from the model's own normalisation."""
 
     input_kind = "images"
+    uses_model = True
 
     def __init__(self, flip: bool = True, randaugment: bool = False, cutout: float = 0.0) -> None:
-        super().__init__(flip=flip, randaugment=randaugment, cutout=cutout)
+        super().__init__()
         self.flip, self.randaugment, self.cutout = bool(flip), bool(randaugment), float(cutout)
         self.mean = self.std = None
 
@@ -103,7 +104,7 @@ class ImageMethod(Method):
 
         return {"train": describe(self.transform(True)), "eval": describe(self.transform(False))}
 
-    def make_loader(self, split, observed, batch_size: int, *, train: bool, seed: int, cfg=None,
+    def make_loader(self, split, observed, batch_size: int, *, train: bool, seed: int,
                     shard: tuple[int, int] = (0, 1)):
         tc = self.cfg.train
         return ImageBatches(split, observed, self.transform(train), batch_size, shuffle=train, seed=seed,
@@ -118,8 +119,6 @@ class FinetuneMethod(ImageMethod):
                  freeze_backbone: bool = False, linear_init_epochs: int = 0, linear_init_lr: float = 1e-3,
                  linear_init_batch_size: int = 16) -> None:
         super().__init__(flip=flip, randaugment=randaugment, cutout=cutout)
-        self.params.update(dropout=dropout, freeze_backbone=freeze_backbone, linear_init_epochs=linear_init_epochs,
-                           linear_init_lr=linear_init_lr, linear_init_batch_size=linear_init_batch_size)
         self.dropout, self.freeze_backbone = float(dropout), bool(freeze_backbone)
         self.linear_init_epochs, self.linear_init_lr = int(linear_init_epochs), float(linear_init_lr)
         self.linear_init_batch_size = int(linear_init_batch_size)

@@ -54,7 +54,8 @@ from torch import Tensor, nn
 from mlrkit.data.base import Split
 from mlrkit.engine.host_memory import use_for_chunked_text
 from mlrkit.errors import ConfigError, MlrkitError
-from mlrkit.methods.base import METHODS, Method, TaskInfo
+from mlrkit.features.options import FeaturesSection
+from mlrkit.methods.base import METHODS, Method, StepOutput, TaskInfo
 from mlrkit.models.prompt_learner import (
     TEXT_CHUNK,
     EmbeddingBranch,
@@ -111,11 +112,9 @@ class ViewImages:
 
 
 def _interp(vl, name: str):
-    from mlrkit.data.transforms import interpolation_mode
+    from mlrkit.data.transforms import model_interpolation
 
-    if name == "model":
-        name = str(vl.preprocess_cfg.get("interpolation", "bicubic"))
-    return interpolation_mode(name, "features.interpolation")
+    return model_interpolation(vl.preprocess_cfg, name, "features.interpolation")
 
 
 def _image_size(vl, image_size: int | None) -> int:
@@ -161,40 +160,9 @@ def train_view_transform(vl, image_size: int | None, aug_scale: Sequence[float],
     return T.Compose([T.RandomHorizontalFlip(0.5), tf]) if hflip else tf
 
 
-FEATURE_KEYS = ("cache_dir", "cache_views", "view_seed", "resize", "interpolation", "augment", "online", "aug_scale",
-                "hflip", "dtype", "batch_size", "max_memory_gb")
-
-
 def feature_options(cfg) -> dict[str, Any]:
-    """The ``features`` section with defaults (see the module docstring)."""
-    f = dict(cfg.extra.get("features", {}) or {})
-    unknown = sorted(set(f) - set(FEATURE_KEYS))
-    if unknown:
-        import difflib
-
-        close = difflib.get_close_matches(unknown[0], FEATURE_KEYS, n=1)
-        hint = f" (did you mean features.{close[0]}?)" if close else ""
-        raise ConfigError(f"unknown config key features.{unknown[0]}{hint}; valid: {', '.join(FEATURE_KEYS)}")
-    opts = {"cache_dir": f.get("cache_dir"), "cache_views": int(f.get("cache_views", 1)),
-            "view_seed": int(f.get("view_seed", 0)), "resize": str(f.get("resize", "squash")),
-            "interpolation": str(f.get("interpolation", "model")), "augment": str(f.get("augment", "crop")),
-            "online": f.get("online", False), "aug_scale": list(f.get("aug_scale", [0.9, 1.0])),
-            "hflip": bool(f.get("hflip", True)), "dtype": str(f.get("dtype", "float32")),
-            "batch_size": int(f.get("batch_size", 64)), "max_memory_gb": float(f.get("max_memory_gb", 4.0))}
-    if opts["cache_views"] < 1:
-        raise ConfigError(f"features.cache_views must be >= 1, got {opts['cache_views']}")
-    if opts["dtype"] not in ("float32", "float16"):
-        raise ConfigError(f"features.dtype must be float32 or float16, got {opts['dtype']!r}")
-    if opts["resize"] not in ("squash", "crop"):
-        raise ConfigError(f"features.resize must be squash or crop, got {opts['resize']!r}")
-    if opts["interpolation"] not in ("model", "bilinear", "bicubic", "nearest"):
-        raise ConfigError(f"features.interpolation must be model, bilinear, bicubic or nearest, "
-                          f"got {opts['interpolation']!r}")
-    if opts["augment"] not in ("crop", "reference"):
-        raise ConfigError(f"features.augment must be crop or reference, got {opts['augment']!r}")
-    if not isinstance(opts["online"], bool):
-        raise ConfigError(f"features.online must be true or false, got {opts['online']!r}")
-    return opts
+    """The ``features`` section with defaults (:class:`~mlrkit.features.options.FeaturesSection`)."""
+    return cfg.section("features").as_dict()
 
 
 def view_transforms(vl, image_size: int | None, opts: dict[str, Any]):
@@ -300,10 +268,13 @@ class RegionMethod(Method):
     accept image batches (they then run ``encode_dense`` themselves, e.g. for ``predict``).
     """
 
+    uses_vl = True
+    config_sections = {"features": FeaturesSection}
+
     input_kind = "images"
 
-    def __init__(self, *, loss_weight: float = 1.0, init_from: str | None = None, **params: Any) -> None:
-        super().__init__(loss_weight=loss_weight, init_from=init_from, **params)
+    def __init__(self, *, loss_weight: float = 1.0, init_from: str | None = None) -> None:
+        super().__init__()
         if not loss_weight > 0:
             raise ConfigError(f"loss_weight must be > 0, got {loss_weight}")
         self.loss_weight = float(loss_weight)
@@ -360,7 +331,10 @@ class RegionMethod(Method):
             train = f"cached, {k} views: view 0 = eval; views 1..{k - 1} = {describe(train_tf)}"
         return {"train": train, "eval": describe(eval_tf)}
 
-    def make_loader(self, split: Split, observed, batch_size: int, *, train: bool, seed: int, cfg=None):
+    loader_shards = False  # DenseBatches / ImageBatches here draw whole global batches: the engine slices them
+
+    def make_loader(self, split: Split, observed, batch_size: int, *, train: bool, seed: int,
+                    shard: tuple[int, int] = (0, 1)):
         opts = feature_options(self.cfg)
         if train and opts["online"]:
             from mlrkit.engine.image_data import ImageBatches
@@ -377,7 +351,8 @@ class RegionMethod(Method):
     # -------------------------------------------------------------- training
     def training_step(self, model: nn.Module, batch: dict, loss_fn, epoch: int):
         """``loss_weight`` x the run's loss on :math:`s^+ - s^-` (the reference's ``loss_w``, see docs)."""
-        return self.loss_weight * super().training_step(model, batch, loss_fn, epoch)
+        out = super().training_step(model, batch, loss_fn, epoch)
+        return StepOutput(self.loss_weight * out.loss, out.terms)
 
     def init_from_train(self, model: nn.Module, data, loss, *, device, resuming: bool = False) -> None:
         if self.init_from and not resuming:
@@ -430,12 +405,7 @@ class PromptMethod(RegionMethod):
                  prompt_residual: bool = False, residual_init: str = "randn",
                  region_scale: float = REGION_SCALE, output_scale: float = OUTPUT_SCALE, pos_embed: bool = True,
                  text_chunk: int = TEXT_CHUNK, loss_weight: float = 1.0, init_from: str | None = None) -> None:
-        super().__init__(loss_weight=loss_weight, init_from=init_from, n_ctx=n_ctx, csc=csc, ctx_init=ctx_init,
-                         neg_ctx_init=neg_ctx_init, init_std=init_std, embed_init_std=embed_init_std,
-                         embed_init=embed_init,
-                         prompt_residual=prompt_residual, residual_init=residual_init,
-                         region_scale=region_scale, output_scale=output_scale,
-                         pos_embed=pos_embed, text_chunk=text_chunk)
+        super().__init__(loss_weight=loss_weight, init_from=init_from)
         if isinstance(text_chunk, bool) or not isinstance(text_chunk, int) or text_chunk < 0:
             raise ConfigError(f"method.text_chunk must be an integer >= 0 (0 = one pass), got {text_chunk!r}")
         self.text_chunk = int(text_chunk)
@@ -497,7 +467,7 @@ class BaselineMethod(RegionMethod):
 
     def __init__(self, output_scale: float = OUTPUT_SCALE, pos_embed: bool = True, loss_weight: float = 1.0,
                  init_from: str | None = None) -> None:
-        super().__init__(loss_weight=loss_weight, init_from=init_from, output_scale=output_scale, pos_embed=pos_embed)
+        super().__init__(loss_weight=loss_weight, init_from=init_from)
         self.output_scale, self.pos_embed = float(output_scale), bool(pos_embed)
 
     def build_model(self, task: TaskInfo) -> nn.Module:

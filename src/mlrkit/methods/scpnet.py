@@ -63,7 +63,8 @@ from torch.utils.data import Dataset
 
 from mlrkit.engine.image_data import ImageBatches
 from mlrkit.errors import ConfigError, MlrkitError
-from mlrkit.methods.base import METHODS, Method, TaskInfo
+from mlrkit.features.options import FeaturesSection
+from mlrkit.methods.base import METHODS, Method, StepOutput, TaskInfo
 from mlrkit.models.prompt_learner import TEXT_CHUNK, PromptLearner
 from mlrkit.models.scpnet import (
     PRIOR_TEMPLATE,
@@ -73,6 +74,7 @@ from mlrkit.models.scpnet import (
     cached_structured_prior,
     count_trainable,
 )
+from mlrkit.schema import Section
 from mlrkit.utils import derive_seed
 
 log = logging.getLogger("mlrkit")
@@ -126,6 +128,22 @@ class SCPNetOptions:
 
 
 DEFAULTS = SCPNetOptions()
+
+
+class SCPNetSection(Section):
+    """The ``scpnet`` section's schema: :class:`SCPNetOptions` checked by :func:`parse_options`."""
+
+    section_name = "scpnet"
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return list(DEFAULTS.as_dict())
+
+    @classmethod
+    def parse(cls, d: Any, where: str | None = None) -> SCPNetOptions:  # type: ignore[override]
+        if d is not None and not isinstance(d, dict):
+            raise ConfigError(f"config section scpnet must be a mapping, got {d!r}")
+        return parse_options(d)
 
 
 def _bool(key: str, v: Any) -> bool:
@@ -342,11 +360,9 @@ def scpnet_step(model: SCPNetModel, batch: dict, loss_fn, epoch: int, opts: SCPN
 
 # ---------------------------------------------------------------------------- data
 def _interpolation(vl, name: str = "model"):
-    from mlrkit.data.transforms import interpolation_mode
+    from mlrkit.data.transforms import model_interpolation
 
-    if name == "model":
-        name = str(vl.preprocess_cfg.get("interpolation", "bicubic")).lower()
-    return interpolation_mode(name, "scpnet.interpolation")
+    return model_interpolation(vl.preprocess_cfg, name, "scpnet.interpolation")
 
 
 def scpnet_transforms(vl, image_size: int, opts: SCPNetOptions) -> tuple[Callable, Callable, Callable]:
@@ -446,6 +462,8 @@ class SCPNetMethod(Method):
     ``vl.model``; the loss (``loss.name``) must be ``splc`` unless ``scpnet.require_splc: false``."""
 
     input_kind = "images"
+    uses_vl = True
+    config_sections = {"scpnet": SCPNetSection, "features": FeaturesSection}
 
     def __init__(self) -> None:
         super().__init__()
@@ -454,20 +472,12 @@ class SCPNetMethod(Method):
         self._device: torch.device | str = "cpu"
         self._transforms: tuple | None = None
         self._info: dict[str, Any] = {}
-        self.last_terms: dict[str, float] = {}
 
     # -------------------------------------------------------------- config
-    @property
-    def cfg(self):
-        return self._cfg
-
-    @cfg.setter
-    def cfg(self, cfg) -> None:
-        """Setting the run config validates the ``scpnet`` section and the loss (build_method sets it)."""
-        self._cfg = cfg
-        if cfg is None:
-            return
-        self.options = parse_options(cfg.extra.get("scpnet"))
+    def configure(self, cfg) -> None:
+        """The ``scpnet`` section (checked by the config loader) and the loss it requires."""
+        super().configure(cfg)
+        self.options = cfg.section("scpnet")
         if self.options.require_splc and cfg.loss.name != "splc":
             raise ConfigError(f"scpnet: L_cls follows Zhang et al. (loss `splc`), got loss {cfg.loss.name!r}; set "
                               "scpnet.require_splc: false to train SCPNet with another loss (e.g. the `an` baseline)")
@@ -499,7 +509,7 @@ class SCPNetMethod(Method):
             train += f"; strong: {describe(strong)}"
         return {"train": train, "eval": describe(eval_tf)}
 
-    def make_loader(self, split, observed, batch_size: int, *, train: bool, seed: int, cfg=None,
+    def make_loader(self, split, observed, batch_size: int, *, train: bool, seed: int,
                     shard: tuple[int, int] = (0, 1)):
         """Training: weak (+ strong, unless ``pessl: none``) views; evaluation: the eval transform."""
         if shard[1] > 1:
@@ -521,7 +531,7 @@ class SCPNetMethod(Method):
             rows = self._train_rows or 0
         task.extras[TRAIN_ROWS_KEY] = int(rows)  # in the checkpoint: predict rebuilds the same state shape
         vl = self.vl_model()
-        cache = (self.cfg.extra.get("features") or {}).get("cache_dir")
+        cache = self.cfg.section("features").cache_dir
         model = build_scpnet_model(vl, list(task.class_names), self.options, train_rows=int(rows), seed=self.cfg.seed,
                                    cache_dir=cache)
         nz = (model.prior > 0).sum(dim=1).float()
@@ -548,15 +558,14 @@ class SCPNetMethod(Method):
 
     # -------------------------------------------------------------- training
     def training_step(self, model: nn.Module, batch: dict, loss_fn, epoch: int):
-        """Eq. 14 (see :func:`scpnet_step`); the terms of the last step are kept in ``last_terms``."""
+        """Eq. 14 (see :func:`scpnet_step`); its terms (L_cls, L_cst, L_dstl...) go to ``metrics.jsonl``."""
         if self.options.require_splc:
             from mlrkit.losses.robust import SPLCLoss
 
             if not isinstance(loss_fn, SPLCLoss):
                 raise ConfigError(f"scpnet: L_cls must be the splc loss, got {type(loss_fn).__name__}")
         loss, terms = scpnet_step(model, batch, loss_fn, epoch, self.options)
-        self.last_terms = {k: float(v) for k, v in terms.items()}
-        return loss
+        return StepOutput(loss, {k: torch.as_tensor(v).detach() for k, v in terms.items()})
 
     def classifier_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """The GCN's weights: they get ``train.classifier_lr_mult`` (the reference's separate ``gcn_lr``)."""
@@ -587,9 +596,10 @@ class CLIPFinetuneMethod(Method):
     """
 
     input_kind = "images"
+    uses_vl = True
 
     def __init__(self, flip: bool = True, weak_scale: list[float] | None = None) -> None:
-        super().__init__(flip=flip, weak_scale=weak_scale)
+        super().__init__()
         self.options = parse_options({"flip": flip, "weak_scale": weak_scale, "pessl": "none", "sam": False})
         self._transforms: tuple | None = None
 
@@ -603,7 +613,7 @@ class CLIPFinetuneMethod(Method):
             torch.manual_seed(derive_seed(self.cfg.seed, 5))
             return CLIPLinearClassifier(self.vl_model(), task.num_classes)
 
-    def make_loader(self, split, observed, batch_size: int, *, train: bool, seed: int, cfg=None,
+    def make_loader(self, split, observed, batch_size: int, *, train: bool, seed: int,
                     shard: tuple[int, int] = (0, 1)):
         if self._transforms is None:
             self._transforms = scpnet_transforms(self.vl_model(), self.cfg.data.image_size, self.options)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlrkit.errors import ConfigError, MlrkitError
+from mlrkit.features.options import FeaturesSection
 from mlrkit.methods.base import METHODS, Method, TaskInfo
 from mlrkit.methods.image import FinetuneMethod
 
@@ -38,7 +39,7 @@ def vl_features_for(cfg, model, splits: dict, *, device, progress: bool) -> None
     from mlrkit.features import FeatureStore
     from mlrkit.vl.features import vl_image_features
 
-    store = FeatureStore(cfg.extra.get("features", {}).get("cache_dir"))
+    store = FeatureStore(cfg.section("features").cache_dir)
     for name, split in splits.items():
         if split.images is None:
             raise MlrkitError(f"method needs images, the {name} split has none")
@@ -63,6 +64,9 @@ class ZeroShotHead(nn.Module):
 @METHODS.register("zeroshot", "CLIP zero-shot baseline: cos(image, class-name prompt), no training")
 class ZeroShotMethod(Method):
     input_kind = "features"
+    uses_vl = True
+    config_sections = {"features": FeaturesSection}
+    trains = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -102,6 +106,10 @@ class VLPLMethod(FinetuneMethod):
     pseudo-labels are recomputed from it; slower, a VL forward per step).
     """
 
+    uses_vl = True
+    config_sections = {"features": FeaturesSection}
+    makes_pseudo_labels = True
+
     def __init__(self, tau: float = 0.03, theta: float = 0.3, delta: float = 0.0, flip: bool = True,
                  randaugment: bool = False, cutout: float = 0.0, dropout: float = 0.0,
                  freeze_backbone: bool = False, linear_init_epochs: int = 0, linear_init_lr: float = 1e-3,
@@ -111,7 +119,6 @@ class VLPLMethod(FinetuneMethod):
                          linear_init_lr=linear_init_lr, linear_init_batch_size=linear_init_batch_size)
         if pseudo_labels not in ("once", "every_step"):
             raise ConfigError(f"method.pseudo_labels must be once or every_step, got {pseudo_labels!r}")
-        self.params.update(tau=tau, theta=theta, delta=delta, pseudo_labels=pseudo_labels)
         self.tau, self.theta, self.delta = float(tau), float(theta), float(delta)
         self.pseudo_mode = pseudo_labels
         self.quality: dict = {}
@@ -172,7 +179,7 @@ class VLPLMethod(FinetuneMethod):
         labels = compute_vl_pseudo_labels(
             load_vl(self.cfg, device), train.images, data.class_names, templates=templates_of(self.cfg),
             tau=self.tau, theta=self.theta, delta=self.delta,
-            store=FeatureStore(self.cfg.extra.get("features", {}).get("cache_dir")), seed=self.cfg.seed,
+            store=FeatureStore(self.cfg.section("features").cache_dir), seed=self.cfg.seed,
             device=device, batch_size=max(64, self.cfg.train.batch_size), progress=progress,
             desc=f"{self.cfg.vl.model} features (train)")
         quality = pseudo_label_quality(labels, train.targets, data.observed_train)

@@ -152,6 +152,18 @@ def build_backbone(name: str, weights: str | Path | None = None, pretrained: boo
     return bb
 
 
+def backbone_param_names(name: str) -> list[str]:
+    """The keys a ``model`` section may hold besides ``name`` for backbone ``name``: ``weights`` and
+    ``pretrained`` for every backbone, plus the constructor arguments of ``smallcnn``; none for a
+    ``clip:<spec>`` trunk (its weights are in the spec)."""
+    import inspect
+
+    if name.startswith("clip:"):
+        return []
+    extra = [p for p in inspect.signature(SmallCNN.__init__).parameters if p != "self"] if name == "smallcnn" else []
+    return ["weights", "pretrained", *extra]
+
+
 def load_backbone_weights(bb: Backbone, path: str | Path) -> None:
     """Load a local state dict into a backbone; classifier-head keys are ignored, others must fit."""
     path = Path(path)
