@@ -106,6 +106,7 @@ OPTION_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "heldout_mosaics": (1, None, False, False),
     "repeats": (1, None, False, False),
     "threads": (1, None, False, False),
+    "jobs": (1, None, False, False),
     "rounds": (0, None, False, False),
     "per_image": (1, None, False, False),
     "max_absent": (1, None, False, False),
