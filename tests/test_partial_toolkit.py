@@ -354,5 +354,19 @@ def test_train_with_csl_logicmix_and_cft_end_to_end_and_resume(tmp_path):
                         sets=["mix.name=mixup", "cft.variant=ga", "cft.epochs=2", "cft.population=10"])
     res2 = train(cfg2, quiet=True)
     assert 0 < res2["test_map"] <= 1 and res2["cft"]["spec"]["variant"] == "ga"
+    # a spa run reports probabilities through the loss's inverse link: predict, evaluate, results.json
+    from mlrkit.engine.inference import evaluate_run, load_run, predict_inputs
+
+    run = load_run(tmp_path / "run2")
+    with np.load(builtin_path("scene.npz")) as z:
+        rows = z["X_test"][:20].astype(np.float32)
+    np.save(tmp_path / "rows.npy", rows)
+    _, probs = predict_inputs(run, [tmp_path / "rows.npy"])
+    logits = run.built.model.eval()(torch.tensor(rows)).detach().double()
+    np.testing.assert_allclose(probs, build("spa").probabilities(logits).numpy(), rtol=1e-6, atol=1e-9)
+    assert not np.allclose(probs, torch.sigmoid(logits).numpy(), atol=1e-3)
+    ev = evaluate_run(tmp_path / "run2", splits=("test",))
+    assert ev["test"]["ece"] == pytest.approx(res2["test_metrics"]["ece"], abs=1e-9)
+    assert ev["test"]["map"] == pytest.approx(res2["test_map"], abs=1e-9)
     with pytest.raises(ConfigError, match="independent"):
         train(build_config(flags={**flags, "out": str(tmp_path / "run3")}, sets=["mix.name=mixup"]), quiet=True)

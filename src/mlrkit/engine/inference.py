@@ -92,6 +92,8 @@ def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "
     if not splits and (not grouped or run.built.method.report_groups() == 0):
         return {}, None
     data = prepare_run_data(run.cfg)
+    # what the Trainer does before scoring: e.g. frozen-backbone features of a linear probe on images
+    run.built.method.prepare_data(data, device=run.device, progress=False)
     out: dict[str, dict] = {}
     test_scores = None
     for name in splits:
