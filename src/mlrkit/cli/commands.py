@@ -353,7 +353,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from mlrkit.config import parse_set
     from mlrkit.data import load_dataset
-    from mlrkit.labels import label_stats, observe
+    from mlrkit.labels import label_stats, make_observed, observe
     from mlrkit.utils import write_json
 
     ds = load_dataset(args.dataset, args.root, **parse_set(args.option))
@@ -363,7 +363,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     print(f"dataset {ds.name}: {len(tv)} official-train images (validation = 20% of them), "
           f"{len(ds.test)} test, {ds.num_classes} classes")
     partial = tv.known is not None
-    gt_stats = label_stats(tv.targets if not partial else _gt_as_observed(tv), ds.class_names)
+    # partial ground truth is counted as observed labels: its known entries as +1/-1, the rest unknown
+    gt_stats = label_stats(tv.targets if not partial else make_observed(tv.targets, "observed", 0, known=tv.known),
+                           ds.class_names)
     print("ground truth (official train)" + (", partial: only known entries counted" if partial else "") + ":")
     print(_indent(gt_stats.format()))
     obs_stats = label_stats(obs.observed, ds.class_names)
@@ -387,12 +389,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         print(f"wrote {save_partial_features(ds, obs.observed, args.export_features)} "
               "(training labels = the observed labels only)")
     return 0
-
-
-def _gt_as_observed(split):
-    import numpy as np
-
-    return np.where(split.known, np.where(split.targets == 1, 1, -1), 0).astype(np.int8)
 
 
 def _indent(text: str) -> str:
