@@ -482,3 +482,57 @@ def test_vl_disagreement_on_images_with_a_vl_model(tmp_path, capsys, single_thre
     for r in rows:
         assert obs[int(r["row"]), rp.pool.class_names.index(r["class"])] == 0
         assert 0 <= float(r["score"]) <= 1
+
+
+@pytest.mark.slow
+def test_annotation_round_on_a_manifest_of_real_photos(tmp_path, capsys, monkeypatch, single_thread):
+    """Your own data: a three-state manifest of real photos -> train -> suggest -> answer -> apply -> retrain."""
+    from mlrkit.data import load_dataset
+
+    monkeypatch.setenv("MLRKIT_CACHE", str(tmp_path / "cache"))
+    ds = load_dataset("fashion-mosaic", limit_train=60, limit_test=20)
+    names = ds.class_names
+    (tmp_path / "img").mkdir()
+    lines = ["image,positives,negatives,split"]
+    for part, split in (("train", ds.trainval), ("test", ds.test)):
+        for i in range(len(split)):
+            rel = f"img/{part}_{i:03d}.png"
+            split.images.load(i).save(tmp_path / rel)
+            shown = [j for j in range(len(names)) if (i + 2 * j) % 3 != 0]  # a third of the entries unknown
+            pos = [names[j] for j in shown if split.targets[i, j]]
+            neg = [names[j] for j in shown if not split.targets[i, j]]
+            lines.append(f"{rel},{'|'.join(pos)},{'|'.join(neg)},{part}")
+    (tmp_path / "classes.txt").write_text("\n".join(names) + "\n")
+    man = tmp_path / "labels.csv"
+    man.write_text("\n".join(lines) + "\n")
+    classes = str(tmp_path / "classes.txt")
+    train_args = ["--method", "finetune", "--loss", "an", "--labels", "observed", "--epochs", "1",
+                  "--batch-size", "16", "--set", "model.name=smallcnn", "--set", "model.width=8",
+                  "--set", "data.image_size=32", "--set", f"data.options.classes={classes}", "--quiet"]
+    code, _, err = run_cli(capsys, "train", "--dataset", f"manifest:{man}", *train_args, "--out", str(tmp_path / "r0"))
+    assert code == 0, err
+    q = tmp_path / "queries.csv"
+    code, out, err = run_cli(capsys, "suggest-labels", str(tmp_path / "r0"), "--budget", "12", "--strategy",
+                             "uncertainty", "--per-image", "3", "--out", str(q))
+    assert code == 0, err
+    rows = _read_csv(q)
+    assert len(rows) == 12 and len({r["image"] for r in rows}) == 4
+    truth = {f"img/train_{i:03d}.png": ds.trainval.targets[i] for i in range(len(ds.trainval))}
+    for r in rows:
+        r["answer"] = "yes" if truth[r["image"]][names.index(r["class"])] else "no"
+    with open(q, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    new = tmp_path / "labels-r1.csv"
+    code, out, err = run_cli(capsys, "apply-answers", str(man), str(q), "--out", str(new), "--classes", classes)
+    assert code == 0, err
+    before = load_dataset(f"manifest:{man}", classes=classes).trainval
+    after = load_dataset(f"manifest:{new}", classes=classes).trainval
+    added = {(after.ids[i], names[j]) for i, j in np.argwhere(after.known & ~before.known)}
+    assert added == {(r["image"], r["class"]) for r in rows}  # exactly the answered entries became known
+    assert np.array_equal(after.targets[after.known], ds.trainval.targets[after.known])  # with the true answers
+    code, _, err = run_cli(capsys, "train", "--dataset", f"manifest:{new}", *train_args, "--out", str(tmp_path / "r1"))
+    assert code == 0, err
+    saved = np.load(tmp_path / "r1" / "observed_labels.npz")["observed"]
+    assert int((saved != 0).sum()) == int((before.known).sum()) + 12

@@ -413,7 +413,6 @@ def test_saved_config_usable_as_recipe(tmp_path):
         (["model.name=resnet18", "model.foo=1"], r"unknown config key 'model.foo'; valid: weights, pretrained"),
         (["method.name=cam", "model.name=clip:tiny:rn", "model.width=4"], r"unknown config key 'model.width'"),
         (["method.name=dualcoop", "model.name=resnet18"], r"method 'dualcoop' reads no model section"),
-        (["vl.model=tiny"], r"method 'linear' uses no vision-language model, but the vl section is set"),
         # typos in typed sections
         (["features.cache_veiws=4"], r"unknown config key 'features.cache_veiws' \(did you mean cache_views"),
         (["method.name=cam", "boostlu.trian=true"], r"unknown config key 'boostlu.trian' \(did you mean train"),

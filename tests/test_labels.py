@@ -67,7 +67,7 @@ def test_protocols_on_hand_made_matrices_are_consistent(protocol, seed):
 
 
 def test_registry_lists_the_protocols_with_descriptions():
-    assert set(PROTOCOLS.names()) >= {"full", "single-positive", "partial", "drop-positives", "observed"}
+    assert set(PROTOCOLS.names()) >= {"full", "single-positive", "partial", "drop-positives", "observed", "fpc"}
     assert all(e.description for e in PROTOCOLS.list())
 
 

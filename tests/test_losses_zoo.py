@@ -16,7 +16,7 @@ from mlrkit.losses import LOSSES, build
 
 ALL_LOSSES = [
     "bce", "an", "an_ls", "n_ls", "wan", "l1r", "l2r", "epr", "role", "em", "entmin", "focal",
-    "asl", "hill", "splc", "em_apl", "ll_r", "ll_ct", "ll_cp",
+    "asl", "hill", "splc", "em_apl", "ll_r", "ll_ct", "ll_cp", "csl", "spa", "pbce", "curriculum",
 ]
 
 # A hand-made batch: 4 images x 6 classes, every observed value, logits on both sides of 0 and of
@@ -96,6 +96,14 @@ REFERENCES = {
         lambda pm: np.where(y == 1, -lsig(x), -(pm**4) * np.log(1 - pm))
     )(np.maximum(sig(x) - 0.05, 0.0)).mean(),
     "hill": lambda x, y: np.where(y == 1, ref_focal_margin(x), (1.5 - sig(x)) * sig(x) ** 2).mean(),
+    # spa: unknowns ignored; zeta+=1, k+=1, b+=0, zeta-=5, k-=3, b-=1
+    "spa": lambda x, y: np.where(y == 1, -lsig(x), np.where(y == -1, -lsig(-3 * (x - 1)) / 5, 0.0)).mean(),
+    # pbce: Durand's g(rho) = alpha rho + beta with g(0.1) = 5, g(1) = 1
+    "pbce": lambda x, y: (np.where(y == 1, -lsig(x), np.where(y == -1, -lsig(-x), 0.0))
+                          * (-40 / 9 * (y != 0).mean(1, keepdims=True) + 49 / 9)).mean(),
+    # curriculum before any pseudo-label = pbce
+    "curriculum": lambda x, y: (np.where(y == 1, -lsig(x), np.where(y == -1, -lsig(-x), 0.0))
+                                * (-40 / 9 * (y != 0).mean(1, keepdims=True) + 49 / 9)).mean(),
 }
 
 
@@ -134,7 +142,11 @@ def test_unknown_hyper_parameter_is_a_config_error(name):
 def test_bad_hyper_parameter_values_are_config_errors():
     for name, hp in [("an_ls", {"eps": 0.7}), ("n_ls", {"rate": 0.1}), ("asl", {"clip": 1.5}),
                      ("splc", {"tau": 1.2}), ("ll_r", {"delta_rel": 5}), ("em_apl", {"warmup_epochs": 10}),
-                     ("epr", {"expected_num_pos": -1.0}), ("role", {"lr_mult": 0})]:
+                     ("epr", {"expected_num_pos": -1.0}), ("role", {"lr_mult": 0}),
+                     ("focal", {"alpha": 1.5}), ("focal", {"unknown": "positive"}), ("csl", {"clip": 1.0}),
+                     ("csl", {"priors": [1.5]}), ("spa", {"k_neg": 0}), ("spa", {"unknown": "x"}),
+                     ("pbce", {"gamma": 0}), ("curriculum", {"strategy": "x"}),
+                     ("curriculum", {"threshold": 0.0}), ("curriculum", {"start_epoch": 0})]:
         with pytest.raises(ConfigError):
             build(name, **hp)
 
@@ -242,7 +254,7 @@ def _permutation_invariant(loss_a, x, y, perm, epoch):
         assert ka == kb and torch.equal(sa, sb), ka
 
 
-@pytest.mark.parametrize("name", ["role", "em_apl", "ll_cp"])
+@pytest.mark.parametrize("name", ["role", "em_apl", "ll_cp", "curriculum"])
 def test_state_is_keyed_by_index(name):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 10)) * 2
@@ -251,6 +263,8 @@ def test_state_is_keyed_by_index(name):
     loss = prepared(name, observed=y, **({"expected_num_pos": 2.0} if name == "role" else {}))
     if name == "em_apl":
         loss.update_pseudo_labels(t(rng.normal(size=(8, 10))), epoch=6)
+    if name == "curriculum":
+        assert loss.update_pseudo_labels(t(rng.normal(size=(8, 10))), epoch=2) > 0
     perm = rng.permutation(8)
     _permutation_invariant(loss, x, y, perm, epoch=2)
     # and a different index really reads different rows
@@ -260,7 +274,7 @@ def test_state_is_keyed_by_index(name):
 
 
 def test_stateful_losses_need_index_and_prepare():
-    for name in ("role", "em_apl", "ll_cp"):
+    for name in ("role", "em_apl", "ll_cp", "curriculum"):
         with pytest.raises(RuntimeError, match="prepare"):
             build(name)(t(X), t(Y, torch.int8), index=torch.arange(B))
         loss = prepared(name)

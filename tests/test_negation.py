@@ -469,7 +469,34 @@ def test_cli_help_and_captions_with_recipe(tmp_path, capsys):
     assert report["rows"] == 10 and report["reports"][0]["counts"]["verified_by_annotations"] == 10
     recipe.write_text("captions:\n  bogus: 1\n")
     assert main(["negation", "captions", "--config", str(recipe), "--out", str(out)]) == 2
-    assert "unknown key 'bogus'" in capsys.readouterr().err
+    assert "unknown config key 'captions.bogus'" in capsys.readouterr().err
+
+
+def test_negation_flags_layer_like_run_configs(tmp_path):
+    """defaults -> recipe section (with base: chains, as mlrkit train) -> command line; no argparse internals."""
+    from pathlib import Path
+
+    import mlrkit
+    from mlrkit.cli.main import build_parser
+    from mlrkit.errors import ConfigError
+
+    base = tmp_path / "base.yaml"
+    base.write_text("build-benchmark:\n  dataset: fashion-mosaic\n  per_image: 2\n  seed: 3\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("base: base.yaml\nbuild-benchmark:\n  per-image: 4\n")
+    parser = build_parser()
+    args = parser.parse_args(["negation", "build-benchmark", "--config", str(child), "--seed", "7"])
+    got = args.layered_flags.resolve(args)
+    assert (got.dataset, got.per_image, got.seed, got.split, got.limit) == ("fashion-mosaic", 4, 7, "test", None)
+    args = parser.parse_args(["negation", "eval"])  # no recipe: the declared defaults
+    got = args.layered_flags.resolve(args)
+    assert (got.vl_model, got.tasks, got.seed) == ([], "referring,captions,zeroshot", 0)
+    child.write_text("base: base.yaml\nbuild-benchmark:\n  per_imgae: 4\n")
+    args = parser.parse_args(["negation", "build-benchmark", "--config", str(child)])
+    with pytest.raises(ConfigError, match=r"'build-benchmark.per_imgae' \(did you mean per_image"):
+        args.layered_flags.resolve(args)
+    src = Path(mlrkit.__file__).parent
+    assert not [p for p in src.rglob("*.py") if "argparse._" in p.read_text()]  # public argparse only
 
 
 def test_finetune_rejects_bad_config():

@@ -463,3 +463,38 @@ def test_reference_recipe_trains_a_smoke_epoch_on_builtin_data(recipe, tmp_path)
     cfg = build_config(recipe, flags)
     res = train(cfg, quiet=True)
     assert math.isfinite(res["test_map"]) and 0.0 <= res["test_map"] <= 1.0
+
+
+# ----------------------------------------------------------------------------- NegationCLIP
+@pytest.mark.slow
+def test_negation_finetune_every_row_per_epoch_as_the_reference_loader():
+    """rows_per_epoch='all' takes every (image, row) pair once per epoch (3 rows per image: 3x the steps);
+    the default draws one row per distinct image."""
+    from mlrkit.data import load_dataset
+    from mlrkit.negation import captions
+    from mlrkit.negation.finetune import FinetuneConfig, finetune_negation
+
+    ds = load_dataset("fashion-mosaic", limit_train=30, limit_test=4)
+    sp = ds.trainval
+    rows, _ = captions.generate_p1(class_names=ds.class_names, targets=sp.targets, ids=sp.ids, per_image=3, seed=0)
+    steps, n_train = {}, 0
+    for mode in ("image", "all"):
+        res = finetune_negation(vl.load("tiny"), rows, sp.images, sp.ids,
+                                FinetuneConfig(lr=1e-4, epochs=1, batch_size=4, rows_per_epoch=mode, seed=0),
+                                progress=False)
+        steps[mode], n_train = res.steps, res.n_train_images
+        assert np.isfinite(res.best_val_loss)
+    assert steps == {"image": n_train // 4, "all": (3 * n_train) // 4}
+    with pytest.raises(Exception, match="rows_per_epoch"):
+        FinetuneConfig(rows_per_epoch="caption").validate()
+
+
+def test_negation_reference_recipe_sets_the_reference_loader():
+    from mlrkit.cli.main import build_parser
+    from mlrkit.cli.negation import apply_recipe
+
+    args = build_parser().parse_args(["negation", "finetune", "--config", str(CONFIGS / "negation" / "reference.yaml"),
+                                      "--captions", "x.jsonl", "--out", "y.pt"])
+    args = apply_recipe(args)
+    assert (args.rows_per_epoch, int(args.batch_size), float(args.p_negated), bool(args.train_logit_scale)) == \
+        ("all", 512, 1.0, True)

@@ -67,6 +67,8 @@ def scp_cfg(out=None, spec: str = "tiny", size: int = 32, scpnet: dict | None = 
              "vl": {"model": spec}, "scpnet": {"confident_k": 3, **(scpnet or {})}}
     for k, v in over.items():
         flags[k] = {**flags.get(k, {}), **v} if isinstance(v, dict) else v
+    if flags["method"]["name"] != "scpnet":  # only method scpnet reads the scpnet section (others: an error)
+        flags.pop("scpnet")
     return build_config(flags=flags)
 
 
@@ -294,7 +296,7 @@ def test_each_ablation_switch_builds_and_trains_a_step(tiny, name):
     model.train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     before = model.prompt.ctx.detach().clone()
-    loss = method.training_step(model, batch, losses.build("splc"), 1)
+    loss = method.training_step(model, batch, losses.build("splc"), 1).loss
     assert torch.isfinite(loss)
     loss.backward()
     assert model.prompt.ctx.grad is not None and model.prompt.ctx.grad.abs().sum() > 0
@@ -308,7 +310,7 @@ def test_resnet_tower_trains_a_step(tiny):
     method, model = _built(tiny, {}, spec="tiny:rn", size=64)
     batch = next(iter(method.make_loader(_data(method).train, _data(method).observed_train, 4, train=True, seed=0)))
     assert batch["inputs"].shape == batch["strong"].shape == (4, 3, 64, 64)
-    loss = method.training_step(model.train(), batch, losses.build("splc"), 0)
+    loss = method.training_step(model.train(), batch, losses.build("splc"), 0).loss
     loss.backward()
     assert any(p.grad is not None for p in model.image_encoder.parameters())
 
@@ -319,7 +321,7 @@ def test_clip_finetune_baseline_trains_a_step(tiny):
     data = _data(method)
     model = method.build_model(TaskInfo(list(data.class_names), "images", image_size=32))
     batch = next(iter(method.make_loader(data.train, data.observed_train, 8, train=True, seed=0)))
-    loss = method.training_step(model, batch, losses.build("an"), 0)
+    loss = method.training_step(model, batch, losses.build("an"), 0).loss
     loss.backward()
     assert model.classifier.weight.grad is not None
 

@@ -9,8 +9,8 @@ are this module's schemas; ``method``, ``loss`` and ``model`` are open sections 
 a component and whose other keys are checked against that component's signature; any other
 section must be declared by the active method (``Method.config_sections``, e.g. ``boostlu`` by
 ``cam``). A key or section that nothing active reads is an error with a suggestion: a section of
-another method names the active one; ``model``/``vl`` set for a method that reads neither is an
-error. This module names no method: it asks the method registry.
+another method names the active one; ``model`` set for a method that reads none is an error. This
+module names no method: it asks the method registry.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import yaml
 
 from mlrkit.errors import ConfigError
-from mlrkit.schema import Section, check_params, coerce, setting, suggest, unknown_key
+from mlrkit.schema import Section, check_params, check_range, coerce, setting, suggest, unknown_key
 
 
 class _Loader(yaml.SafeLoader):
@@ -59,7 +59,7 @@ class DataConfig(Section):
     name: str = "scene"
     root: str | None = None
     val_fraction: float = setting(0.2, min=0.0, max=0.9, help="fraction of the official train set held out")
-    split_seed: int = 1200  # Cole et al.
+    split_seed: int = setting(1200, min=0, help="seed of the validation split (Cole et al.'s 1200)")
     val_labels: str = setting("full", choices=("full", "observed"),
                               help="full (Cole's default: clean validation labels) | observed")
     skip_bad_images: bool = False
@@ -76,7 +76,7 @@ class LabelsConfig(Section):
 
     section_name: ClassVar[str] = "labels"
     protocol: str = "full"  # a protocol string, or the path of a `mlrkit prepare` .npz
-    seed: int | None = None  # observation seed; defaults to the run seed
+    seed: int | None = setting(None, min=0, help="observation seed; defaults to the run seed")
 
 
 @dataclass
@@ -141,7 +141,7 @@ class TrainConfig(Section):
     compile: bool | str = setting(False, help="torch.compile the model: true (inductor) or a backend name, e.g. eager")
     checkpoint_every_s: float = setting(60.0, min=0.0, help="write last.pt at most this often (and after the last "
                                                             "epoch); 0 = every epoch")
-    ema: float = setting(0.0, min=0.0, max=1.0, help="EMA decay of the weights (0 = off)")
+    ema: float = setting(0.0, min=0.0, max=1.0, max_open=True, help="EMA decay of the weights (0 = off)")
     grad_clip: float = setting(0.0, min=0.0)
     progress: bool = True
 
@@ -222,7 +222,10 @@ def _parse_core(key: str, v: Any) -> Any:
         if "name" in v:
             out.name = coerce(v["name"], str, f"{key}.name")
         return out
-    return coerce(v, tp, key)
+    value = coerce(v, tp, key)
+    if key == "seed":
+        check_range(value, {"min": 0}, key)
+    return value
 
 
 # ---------------------------------------------------------------------------- ownership
@@ -277,8 +280,9 @@ def claim_sections(cfg: RunConfig, sections: dict[str, Any], core: list[str]) ->
 
 
 def check_components(cfg: RunConfig) -> None:
-    """The open sections' hyper-parameters against their components' signatures, and the sections the
-    active method does not read (``model``, ``vl``) left at their defaults."""
+    """The open sections' hyper-parameters against their components' signatures, and the ``model``
+    section left empty when the active method reads none. (``vl`` is the run's: besides VL methods,
+    ``mlrkit suggest-labels``' vl-disagreement reads it for any method.)"""
     import mlrkit.losses.zoo  # noqa: F401 - registers every loss
     from mlrkit.errors import MlrkitError
     from mlrkit.losses import LOSSES
@@ -301,9 +305,6 @@ def check_components(cfg: RunConfig) -> None:
         unknown = [k for k in cfg.model.params if k not in valid]
         if unknown:
             raise unknown_key(unknown[0], "model", valid)
-    if not cls.uses_vl and cfg.vl != VLConfig():
-        raise ConfigError(f"method {cfg.method.name!r} uses no vision-language model, but the vl section is set "
-                          f"({_to_dict(cfg.vl)}); drop it or pick a VL method")
 
 
 def _to_dict(obj: Any) -> Any:

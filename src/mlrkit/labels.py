@@ -11,6 +11,7 @@ A protocol turns ``targets`` into ``observed`` deterministically from a seed:
 * ``partial:<f>``            a uniformly random subset of round(f*N*C) entries is known (DualCoOp).
 * ``drop-positives:<f>``     round(f*P) of the P positives are kept, nothing else is known (SPLC).
 * ``observed``               the dataset's own annotations exactly as given (real incomplete labels).
+* ``fpc:<N>``                up to N positives and N negatives known per class (Ben-Baruch et al. 2022).
 
 Where the ground truth itself is incomplete (a three-state manifest, a features file's
 ``observed_train``, LVIS/CheXpert/VAW/OpenImages), a ``known`` mask restricts every protocol to the
@@ -95,20 +96,39 @@ def parse_protocol(protocol: str) -> tuple[str, float | None]:
         raise MlrkitError(f"label protocol must be a non-empty string, got {protocol!r}")
     name, sep, arg = protocol.strip().partition(":")
     PROTOCOLS.entry(name)  # raises with suggestions
-    needs_arg = name in ("partial", "drop-positives")
+    parse_arg = PROTOCOL_ARGS.get(name)
+    needs_arg = parse_arg is not None
     if needs_arg and not sep:
-        raise MlrkitError(f"protocol {name!r} needs a fraction, e.g. '{name}:0.5'")
+        what, example = PROTOCOL_ARG_EXAMPLES[name]
+        raise MlrkitError(f"protocol {name!r} needs {what}, e.g. '{name}:{example}'")
     if not needs_arg and sep:
         raise MlrkitError(f"protocol {name!r} takes no argument, got {protocol!r}")
     value: float | None = None
-    if needs_arg:
-        try:
-            value = float(arg)
-        except ValueError:
-            raise MlrkitError(f"protocol {protocol!r}: {arg!r} is not a number") from None
-        if not 0.0 < value <= 1.0:
-            raise MlrkitError(f"protocol {protocol!r}: the fraction must be in (0, 1], got {value}")
+    if parse_arg is not None:
+        value = parse_arg(protocol, arg)
     return name, value
+
+
+def parse_fraction(protocol: str, arg: str) -> float:
+    """A protocol's fraction argument, in (0, 1]."""
+    try:
+        value = float(arg)
+    except ValueError:
+        raise MlrkitError(f"protocol {protocol!r}: {arg!r} is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise MlrkitError(f"protocol {protocol!r}: the fraction must be in (0, 1], got {value}")
+    return value
+
+
+#: protocols that take an argument (``name:<arg>``): the parser of the argument, and what it is (+ an example).
+PROTOCOL_ARGS: dict[str, Callable[[str, str], float]] = {}
+PROTOCOL_ARG_EXAMPLES: dict[str, tuple[str, str]] = {}
+
+
+def protocol_argument(name: str, parse: Callable[[str, str], float], what: str, example: str) -> None:
+    """Declare that protocol ``name`` takes an argument (``name:<arg>``), parsed by ``parse(protocol, arg)``."""
+    PROTOCOL_ARGS[name] = parse
+    PROTOCOL_ARG_EXAMPLES[name] = (what, example)
 
 
 def make_observed(
@@ -214,6 +234,55 @@ def _drop_positives(
 )
 def _observed(t: np.ndarray, known: np.ndarray | None, rng: np.random.Generator, _: float | None) -> np.ndarray:
     return _full(t, known, rng, None)
+
+
+def parse_count(protocol: str, arg: str) -> float:
+    """``fpc``'s argument: a whole number of annotations per class and side, >= 1."""
+    try:
+        value = float(arg)
+    except ValueError:
+        raise MlrkitError(f"protocol {protocol!r}: {arg!r} is not a number") from None
+    if not value.is_integer() or value < 1:
+        raise MlrkitError(f"protocol {protocol!r}: the count per class must be a whole number >= 1, got {arg}")
+    return value
+
+
+@PROTOCOLS.register("fpc", "fpc:<N> - up to N positives and N negatives known per class (Ben-Baruch et al. 2022)")
+def _fixed_per_category(
+    targets: np.ndarray, known: np.ndarray | None, rng: np.random.Generator, n_per_class: float | None
+) -> np.ndarray:
+    r"""``fpc:<N>``, fixed per category (Ben-Baruch, Ridnik, Friedman, Ben-Cohen, Zamir, Noy, Zelnik-Manor,
+    "Multi-label classification with partial annotations using class-aware selective loss", CVPR 2022).
+
+    For every class :math:`c` independently,
+
+    .. math::
+        \mathcal P_c \subset \{i : y_{ic}=1\},\ |\mathcal P_c| = \min(N, n^+_c), \qquad
+        \mathcal N_c \subset \{i : y_{ic}=0\},\ |\mathcal N_c| = \min(N, n^-_c)
+
+    are drawn uniformly without replacement; :math:`o_{ic}=+1` on :math:`\mathcal P_c`, :math:`-1` on
+    :math:`\mathcal N_c`, 0 elsewhere: every class gets up to :math:`N` positive *and* up to :math:`N`
+    negative annotations whatever its frequency (the paper: :math:`N=1000` on COCO). This follows the
+    paper's code (``simulate_coco``, mode ``fpc``). mlcpl's ``drop_labels_fix_per_category(N)`` keeps
+    :math:`\min(n^+_c, n^-_c, \lfloor N/2\rfloor)` of *each* instead (balanced, at most :math:`N` in
+    all); docs/comparison.md has the difference. With a ``known`` mask only known entries are candidates.
+    """
+    assert n_per_class is not None
+    n = int(n_per_class)
+    t = targets
+    ok = np.ones(t.shape, dtype=bool) if known is None else known
+    obs = np.zeros(t.shape, dtype=np.int8)
+    for c in range(t.shape[1]):
+        for value, label in ((1, POSITIVE), (0, NEGATIVE)):
+            rows = np.flatnonzero((t[:, c] == value) & ok[:, c])
+            keep = rows[rng.permutation(rows.size)[: min(n, rows.size)]]
+            obs[keep, c] = label
+    return obs
+
+
+protocol_argument("partial", parse_fraction, "a fraction", "0.5")
+protocol_argument("drop-positives", parse_fraction, "a fraction", "0.5")
+protocol_argument("fpc", parse_count, "a count per class", "100")
 
 
 # --------------------------------------------------------------------------- artifact

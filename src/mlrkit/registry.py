@@ -64,6 +64,11 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}{hint}; `mlrkit list {plural}` shows all"
             ) from None
 
+    def remove(self, name: str) -> None:
+        """Forget ``name`` (e.g. an entry registered by a test or a notebook for the time of an experiment)."""
+        self.entry(name)
+        del self._entries[name]
+
     def names(self) -> list[str]:
         return list(self._entries)
 
@@ -75,3 +80,16 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
+
+
+def import_modules(package: str, first: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> None:
+    """Import the modules of ``package`` so that each registers its entries: ``first`` in that order
+    (the order ``mlrkit list`` shows), then every other module of the package (a new file is picked up
+    without editing a list), except ``skip``."""
+    import pkgutil
+    from importlib import import_module
+
+    pkg = import_module(package)
+    rest = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name not in first and m.name not in skip)
+    for mod in (*first, *rest):
+        import_module(f"{package}.{mod}")

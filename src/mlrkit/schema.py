@@ -26,11 +26,11 @@ from mlrkit.errors import ConfigError
 
 
 def setting(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
-            min: float | None = None, max: float | None = None, min_open: bool = False,
+            min: float | None = None, max: float | None = None, min_open: bool = False, max_open: bool = False,
             choices: tuple | None = None, help: str = "") -> Any:
-    """A section field with its checks: ``min``/``max`` bounds (``min_open``: strictly greater),
-    ``choices`` (allowed values) and a one-line ``help``."""
-    meta = {"min": min, "max": max, "min_open": min_open, "choices": choices, "help": help}
+    """A section field with its checks: ``min``/``max`` bounds (``min_open``: strictly greater,
+    ``max_open``: strictly less), ``choices`` (allowed values) and a one-line ``help``."""
+    meta = {"min": min, "max": max, "min_open": min_open, "max_open": max_open, "choices": choices, "help": help}
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -103,8 +103,8 @@ def check_range(value: Any, meta: Any, key: str) -> None:
             raise ConfigError(f"{key} must be a finite number, got {value!r}")
         if lo is not None and (value <= lo if meta.get("min_open") else value < lo):
             raise ConfigError(f"{key} must be {'>' if meta.get('min_open') else '>='} {lo}, got {value!r}")
-        if hi is not None and value > hi:
-            raise ConfigError(f"{key} must be <= {hi}, got {value!r}")
+        if hi is not None and (value >= hi if meta.get("max_open") else value > hi):
+            raise ConfigError(f"{key} must be {'<' if meta.get('max_open') else '<='} {hi}, got {value!r}")
 
 
 def coerce(v: Any, tp: Any, key: str) -> Any:

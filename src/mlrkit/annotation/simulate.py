@@ -24,6 +24,7 @@ import copy
 import csv
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ def _round_row(k: int, obs_train: np.ndarray, res: dict[str, Any], asked: int, n
 
 def simulate(base: RunConfig, settings: SimulationSettings, out_dir: str | Path, *,
              round0: str | Path | None = None, quiet: bool = True,
-             progress=None) -> list[dict[str, Any]]:
+             progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Run ``settings.rounds`` annotation rounds after round 0; returns (and writes) ``rounds.json``'s list."""
     from mlrkit.annotation.suggest import run_pool, suggest, write_queries
     from mlrkit.data import split_train_val
@@ -215,7 +216,8 @@ def plot_curves(curves: dict[str, tuple[list[float], list[float], list[float] | 
 
 
 def simulate_grid(base: RunConfig, strategies: list[str], seeds: list[int], settings: SimulationSettings,
-                  out_dir: str | Path, *, quiet: bool = True, progress=None) -> dict[str, Any]:
+                  out_dir: str | Path, *, quiet: bool = True,
+                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Every strategy for every seed (round 0 shared per seed); writes ``comparison.{json,md,csv,png}``."""
     out = Path(out_dir)
     for s in strategies:

@@ -17,8 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mlrkit.annotation.strategies import STRATEGIES, Pool, parse_budget, score_pool, select
+from mlrkit.config import RunConfig
+from mlrkit.data import Split
+from mlrkit.engine.run_data import RunData
 from mlrkit.errors import MlrkitError
 
 log = logging.getLogger("mlrkit")
@@ -31,13 +35,11 @@ class RunPool:
     pool: Pool
     ids: list[str]  # image ids of the pool rows
     rows: np.ndarray  # their rows in the official training set
-    data: object  # the run's RunData (ground truth for simulations)
+    data: RunData  # the run's data (ground truth for simulations)
 
 
-def zero_shot_scores(cfg, split, class_names: list[str], device) -> np.ndarray:
+def zero_shot_scores(cfg: RunConfig, split: Split, class_names: list[str], device: torch.device | str) -> np.ndarray:
     """Cosine similarity [N, C] between each image and each class prompt of the configured VL model."""
-    import torch
-
     from mlrkit.features import FeatureStore
     from mlrkit.methods.vl_methods import load_vl, templates_of
     from mlrkit.vl.features import vl_image_features

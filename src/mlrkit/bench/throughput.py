@@ -132,7 +132,7 @@ def run_case(name: str, classes: int = 80, batch: int = 2, steps: int = 2, devic
 
     def train_step():
         model.train()
-        out = method.training_step(model, batch_dict, loss, 1)
+        out = method.training_step(model, batch_dict, loss, 1).loss
         opt.zero_grad(set_to_none=True)
         out.backward()
         opt.step()

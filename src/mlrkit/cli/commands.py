@@ -265,7 +265,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss", help="loss name (mlrkit list losses)")
     p.add_argument("--labels", help="observation protocol or a .npz from `mlrkit prepare`")
     p.add_argument("--seed", type=int, help="run seed (also the observation seed unless labels.seed is set)")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="training epochs; with --resume: extend the run to this many epochs")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--out", help="run directory")
@@ -275,25 +275,36 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    "(features.cache_views; 1 = the evaluation view only)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.optimizer=sgd --set loss.alpha=0.2")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly as saved in its "
+                   "config.yaml, from its last.pt (only --epochs may change: more epochs)")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and report them")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def train_config_from_args(args: argparse.Namespace):
-    from mlrkit.config import RunConfig, build_config
+    from mlrkit.config import build_config
+    from mlrkit.errors import ConfigError
 
-    if args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
-        saved = Path(args.out) / "config.yaml"
-        cfg = RunConfig.load(saved)
-        given = [f for f in ("config", "dataset", "method", "loss", "labels", "seed", "epochs", "batch_size", "lr",
+    if args.resume:
+        from mlrkit.engine.rundir import check_out_path, saved_config
+
+        if not args.out:
+            raise ConfigError("--resume needs --out RUN_DIR: the run directory to continue")
+        out = Path(args.out)
+        check_out_path(out)
+        if not out.is_dir():
+            raise ConfigError(f"--resume: {out} does not exist; to start a new run there, drop --resume")
+        cfg = saved_config(out)
+        given = [f for f in ("config", "dataset", "root", "method", "loss", "labels", "seed", "batch_size", "lr",
                              "vl_model", "cache_views")
-                 if getattr(args, f, None) is not None] + (["--set"] if args.set else [])
+                 if getattr(args, f, None) is not None] + (["--set"] if args.set else []) + \
+            (["--skip-bad-images"] if args.skip_bad_images else [])
         if given:
-            from mlrkit.errors import ConfigError
-
-            raise ConfigError(f"--resume continues {saved} as saved; drop {', '.join(given)}")
-        cfg.out = args.out  # the run directory is the one given, wherever it was first written
+            raise ConfigError(f"--resume continues {out / 'config.yaml'} as saved (only --epochs may extend it); "
+                              f"drop {', '.join(given)}")
+        cfg.out = str(out)  # the run directory is the one given, wherever it was first written
+        if args.epochs is not None:
+            cfg.train.epochs = args.epochs
         return cfg
     flags = {
         "seed": args.seed,
@@ -306,7 +317,21 @@ def train_config_from_args(args: argparse.Namespace):
         "vl": {"model": args.vl_model},
         "features": {"cache_views": getattr(args, "cache_views", None)},
     }
-    return build_config(args.config, flags, args.set)
+    cfg = build_config(args.config, flags, args.set)
+    from mlrkit.methods.base import method_class
+
+    if not method_class(cfg.method.name).trains and not _epochs_given(args):
+        cfg.train.epochs = 0  # a method that trains nothing (zeroshot) needs no --epochs
+    return cfg
+
+
+def _epochs_given(args: argparse.Namespace) -> bool:
+    """Whether train.epochs was set explicitly: --epochs, --set train.epochs=..., or the recipe (with its bases)."""
+    from mlrkit.config import load_recipe
+
+    if args.epochs is not None or any(s.split("=", 1)[0].strip() == "train.epochs" for s in args.set):
+        return True
+    return bool(args.config) and "epochs" in (load_recipe(args.config).get("train") or {})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -318,7 +343,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         print(json.dumps(dry_run(cfg)))
         return 0
-    results = train(cfg, resume=args.resume, quiet=args.quiet)
+    results = train(cfg, resume=args.resume, quiet=args.quiet, extend=args.resume and args.epochs is not None)
     print(json.dumps({"out": cfg.out, "val_map": results["val_map"], "test_map": results["test_map"],
                       "best_epoch": results["best_epoch"]}))
     return 0
@@ -446,6 +471,14 @@ def _format_evaluation(res: dict, per_class: bool = False) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     from mlrkit.engine.inference import load_run, predict_inputs
 
+    if args.output:
+        from mlrkit.errors import MlrkitError
+
+        out = Path(args.output)
+        if out.is_dir():
+            raise MlrkitError(f"--output {out} is a directory; give a file name")
+        if not out.parent.is_dir():
+            raise MlrkitError(f"--output {out}: folder {out.parent} does not exist")
     run = load_run(args.run)
     ids, probs = predict_inputs(run, args.inputs)
     names = run.class_names

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from mlrkit.cli.common import Formatter
+from mlrkit.cli.common import Formatter, Parser, check_option_ranges
 from mlrkit.errors import MlrkitError
 
 log = logging.getLogger("mlrkit")
@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     from mlrkit import __version__
     from mlrkit.cli import commands
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mlrkit",
         description="Multi-label image recognition with missing labels (partial / single-positive).",
         epilog="example:\n  mlrkit demo\n  mlrkit train --dataset yeast --method linear --loss an "
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         if not env.is_main:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of this process
     try:
+        check_option_ranges(args)
         return int(args.handler(args) or 0)
     except MlrkitError as e:
         if args.verbose:

@@ -15,76 +15,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlrkit.cli.common import add_command
+from mlrkit.cli.common import LayeredFlags, PlainFormatter, add_command
 from mlrkit.errors import ConfigError, MlrkitError
 
 
-def _tracking(base: type[argparse.Action]) -> type[argparse.Action]:
-    """An argparse action that also records its ``dest`` in ``namespace._explicit`` (flags given by the user)."""
-
-    class Tracking(base):  # type: ignore[valid-type, misc]
-        def __call__(self, parser, namespace, values, option_string=None):
-            super().__call__(parser, namespace, values, option_string)
-            explicit = set(getattr(namespace, "_explicit", ()))
-            explicit.add(self.dest)
-            namespace._explicit = explicit
-
-    return Tracking
-
-
-def _track_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Make ``p`` record which flags were given on the command line (so a recipe never overrides them)."""
-    p.register("action", None, _tracking(argparse._StoreAction))
-    p.register("action", "store", _tracking(argparse._StoreAction))
-    p.register("action", "append", _tracking(argparse._AppendAction))
-    p.register("action", "store_true", _tracking(argparse._StoreTrueAction))
-    return p
-
-
-def _remember_defaults(p: argparse.ArgumentParser, section: str) -> None:
-    defaults = {a.dest: a.default for a in p._actions if a.dest not in ("help",)}
-    p.set_defaults(_negation_defaults=defaults, _negation_section=section)
-
-
 def apply_recipe(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill flags left at their defaults from the ``--config`` recipe's section for this sub-command."""
-    path = getattr(args, "config", None)
-    if not path:
-        return args
-    import yaml
-
-    try:
-        doc = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read recipe {path}: {e}") from None
-    section = args._negation_section
-    values = doc.get(section, {}) if isinstance(doc, dict) else None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: section {section!r} must be a mapping")
-    defaults = args._negation_defaults
-    explicit = set(getattr(args, "_explicit", ()))
-    for key, value in values.items():
-        dest = str(key).replace("-", "_")
-        if dest not in defaults or dest in ("config",):
-            raise ConfigError(f"{path}: unknown key {key!r} in section {section!r} "
-                              f"(known: {sorted(k for k in defaults if not k.startswith('_'))})")
-        if dest not in explicit:
-            if isinstance(defaults[dest], list) and not isinstance(value, list):
-                value = [value]
-            setattr(args, dest, value)
-    return args
+    """Every flag of the sub-command set from its default, the ``--config`` recipe's section, the command line."""
+    return args.layered_flags.resolve(args)
 
 
-def _add_llm_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("LLM / multimodal LLM (OpenAI-compatible chat-completions server)")
-    g.add_argument("--llm-config", help="YAML with base_url, model, timeout, max_retries... "
-                   "(configs/negation/llm.yaml); env MLRKIT_LLM_BASE_URL / MLRKIT_LLM_MODEL / "
-                   "MLRKIT_LLM_API_KEY also work")
-    g.add_argument("--llm-base-url", help="e.g. http://127.0.0.1:8000/v1 (vLLM), http://127.0.0.1:8080/v1 (llama.cpp)")
-    g.add_argument("--llm-model", help="model name served at --llm-base-url")
-    g.add_argument("--mllm-model", help="multimodal model for verify=mllm (same server; default --llm-model)")
-    g.add_argument("--llm-timeout", type=float, help="seconds per request attempt")
-    g.add_argument("--llm-retries", type=int, help="retries per request (exponential back-off)")
+def _add_llm_flags(f: LayeredFlags) -> None:
+    f.add("--llm-config", help="YAML with base_url, model, timeout, max_retries... "
+          "(configs/negation/llm.yaml); env MLRKIT_LLM_BASE_URL / MLRKIT_LLM_MODEL / MLRKIT_LLM_API_KEY also work")
+    f.add("--llm-base-url", help="e.g. http://127.0.0.1:8000/v1 (vLLM), http://127.0.0.1:8080/v1 (llama.cpp)")
+    f.add("--llm-model", help="model name served at --llm-base-url")
+    f.add("--mllm-model", help="multimodal model for verify=mllm (same server; default --llm-model)")
+    f.add("--llm-timeout", type=float, help="seconds per request attempt")
+    f.add("--llm-retries", type=int, help="retries per request (exponential back-off)")
 
 
 def register_negation(sub: Any) -> None:
@@ -113,32 +60,30 @@ def register_negation(sub: Any) -> None:
         "mlrkit negation captions --vqa vqa_train.json --out neg-p2.jsonl\n  "
         "mlrkit negation captions --dataset coco2014 --root /data/coco --captions coco_caps.jsonl --proposer llm "
         "--verify mllm --llm-base-url http://127.0.0.1:8000/v1 --llm-model llama-3-8b --mllm-model llava "
-        "--out neg-llm.jsonl", cmd_captions)
-    _track_flags(p)
-    p.add_argument("--config", help="recipe YAML (its 'captions:' section), e.g. configs/negation/fashion-mosaic.yaml")
-    p.add_argument("--dataset", help="dataset for P1 (annotations + captions), e.g. fashion-mosaic")
-    p.add_argument("--root", help="dataset directory")
-    p.add_argument("--split", choices=["trainval", "test"], default="trainval", help="images to caption")
-    p.add_argument("--limit", type=int, help="first N images of the split")
-    p.add_argument("--captions", help="JSON/JSONL of {image_id, caption} (default: captions made from the labels, "
+        "--out neg-llm.jsonl", cmd_captions, PlainFormatter)
+    f = LayeredFlags(p, "captions")
+    f.add("--dataset", help="dataset for P1 (annotations + captions), e.g. fashion-mosaic")
+    f.add("--root", help="dataset directory")
+    f.add("--split", choices=["trainval", "test"], default="trainval", help="images to caption")
+    f.add("--limit", type=int, help="first N images of the split")
+    f.add("--captions", help="JSON/JSONL of {image_id, caption} (default: captions made from the labels, "
                    "as mosaic-clip's training captions)")
-    p.add_argument("--proposer", choices=["context", "random", "llm", "llm-random"], default="context",
+    f.add("--proposer", choices=["context", "random", "llm", "llm-random"], default="context",
                    help="absent-object proposals: co-occurrence weighted (default), uniform (Rand-P1), LLM")
-    p.add_argument("--rewriter", choices=["template", "llm"], default="template", help="how the negation is written")
-    p.add_argument("--verify", choices=["annotations", "mllm"], default="annotations",
+    f.add("--rewriter", choices=["template", "llm"], default="template", help="how the negation is written")
+    f.add("--verify", choices=["annotations", "mllm"], default="annotations",
                    help="how LLM proposals that name no dataset class are verified absent")
-    p.add_argument("--per-image", type=int, default=1, help="negated captions per image")
-    p.add_argument("--max-absent", type=int, default=1, help="absent objects per negated caption")
-    p.add_argument("--subset-prob", type=float, default=0.0, help="captions made from the labels: probability of "
+    f.add("--per-image", type=int, default=1, help="negated captions per image")
+    f.add("--max-absent", type=int, default=1, help="absent objects per negated caption")
+    f.add("--subset-prob", type=float, default=0.0, help="captions made from the labels: probability of "
                    "naming a random non-empty subset of the present classes (as mosaic-clip's pre-training)")
-    p.add_argument("--context-fallback", choices=["skip", "random"], default="skip",
+    f.add("--context-fallback", choices=["skip", "random"], default="skip",
                    help="images whose present classes co-occur with no absent class: skip (counted) or random")
-    p.add_argument("--vqa", action="append", default=[], help="VQA JSON list of {image, question, answer} for P2")
-    p.add_argument("--p2-rewriter", choices=["template", "llm"], default="template")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=False, help="output JSONL (report: <out stem>.report.json)")
-    _add_llm_flags(p)
-    _remember_defaults(p, "captions")
+    f.add("--vqa", action="append", default=[], help="VQA JSON list of {image, question, answer} for P2")
+    f.add("--p2-rewriter", choices=["template", "llm"], default="template")
+    f.add("--seed", type=int, default=0)
+    f.add("--out", required=False, help="output JSONL (report: <out stem>.report.json)")
+    _add_llm_flags(f)
 
     p = add_command(
         nsub, "finetune",
@@ -150,50 +95,50 @@ def register_negation(sub: Any) -> None:
         "--lr 1e-6 --epochs 15 --out negclip.pt   # the paper's defaults\n  "
         "mlrkit train --config configs/prompting/fashion-mosaic-dualcoop.yaml --vl-model "
         "openclip:custom@runs/negclip/mosaic-negclip.pt --out runs/dualcoop-negclip   # use it in any method",
-        cmd_finetune)
-    _track_flags(p)
-    p.add_argument("--config", help="recipe YAML (its 'finetune:' section)")
-    p.add_argument("--vl-model", default="mosaic-clip", help="model to fine-tune (mlrkit list vl-backends)")
-    p.add_argument("--captions", help="negated-caption JSONL from `mlrkit negation captions`")
-    p.add_argument("--dataset", help="dataset holding the images the captions refer to")
-    p.add_argument("--root", help="dataset directory")
-    p.add_argument("--split", choices=["trainval", "test"], default="trainval")
-    p.add_argument("--train", default="text", help="towers to train: text (default) or image,text")
-    p.add_argument("--lr", type=float, default=1e-6, help="AdamW learning rate (paper: 1e-6)")
-    p.add_argument("--epochs", type=int, default=15, help="epochs (paper: 15)")
-    p.add_argument("--batch-size", type=int, default=128, help="distinct images per batch")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--p-negated", type=float, default=0.5, help="probability that an image's text is its negated "
+        cmd_finetune, PlainFormatter)
+    f = LayeredFlags(p, "finetune")
+    f.add("--vl-model", default="mosaic-clip", help="model to fine-tune (mlrkit list vl-backends)")
+    f.add("--captions", help="negated-caption JSONL from `mlrkit negation captions`")
+    f.add("--dataset", help="dataset holding the images the captions refer to")
+    f.add("--root", help="dataset directory")
+    f.add("--split", choices=["trainval", "test"], default="trainval")
+    f.add("--train", default="text", help="towers to train: text (default) or image,text")
+    f.add("--lr", type=float, default=1e-6, help="AdamW learning rate (paper: 1e-6)")
+    f.add("--epochs", type=int, default=15, help="epochs (paper: 15)")
+    f.add("--batch-size", type=int, default=128, help="distinct images per batch")
+    f.add("--rows-per-epoch", choices=["image", "all"], default="image",
+          help="image: one row of each training image per epoch (batches of distinct images); all: every "
+          "row once per epoch, as the reference's caption loader")
+    f.add("--weight-decay", type=float, default=0.01)
+    f.add("--p-negated", type=float, default=0.5, help="probability that an image's text is its negated "
                    "caption rather than the original")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="fraction of images held out (split by image)")
-    p.add_argument("--train-logit-scale", action="store_true", help="also train the temperature")
-    p.add_argument("--multi-positive", action="store_true", help="a text's targets are all batch images it truly "
+    f.add("--val-fraction", type=float, default=0.2, help="fraction of images held out (split by image)")
+    f.add("--train-logit-scale", action="store_true", help="also train the temperature")
+    f.add("--multi-positive", action="store_true", help="a text's targets are all batch images it truly "
                    "describes (needs rows with 'mentioned' classes and a labelled dataset)")
-    p.add_argument("--max-steps", type=int, help="stop after N optimiser steps (smoke tests)")
-    p.add_argument("--time-limit", type=float, help="stop after this many minutes")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--fp32", action="store_true", help="save fp32 weights (default fp16, as save_vl_checkpoint)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--out", help="checkpoint to write (.pt; + .json sidecar + .finetune.json history)")
-    _remember_defaults(p, "finetune")
+    f.add("--max-steps", type=int, help="stop after N optimiser steps (smoke tests)")
+    f.add("--time-limit", type=float, help="stop after this many minutes")
+    f.add("--threads", type=int, help="torch CPU threads")
+    f.add("--fp32", action="store_true", help="save fp32 weights (default fp16, as save_vl_checkpoint)")
+    f.add("--seed", type=int, default=0)
+    f.add("--quiet", action="store_true", help="no progress bars")
+    f.add("--out", help="checkpoint to write (.pt; + .json sidecar + .finetune.json history)")
 
     p = add_command(
         nsub, "build-benchmark",
         "NegRefCOCOg-format referring benchmark with negation from a mosaic dataset's held-out images (cells = "
         "boxes): 'a {A} with no {B}' -> the region with A and without B, against regions holding A and B",
-        "mlrkit negation build-benchmark --dataset fashion-mosaic --split test --out fm-negref.json", cmd_build)
-    _track_flags(p)
-    p.add_argument("--config", help="recipe YAML (its 'build-benchmark:' section)")
-    p.add_argument("--dataset", default="fashion-mosaic")
-    p.add_argument("--root")
-    p.add_argument("--split", choices=["test", "trainval"], default="test", help="held-out test images by default")
-    p.add_argument("--per-image", type=int, default=1, help="items per image and kind")
-    p.add_argument("--kinds", default="negated,affirmative", help="negated and/or affirmative (control) items")
-    p.add_argument("--limit", type=int, help="first N images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="benchmark JSON to write")
-    _remember_defaults(p, "build-benchmark")
+        "mlrkit negation build-benchmark --dataset fashion-mosaic --split test --out fm-negref.json", cmd_build,
+        PlainFormatter)
+    f = LayeredFlags(p, "build-benchmark")
+    f.add("--dataset", default="fashion-mosaic")
+    f.add("--root")
+    f.add("--split", choices=["test", "trainval"], default="test", help="held-out test images by default")
+    f.add("--per-image", type=int, default=1, help="items per image and kind")
+    f.add("--kinds", default="negated,affirmative", help="negated and/or affirmative (control) items")
+    f.add("--limit", type=int, help="first N images")
+    f.add("--seed", type=int, default=0)
+    f.add("--out", help="benchmark JSON to write")
 
     p = add_command(
         nsub, "eval",
@@ -202,24 +147,22 @@ def register_negation(sub: Any) -> None:
         "mlrkit negation eval --vl-model mosaic-clip --vl-model openclip:custom@runs/negclip/mosaic-negclip.pt "
         "--dataset fashion-mosaic --json runs/negclip/eval.json\n  "
         "mlrkit negation eval --vl-model openclip:ViT-B-32@/models/ViT-B-32.pt --benchmark NegRefCOCOg.json "
-        "--image-root /data/coco/train2014 --tasks referring", cmd_eval)
-    _track_flags(p)
-    p.add_argument("--config", help="recipe YAML (its 'eval:' section)")
-    p.add_argument("--vl-model", action="append", default=[], help="VL model spec (repeat to compare models)")
-    p.add_argument("--benchmark", help="NegRefCOCOg-format JSON (default with a mosaic --dataset: built in memory)")
-    p.add_argument("--image-root", help="directory of the benchmark's image files (published NegRefCOCOg: COCO "
+        "--image-root /data/coco/train2014 --tasks referring", cmd_eval, PlainFormatter)
+    f = LayeredFlags(p, "eval")
+    f.add("--vl-model", action="append", default=[], help="VL model spec (repeat to compare models)")
+    f.add("--benchmark", help="NegRefCOCOg-format JSON (default with a mosaic --dataset: built in memory)")
+    f.add("--image-root", help="directory of the benchmark's image files (published NegRefCOCOg: COCO "
                    "train2014)")
-    p.add_argument("--dataset", help="dataset for the caption test, the zero-shot mAP and the images of a built "
+    f.add("--dataset", help="dataset for the caption test, the zero-shot mAP and the images of a built "
                    "benchmark")
-    p.add_argument("--root")
-    p.add_argument("--tasks", default="referring,captions,zeroshot", help="comma-separated subset")
-    p.add_argument("--region-mode", choices=["crop", "mask"], help="default: the benchmark's region_mode, else crop")
-    p.add_argument("--fill", type=int, help="mask fill value (default: the benchmark's, else 0)")
-    p.add_argument("--limit", type=int, help="first N test images (caption test, built benchmark)")
-    p.add_argument("--seed", type=int, default=0, help="seed of built benchmarks/caption pairs and random weights")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--json", help="write the results here")
-    _remember_defaults(p, "eval")
+    f.add("--root")
+    f.add("--tasks", default="referring,captions,zeroshot", help="comma-separated subset")
+    f.add("--region-mode", choices=["crop", "mask"], help="default: the benchmark's region_mode, else crop")
+    f.add("--fill", type=int, help="mask fill value (default: the benchmark's, else 0)")
+    f.add("--limit", type=int, help="first N test images (caption test, built benchmark)")
+    f.add("--seed", type=int, default=0, help="seed of built benchmarks/caption pairs and random weights")
+    f.add("--threads", type=int, help="torch CPU threads")
+    f.add("--json", help="write the results here")
 
 
 # ---------------------------------------------------------------------------- handlers
@@ -340,7 +283,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                          weight_decay=float(args.weight_decay), p_negated=float(args.p_negated),
                          val_fraction=float(args.val_fraction), seed=int(args.seed),
                          train_logit_scale=bool(args.train_logit_scale), multi_positive=bool(args.multi_positive),
-                         max_steps=args.max_steps,
+                         rows_per_epoch=str(getattr(args, "rows_per_epoch", "image")), max_steps=args.max_steps,
                          time_limit_s=None if args.time_limit is None else 60 * float(args.time_limit))
     model = load(args.vl_model, seed=args.seed)
     result = finetune_negation(model, rows, sp.images, sp.ids, cfg, progress=not args.quiet, targets=sp.targets,

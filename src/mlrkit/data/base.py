@@ -42,23 +42,35 @@ class ImageSource(Protocol):
 class PathImageSource:
     """Images stored as files. An unreadable file raises :class:`DataError` naming it."""
 
-    def __init__(self, paths: Sequence[str | Path]) -> None:
+    def __init__(self, paths: Sequence[str | Path], skip_hint: bool = True) -> None:
         self.paths = [Path(p) for p in paths]
+        self.skip_hint = skip_hint  # whether unreadable-image errors suggest --skip-bad-images (training only)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def load(self, i: int):
+        """Image ``i`` as RGB; a missing, undecodable or oversized (decompression bomb) file is a DataError."""
+        import warnings
+
         from PIL import Image, UnidentifiedImageError
 
         p = self.paths[i]
+        hint = " (use --skip-bad-images to skip such files)" if self.skip_hint else ""
         try:
-            with Image.open(p) as im:
-                return im.convert("RGB")
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(p) as im:
+                    return im.convert("RGB")
         except FileNotFoundError:
             raise DataError(f"image not found: {p}") from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise DataError(f"unreadable image {p}: {e} (use --skip-bad-images to skip such files)") from None
+        except IsADirectoryError:
+            raise DataError(f"{p} is a directory, not an image file") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise DataError(f"refused image {p}: more pixels than PIL's limit of {Image.MAX_IMAGE_PIXELS} "
+                            f"(a decompression bomb?): {e}{hint}") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise DataError(f"unreadable image {p}: {e}{hint}") from None
 
     def key(self, i: int) -> str:
         p = self.paths[i]
@@ -69,18 +81,22 @@ class PathImageSource:
             return f"{p}|missing"
 
     def subset(self, idx: np.ndarray) -> PathImageSource:
-        return PathImageSource([self.paths[i] for i in idx])
+        return PathImageSource([self.paths[i] for i in idx], self.skip_hint)
 
     def find_bad(self) -> list[int]:
         """Indices of files that are missing or cannot be decoded (full decode, not just the header)."""
+        import warnings
+
         from PIL import Image
 
         bad = []
         for i, p in enumerate(self.paths):
             try:
-                with Image.open(p) as im:
-                    im.load()
-            except Exception:  # noqa: BLE001 - any decode failure makes the file bad; reported by caller
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(p) as im:
+                        im.load()
+            except Exception:  # noqa: BLE001 - any decode failure (or a bomb) makes the file bad; reported by caller
                 bad.append(i)
         return bad
 
@@ -348,6 +364,26 @@ def require_root(name: str, root: Path | None, hint: str) -> Path:
 def with_features(ds: MultiLabelDataset, train: np.ndarray, test: np.ndarray) -> MultiLabelDataset:
     """A copy of ``ds`` whose splits carry the given features."""
     return replace(ds, trainval=replace(ds.trainval, features=train), test=replace(ds.test, features=test))
+
+
+def resolve_in_root(root: Path, name: str, where: str, *, allow_outside: bool = False,
+                    option: str | None = None) -> Path:
+    """``root / name`` for an image path written in a dataset file (``where``: file and line for errors).
+
+    The path must stay inside ``root``: an absolute path, or one whose ``..`` parts climb out of it,
+    is a DataError (a list file must not make mlrkit read ``/etc/passwd``), unless ``allow_outside``
+    (the dataset option ``option`` names how to allow it). Nothing is read from the filesystem here.
+    """
+    p = Path(name)
+    if allow_outside:
+        return p if p.is_absolute() else root / p
+    how = f"; set the dataset option {option}=true to allow paths outside it" if option else ""
+    if p.is_absolute() or p.drive:
+        raise DataError(f"{where}: image path {name!r} is absolute; image paths must lie inside {root}{how}")
+    norm = os.path.normpath(name)
+    if norm == os.pardir or norm.startswith(os.pardir + os.sep):
+        raise DataError(f"{where}: image path {name!r} leaves {root} ('..'); image paths must lie inside it{how}")
+    return root / p
 
 
 def dataset_options(name: str, options: dict, defaults: dict) -> dict:

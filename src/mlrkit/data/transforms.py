@@ -71,6 +71,13 @@ def interpolation_mode(name: str, where: str = "interpolation") -> Interpolation
     return InterpolationMode(key)
 
 
+def model_interpolation(preprocess_cfg: dict, name: str, where: str = "interpolation") -> InterpolationMode:
+    """``name``, or for ``"model"`` the VL model's own interpolation (``preprocess_cfg``; bicubic if unset)."""
+    if name == "model":
+        name = str(preprocess_cfg.get("interpolation") or "bicubic")
+    return interpolation_mode(name, where)
+
+
 def resize_ops(size: int, mode: str, interpolation: InterpolationMode, where: str = "resize") -> list:
     """``squash``: Resize((S, S)), the whole image; ``crop``: Resize(S) (shorter side) + CenterCrop(S)."""
     from torchvision import transforms as T

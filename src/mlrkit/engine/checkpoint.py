@@ -26,12 +26,21 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if not any(k.startswith(p) for p in skip)}
 
 
-def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path = "checkpoint") -> None:
+    """Load ``state`` into ``model`` (frozen parts excepted); a key or shape mismatch is a clear MlrkitError."""
+    if not isinstance(state, dict):
+        raise MlrkitError(f"{source}: the model state is not a mapping of tensors")
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})" for k, v in state.items()
+             if k in own and torch.is_tensor(v) and v.shape != own[k].shape]
+    if wrong:
+        raise MlrkitError(f"{source} does not fit the run's model: {len(wrong)} tensor(s) of another shape, e.g. "
+                          f"{'; '.join(wrong[:3])} (a checkpoint of another dataset or model?)")
     missing, unexpected = model.load_state_dict(state, strict=False)
     skip = frozen_prefixes(model)
     missing = [k for k in missing if not any(k.startswith(p) for p in skip)]
     if missing or unexpected:
-        raise MlrkitError(f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise MlrkitError(f"{source} does not fit the run's model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from mlrkit.config import RunConfig
 from mlrkit.data import Split
 from mlrkit.engine.build import BuiltRun, build_for_task, resolve_device, score_split
 from mlrkit.engine.checkpoint import load_checkpoint, load_trainable_state
+from mlrkit.engine.rundir import config_diff, saved_config
 from mlrkit.errors import DataError, MlrkitError
 from mlrkit.methods import TaskInfo
 from mlrkit.metrics import MultiLabelMeter
@@ -47,13 +48,17 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise MlrkitError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = RunConfig.load(run_dir / "config.yaml")
+    cfg = saved_config(run_dir, resuming=False)
     ck = load_checkpoint(run_dir / f"{which}.pt")
+    diff = config_diff(ck.get("config") or {}, cfg.to_dict(), ("out", "train.epochs"))
+    if diff:
+        raise MlrkitError(f"{run_dir / f'{which}.pt'} was not trained with {run_dir / 'config.yaml'} "
+                          f"({'; '.join(diff[:3])}): a checkpoint of another run?")
     t = ck["task"]
     task = TaskInfo(class_names=t["class_names"], input_kind=t["input_kind"], feature_dim=t["feature_dim"],
                     image_size=t["image_size"], extras=t.get("extras", {}))
     built = build_for_task(cfg, task)
-    load_trainable_state(built.model, ck["model"])
+    load_trainable_state(built.model, ck["model"], run_dir / f"{which}.pt")
     from mlrkit.engine.distributed import current
 
     dev = resolve_device(device)
@@ -87,6 +92,8 @@ def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "
     if not splits and (not grouped or run.built.method.report_groups() == 0):
         return {}, None
     data = prepare_run_data(run.cfg)
+    # what the Trainer does before scoring: e.g. frozen-backbone features of a linear probe on images
+    run.built.method.prepare_data(data, device=run.device, progress=False)
     out: dict[str, dict] = {}
     test_scores = None
     for name in splits:
@@ -100,7 +107,7 @@ def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "
         if name == "test":
             test_scores = scores
         meter = MultiLabelMeter(data.class_names, threshold, k)
-        meter.update(scores, targets, mask)
+        meter.update(_metric_scores(run, scores), targets, mask)
         out[name] = meter.compute()
         out[name]["known_fraction"] = 1.0 if mask is None else float(np.asarray(mask).mean())
     report = None
@@ -112,28 +119,23 @@ def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "
 
 def read_feature_inputs(paths: list[str | Path], dim: int) -> tuple[np.ndarray, list[str]]:
     """Feature rows from .npy ([N, D] or [D]), .npz (X, X_test or the only array) or .csv (one row each)."""
+    import zipfile
+
     rows, ids = [], []
     for p in map(Path, paths):
+        if p.is_dir():
+            raise DataError(f"input {p} is a directory; give feature files (.npy, .npz, .csv)")
         if not p.is_file():
             raise DataError(f"input not found: {p}")
-        if p.suffix == ".npy":
-            x = np.load(p, allow_pickle=False)
-        elif p.suffix == ".npz":
-            with np.load(p, allow_pickle=False) as z:
-                key = next((k for k in ("X", "X_test", "features") if k in z.files), None)
-                if key is None and len(z.files) == 1:
-                    key = z.files[0]
-                if key is None:
-                    raise DataError(f"{p}: expected an array named X, X_test or features, found {z.files}")
-                x = z[key]
-        elif p.suffix == ".csv":
-            try:
-                x = np.loadtxt(p, delimiter=",", ndmin=2, dtype=np.float64)
-            except ValueError as e:
-                raise DataError(f"{p}: {e}") from None
-        else:
+        if p.suffix not in (".npy", ".npz", ".csv"):
             raise DataError(f"{p}: unsupported input type {p.suffix!r} for a features model (.npy, .npz, .csv)")
-        x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+        try:
+            x = _read_feature_file(p)
+            x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+        except DataError:
+            raise
+        except (ValueError, TypeError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            raise DataError(f"{p}: not a readable numeric feature file ({str(e).splitlines()[0][:200]})") from None
         if x.ndim != 2 or x.shape[1] != dim:
             raise DataError(f"{p}: features must be [N, {dim}], got {x.shape}")
         if not np.isfinite(x).all():
@@ -144,28 +146,57 @@ def read_feature_inputs(paths: list[str | Path], dim: int) -> tuple[np.ndarray, 
     return np.concatenate(rows), ids
 
 
+def _read_feature_file(p: Path) -> np.ndarray:
+    if p.suffix == ".npy":
+        return np.load(p, allow_pickle=False)
+    if p.suffix == ".npz":
+        with np.load(p, allow_pickle=False) as z:
+            key = next((k for k in ("X", "X_test", "features") if k in z.files), None)
+            if key is None and len(z.files) == 1:
+                key = z.files[0]
+            if key is None:
+                raise DataError(f"{p}: expected an array named X, X_test or features, found {z.files}")
+            return z[key]
+    return np.loadtxt(p, delimiter=",", ndmin=2, dtype=np.float64)
+
+
 def predict_inputs(run: LoadedRun, inputs: list[str | Path]) -> tuple[list[str], np.ndarray]:
     """Probabilities [N, C] for input files (features for feature methods, images for image methods)."""
     task = run.built.task
     if task.input_kind == "features" and task.extras.get("feature_encoder"):
         split = _image_split(inputs, task.num_classes)
         run.built.method.attach_features({"predict": split}, device=run.device, progress=False)
-        logits = run.scores(split)
-        return split.ids, 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        return split.ids, run_probabilities(run, run.scores(split))
     if task.input_kind == "features":
         x, ids = read_feature_inputs(inputs, int(task.feature_dim or 0))
         split = Split(targets=np.zeros((len(x), task.num_classes), np.uint8), ids=ids, features=x)
     else:
         split = _image_split(inputs, task.num_classes)
-    logits = run.scores(split)
-    return split.ids, 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    return split.ids, run_probabilities(run, run.scores(split))
+
+
+def _metric_scores(run: LoadedRun, logits: np.ndarray) -> np.ndarray:
+    """What the metrics read: the logits, or the calibrated probabilities of a loss with an inverse link (spa)."""
+    import mlrkit.losses.zoo  # noqa: F401 - registers every loss
+    from mlrkit.losses import LOSSES
+
+    return run_probabilities(run, logits) if hasattr(LOSSES.get(run.cfg.loss.name), "probabilities") else logits
+
+
+def run_probabilities(run: LoadedRun, logits: np.ndarray) -> np.ndarray:
+    """The run's probabilities: its loss's inverse link where it has one (``spa``), else the sigmoid."""
+    from mlrkit.losses import probabilities
+
+    return probabilities(run.cfg.loss.name, dict(run.cfg.loss.params), logits)
 
 
 def _image_split(inputs: list[str | Path], num_classes: int) -> Split:
     from mlrkit.data import PathImageSource
 
     for p in inputs:
+        if Path(p).is_dir():
+            raise DataError(f"input {p} is a directory; give image files (e.g. {Path(p) / '*.png'})")
         if not Path(p).is_file():
             raise DataError(f"input image not found: {p}")
     return Split(targets=np.zeros((len(inputs), num_classes), np.uint8), ids=[str(p) for p in inputs],
-                 images=PathImageSource(inputs))
+                 images=PathImageSource(inputs, skip_hint=False))

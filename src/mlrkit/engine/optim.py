@@ -103,7 +103,7 @@ def build_scheduler(
 
     def factor(step: int, base: float) -> float:
         if step < warm:
-            return cfg.warmup_lr / base if constant else (step + 1) / warm
+            return (cfg.warmup_lr / base if base > 0 else 0.0) if constant else (step + 1) / warm
         if name == "none":
             return 1.0
         t = (step - warm) / max(1, total - warm)

@@ -76,6 +76,15 @@ class SweepRun:
     val_map: float
     best_epoch: int
     extra: dict[str, Any] = field(default_factory=dict)
+    config_sha256: str = ""  # of the full resolved configuration (without ``out``): what the run is keyed by
+
+
+def config_key(cfg: Any) -> str:
+    """SHA-256 of a RunConfig's full resolved configuration, ``out`` left out (the same run anywhere)."""
+    import hashlib
+
+    d = {k: v for k, v in cfg.to_dict().items() if k != "out"}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def run_sweep(
@@ -91,9 +100,12 @@ def run_sweep(
     """Train every (method, labels, seed); ``make_config(method, labels, seed)`` gives its RunConfig.
 
     ``methods`` are method names or recipe files (rows are named by the recipe's method, or by the
-    file name when two recipes use the same method). Each run goes to ``out/<row>-<labels>``; a run
-    directory with ``results.json`` is reused as is, one with ``last.pt`` only is resumed.
+    file name when two recipes use the same method). Each run goes to ``out/<row>-<labels>``. A
+    finished run there (``results.json``) is reused only when its saved configuration equals the one
+    asked for, all keys compared; one of another configuration is an error, never reused or
+    overwritten. A run that was set up or interrupted (``config.yaml``) is resumed.
     """
+    from mlrkit.engine.rundir import config_diff, saved_config
     from mlrkit.engine.trainer import train
 
     out = Path(out)
@@ -112,15 +124,39 @@ def run_sweep(
                 cfg.out = str(run_dir)
                 res_path = run_dir / "results.json"
                 if res_path.is_file():
+                    diff = config_diff(saved_config(run_dir, resuming=False).to_dict(), cfg.to_dict())
+                    if diff:
+                        raise ConfigError(f"{run_dir} holds a finished run of another configuration "
+                                          f"({'; '.join(diff[:4])}); a sweep never reuses it: choose another --out "
+                                          "or move that run away")
                     res = json.loads(res_path.read_text())
-                    log(f"[{k}/{total}] {run_dir.name}: reusing finished run")
+                    log(f"[{k}/{total}] {run_dir.name}: reusing finished run (same configuration)")
                 else:
                     log(f"[{k}/{total}] {run_dir.name}: training")
-                    res = train(cfg, resume=(run_dir / "last.pt").is_file(), quiet=quiet)
+                    res = train(cfg, resume=(run_dir / "config.yaml").is_file(), quiet=quiet)
                 runs.append(SweepRun(row, lab, int(seed), str(run_dir), float(res["test_map"]),
-                                     float(res["val_map"]), int(res["best_epoch"])))
+                                     float(res["val_map"]), int(res["best_epoch"]), config_sha256=config_key(cfg)))
                 log(f"    test mAP {100 * res['test_map']:.2f}")
     return runs
+
+
+def merge_runs(previous: Sequence[SweepRun], runs: Sequence[SweepRun]) -> list[SweepRun]:
+    """Rows of earlier sweeps into the same directory, then this sweep's: one row per run directory
+    (this sweep's row wins for a directory it ran), nothing dropped."""
+    mine = {r.out for r in runs}
+    return [r for r in previous if r.out not in mine] + list(runs)
+
+
+def read_runs(out: str | Path) -> list[SweepRun]:
+    """The runs recorded in ``out/sweep.json`` by earlier sweeps (none when there is no such file)."""
+    path = Path(out) / "sweep.json"
+    if not path.is_file():
+        return []
+    try:
+        rows = json.loads(path.read_text())["runs"]
+        return [SweepRun(**r) for r in rows]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: not a sweep record ({e}); move it away to start a new table") from None
 
 
 def is_recipe(method: str) -> bool:
@@ -185,22 +221,29 @@ def format_markdown(table: dict[str, Any], digits: int = 1) -> str:
 
 
 def write_tables(runs: Sequence[SweepRun], out: str | Path, digits: int = 1) -> dict[str, Any]:
-    """Write ``sweep.csv``, ``sweep.md``, ``sweep_runs.csv`` and ``sweep.json`` into ``out``; return the table."""
+    """Write ``sweep.csv``, ``sweep.md``, ``sweep_runs.csv`` and ``sweep.json`` into ``out``; return the table.
+
+    Rows recorded there by earlier sweeps are kept (:func:`merge_runs`): the table covers every run.
+    """
+    from mlrkit.utils import atomic_write, write_json
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    runs = merge_runs(read_runs(out), runs)
     table = sweep_table(runs)
-    with open(out / "sweep.csv", "w", newline="") as fh:
+    with atomic_write(out / "sweep.csv") as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["method", *table["columns"], "Avg."])
         for m in table["methods"]:
             w.writerow([m, *(_fmt(table["cells"][m][lab], 2) for lab in table["labels"]),
                         _fmt(table["average"][m], 2)])
-    (out / "sweep.md").write_text(format_markdown(table, digits) + "\n")
-    with open(out / "sweep_runs.csv", "w", newline="") as fh:
+    with atomic_write(out / "sweep.md") as tmp:
+        tmp.write_text(format_markdown(table, digits) + "\n")
+    with atomic_write(out / "sweep_runs.csv") as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["method", "labels", "seed", "test_map", "val_map", "best_epoch", "out"])
+        w.writerow(["method", "labels", "seed", "test_map", "val_map", "best_epoch", "out", "config_sha256"])
         for r in runs:
-            w.writerow([r.method, r.labels, r.seed, f"{r.test_map:.6f}", f"{r.val_map:.6f}", r.best_epoch, r.out])
-    payload = {"table": table, "runs": [r.__dict__ for r in runs]}
-    (out / "sweep.json").write_text(json.dumps(payload, indent=2) + "\n")
+            w.writerow([r.method, r.labels, r.seed, f"{r.test_map:.6f}", f"{r.val_map:.6f}", r.best_epoch, r.out,
+                        r.config_sha256])
+    write_json(out / "sweep.json", {"table": table, "runs": [r.__dict__ for r in runs]})
     return table

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -35,15 +36,17 @@ from mlrkit.engine.build import (  # noqa: F401 - re-exported: build_run_loss, p
     score_split,
 )
 from mlrkit.engine.checkpoint import load_checkpoint, load_trainable_state, save_checkpoint, trainable_state_dict
+from mlrkit.engine.checks import check_observed, check_training_plan
 from mlrkit.engine.devices import autocast_dtype, resolve_device, wants_channels_last
 from mlrkit.engine.loaders import make_loader
 from mlrkit.engine.optim import EMA, build_optimizer, build_scheduler, param_groups
 from mlrkit.engine.reports import grouped_report
 from mlrkit.engine.run_data import RunData, prepare_run_data, task_info
+from mlrkit.engine.rundir import RUN_FILES, RunLock, check_out_path, config_diff, saved_config
 from mlrkit.errors import MlrkitError
 from mlrkit.methods import build_method
 from mlrkit.metrics import MultiLabelMeter, map_report
-from mlrkit.utils import derive_seed, seed_everything, write_json
+from mlrkit.utils import atomic_write, derive_seed, seed_everything, write_json
 
 log = logging.getLogger("mlrkit")
 
@@ -57,12 +60,17 @@ FINITE_CHECK_EVERY = 50
 class Trainer:
     """Runs one configuration end to end in ``cfg.out``."""
 
-    def __init__(self, cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> None:
+    def __init__(self, cfg: RunConfig, *, resume: bool = False, quiet: bool = False, extend: bool = False) -> None:
         if not cfg.out:
             raise MlrkitError("no output directory: pass --out RUN_DIR")
+        if extend and not resume:
+            raise MlrkitError("extending train.epochs applies to --resume only")
+        check_training_plan(cfg)  # epochs and loss vs method: before anything is touched or set up
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.resume = resume
+        self.extend = extend
+        self.lock: RunLock | None = None
         self.progress = cfg.train.progress and not quiet and sys.stderr.isatty()
         self.env = ddp.init_distributed(cfg.train.device)
         self.verbose = not quiet and self.env.is_main
@@ -77,6 +85,7 @@ class Trainer:
         seed_everything(cfg.seed)
         t0 = time.perf_counter()
         self.data: RunData = prepare_run_data(cfg)
+        check_observed(self.data.observed_train, cfg.labels.protocol, cfg.train.epochs > 0)
         self.timings: dict[str, float] = {"data_s": time.perf_counter() - t0}
         method = build_method(cfg)
         t0 = time.perf_counter()
@@ -94,7 +103,16 @@ class Trainer:
             self.model._mlrkit_channels_last = True
         self.loss = build_run_loss(cfg).to(self.device)
         self.loss.prepare(torch.from_numpy(self.data.observed_train).to(self.device))
-        resuming = self.resume and (self.out / "last.pt").exists()
+        from mlrkit.engine.cft import classifier_of, parse_cft
+        from mlrkit.engine.mixing import build_mixer
+        from mlrkit.methods import Method
+
+        own_step = type(self.method).training_step is not Method.training_step
+        self.mixer = build_mixer(cfg, self.method, self.loss, own_step)  # mix: LogicMix / MixUp-PME (None: off)
+        self.cft = parse_cft(cfg.extra.get("cft"))  # cft: category-wise fine-tuning after training (None: off)
+        if self.cft is not None:
+            classifier_of(self.model)  # a head CFT can tune, checked before training
+        resuming = self.resume and (self.out / "last.pt").exists()  # checked by _claim before any setup
         self.method.init_from_train(self.model, self.data, self.loss, device=self.device, resuming=resuming)
         self._eval_loaders: dict[tuple[int, int], Any] = {}
         self.train_loader = make_loader(self.method, self.data.train, self.data.observed_train, tc.batch_size,
@@ -144,7 +162,7 @@ class Trainer:
     def _restore(self, ck: dict[str, Any]) -> tuple[int, float, int]:
         if ck.get("observed_sha256") != self.data.observed.sha256:
             raise MlrkitError("cannot resume: the observed labels differ from the checkpoint's")
-        load_trainable_state(self.model, ck["model"])
+        load_trainable_state(self.model, ck["model"], self.out / "last.pt")
         self.optimizer.load_state_dict(ck["optimizer"])
         if self.scheduler is not None and ck["scheduler"] is not None:
             self.scheduler.load_state_dict(ck["scheduler"])
@@ -157,38 +175,96 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
+        """Claim ``cfg.out`` (lock, checks, ``config.yaml``), train, test; the lock is released at the end."""
+        threads_before = torch.get_num_threads()
+        claimed = False
+        try:
+            ck = self._claim()
+            claimed = True
+            return self._fit(ck)
+        except MlrkitError:
+            if claimed and not self.resume and self.env.is_main and not (self.out / "last.pt").exists():
+                # refused input found during setup: leave no half-made run behind (a killed setup keeps its
+                # config.yaml, so that --resume can continue it)
+                for name in ("config.yaml", "observed_labels.npz", "run.json"):
+                    (self.out / name).unlink(missing_ok=True)
+            raise
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
+            if torch.get_num_threads() != threads_before:  # the thread policy applies to this run only
+                torch.set_num_threads(threads_before)
+
+    def _claim(self) -> dict[str, Any] | None:
+        """Check the run directory, lock it (rank 0) and save ``config.yaml`` before any long setup.
+
+        Returns the checkpoint to resume from (rank 0; ``None`` elsewhere and on a fresh start).
+        """
+        cfg, out, main = self.cfg, self.out, self.env.is_main
+        check_out_path(out)
+        if self.resume and not out.is_dir():
+            raise MlrkitError(f"--resume: {out} does not exist; to start a new run there, drop --resume")
+        ck, error = None, None
+        if main:
+            try:
+                self.lock = RunLock(out).acquire()
+                if self.lock.stale:
+                    log.warning("mlrkit: warning: %s", self.lock.stale)
+                ck = self._check_directory()
+                cfg.save(out / "config.yaml")  # before data, features and models: a killed setup can be resumed
+            except MlrkitError as e:
+                error = str(e)
+        error = ddp.broadcast_object(error, self.env)  # every rank stops with rank 0's verdict on the directory
+        if error is not None:
+            raise MlrkitError(error)
+        return ck
+
+    def _check_directory(self) -> dict[str, Any] | None:
+        cfg, out = self.cfg, self.out
+        if not self.resume:
+            held = [n for n in RUN_FILES if (out / n).exists()]
+            if held:
+                raise MlrkitError(f"{out} already holds a run ({', '.join(held)}); continue it with --resume "
+                                  "or choose another --out")
+            return None
+        ignore = ("out", "train.epochs") if self.extend else ("out",)
+        diff = config_diff(saved_config(out).to_dict(), cfg.to_dict(), ignore)
+        if diff:
+            raise MlrkitError(f"--resume: the configuration differs from {out / 'config.yaml'} ({'; '.join(diff[:4])})")
+        last = out / "last.pt"
+        if not last.exists():
+            return None  # set up (config.yaml) but never checkpointed: starts from the first epoch
+        ck = load_checkpoint(last)
+        diff = config_diff(ck.get("config") or {}, cfg.to_dict(), ("out", "train.epochs"))
+        if diff:
+            raise MlrkitError(f"--resume: {out / 'config.yaml'} no longer matches the configuration {last} was "
+                              f"trained with ({'; '.join(diff[:4])}); restore it, or train the new configuration "
+                              "in another --out")
+        done = int(ck.get("epoch", 0))
+        if done > cfg.train.epochs:
+            raise MlrkitError(f"--resume: {last} has {done} epochs done, more than train.epochs={cfg.train.epochs}")
+        if self.extend and cfg.train.epochs != ck["config"]["train"]["epochs"] and cfg.train.scheduler == "onecycle":
+            raise MlrkitError("--epochs with --resume: train.scheduler=onecycle has a fixed length and cannot be "
+                              "extended")
+        return ck
+
+    def _fit(self, ck: dict[str, Any] | None) -> dict[str, Any]:
         cfg = self.cfg
         main = self.env.is_main
         last = self.out / "last.pt"
-        if not self.resume and (last.exists() or (self.out / "results.json").exists()):
-            raise MlrkitError(f"{self.out} already holds a run; use --resume to continue it or another --out")
-        if self.resume:
-            saved = self.out / "config.yaml"
-            if saved.exists() and {**RunConfig.load(saved).to_dict(), "out": None} != {**cfg.to_dict(), "out": None}:
-                raise MlrkitError(f"--resume: the configuration differs from {saved}")
-        self.env.barrier()  # every rank has checked the directory before rank 0 writes into it
-        if main:
-            self.out.mkdir(parents=True, exist_ok=True)
-        threads_before = torch.get_num_threads()
-        try:
-            return self._fit(main, last)
-        finally:  # the thread policy applies to this run only, not to the caller's process
-            if torch.get_num_threads() != threads_before:
-                torch.set_num_threads(threads_before)
-
-    def _fit(self, main: bool, last: Path) -> dict[str, Any]:
-        cfg = self.cfg
         self._setup()
         if main:
-            cfg.save(self.out / "config.yaml")
             self.data.observed.save(self.out / "observed_labels.npz")
         start, best_map, best_epoch = 0, -1.0, -1
-        if self.resume and last.exists():
+        if self.resume and ddp.broadcast_object(ck is not None if main else None, self.env):
             # every rank restores rank 0's reading of last.pt (never two different files)
-            ck = ddp.broadcast_object(load_checkpoint(last) if main else None, self.env)
+            ck = ddp.broadcast_object(ck if main else None, self.env)
             start, best_map, best_epoch = self._restore(ck)
             log.info("resuming %s after epoch %d", self.out, start)
         run_info = self._run_info()
+        if self.lock is not None and self.lock.stale:
+            run_info["stale_lock"] = self.lock.stale
         run_info["method_info"] = self.method.run_info()
         if main:
             self._truncate_metrics(start)
@@ -207,7 +283,7 @@ class Trainer:
             for epoch in range(start, cfg.train.epochs):
                 te = time.perf_counter()
                 torch.manual_seed(derive_seed(cfg.seed, epoch, 1))
-                train_loss = self._train_epoch(epoch)
+                train_loss, terms = self._train_epoch(epoch)
                 val_map = self._validate()
                 epoch_times.append(time.perf_counter() - te)
                 improved = val_map > best_map
@@ -215,7 +291,15 @@ class Trainer:
                     best_map, best_epoch = val_map, epoch
                 row = {"epoch": epoch, "train_loss": train_loss, "val_map": val_map, "best_val_map": best_map,
                        "lr": self.optimizer.param_groups[0]["lr"], "epoch_s": round(epoch_times[-1], 4)}
+                if terms:  # the method's named extra terms (StepOutput.terms), epoch means
+                    row["terms"] = terms
                 if main:
+                    # the row first, then last.pt: a kill between them leaves a row ahead of last.pt, which the
+                    # resume drops and recomputes (_truncate_metrics); the other order would lose the row
+                    with open(self.out / "metrics.jsonl", "a") as fh:
+                        fh.write(json.dumps(row) + "\n")
+                        fh.flush()
+                        os.fsync(fh.fileno())
                     due = epoch + 1 == cfg.train.epochs or interval <= 0 or time.monotonic() - last_write >= interval
                     ck = self._checkpoint(epoch + 1, best_map, best_epoch)
                     if not due:
@@ -227,8 +311,6 @@ class Trainer:
                         self._write_checkpoints(pending, pending_best)
                         pending = pending_best = None
                         last_write = time.monotonic()
-                    with open(self.out / "metrics.jsonl", "a") as fh:
-                        fh.write(json.dumps(row) + "\n")
                 self.env.barrier()
                 if self.verbose:
                     tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {train_loss:.4f}  val mAP "
@@ -247,7 +329,15 @@ class Trainer:
         self.timings["train_s"] = time.perf_counter() - t_train
         if epoch_times:
             self.timings["epoch_s_mean"] = float(np.mean(epoch_times))
-        results = self._test_best(best_map, best_epoch)
+        extra_results = {}
+        if self.cft is not None and cfg.train.epochs > 0:
+            from mlrkit.engine.cft import apply_cft
+
+            t0 = time.perf_counter()
+            extra_results["cft"] = {**apply_cft(self, self.cft), "val_map_before": best_map}
+            best_map = self._validate()  # of the fine-tuned head, which _test_best reloads from best.pt
+            self.timings["cft_s"] = time.perf_counter() - t0
+        results = self._test_best(best_map, best_epoch, extra_results)
         run_info["timings"] = self.timings
         run_info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         if main:
@@ -262,12 +352,14 @@ class Trainer:
             save_checkpoint(self.out / "best.pt", {**best_ck, "kind": "best"})
         save_checkpoint(self.out / "last.pt", {**last_ck, "kind": "last"})
 
-    def _train_epoch(self, epoch: int) -> float:
+    def _train_epoch(self, epoch: int) -> tuple[float, dict[str, float]]:
+        """One epoch; returns the mean training loss and the means of the method's extra terms."""
         self.model.train()
         self.loss.on_epoch_start(epoch)
         loader = self.train_loader
         loader.set_epoch(epoch)
         total = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device: no sync per step
+        term_sums: dict[str, torch.Tensor] = {}
         n = 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False) if self.progress else loader
         env = self.env
@@ -279,8 +371,12 @@ class Trainer:
                 batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
             if channels_last and batch["inputs"].ndim == 4:
                 batch["inputs"] = batch["inputs"].contiguous(memory_format=torch.channels_last)
+            loss_fn = self.loss
+            if self.mixer is not None:  # mix: LogicMix / MixUp-PME
+                batch, loss_fn = self.mixer(batch)
             with self.autocast():
-                loss = self.method.training_step(self.model, batch, self.loss, epoch)
+                out = self.method.training_step(self.model, batch, loss_fn, epoch)
+            loss = out.loss
             # the loss contract's input checks ran on the first batch; the loader serves the same tensors
             self.loss.validate_inputs = False
             x = batch["inputs"]
@@ -308,6 +404,8 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.model)
             total += loss.detach() * len(x)
+            for name, value in out.terms.items():
+                term_sums[name] = term_sums.get(name, 0.0) + value.detach().double() * len(x)
             n += len(x)
             if self.progress:
                 bar.set_postfix(loss=f"{float(total) / max(n, 1):.4f}", refresh=False)
@@ -315,11 +413,14 @@ class Trainer:
         if not np.isfinite(total_f):
             raise MlrkitError(f"loss became {total_f} in epoch {epoch + 1}; lower train.lr?")
         self._end_epoch_hooks(epoch)
+        names = sorted(term_sums)
+        sums = [total_f, float(n)] + [float(term_sums[k]) for k in names]
         if env.enabled:
-            t = torch.tensor([total_f, float(n)], dtype=torch.float64)
+            t = torch.tensor(sums, dtype=torch.float64)
             torch.distributed.all_reduce(t)
-            total_f, n = float(t[0]), int(t[1])
-        return total_f / max(n, 1)
+            sums = t.tolist()
+        n = max(int(sums[1]), 1)
+        return sums[0] / n, {k: sums[2 + i] / n for i, k in enumerate(names)}
 
     def _end_epoch_hooks(self, epoch: int) -> None:
         if self.loss.needs_epoch_scores:
@@ -344,17 +445,23 @@ class Trainer:
             scores = self.scores(self.data.val)
         return map_report(scores, self.data.val_targets, self.data.val_mask).map
 
-    def _test_best(self, best_map: float, best_epoch: int) -> dict[str, Any]:
+    def _test_best(self, best_map: float, best_epoch: int,
+                   extra_results: dict[str, Any] | None = None) -> dict[str, Any]:
         best = self.out / "best.pt"
         ck = load_checkpoint(best)
-        load_trainable_state(self.model, ck["model"])
+        load_trainable_state(self.model, ck["model"], best)
         if self.ema is not None and ck.get("ema"):
             self.ema.load_state_dict(ck["ema"])
         with self._eval_model():
             scores = self.scores(self.data.test, progress=self.progress, desc="test")
         test = self.data.test
         meter = MultiLabelMeter(self.data.class_names)
-        meter.update(scores, test.targets, test.known)  # the scores are already gathered from every rank
+        metric_scores = scores
+        if hasattr(self.loss, "probabilities"):  # a loss with a calibrated inverse link (spa): its probabilities
+            from mlrkit.losses import probabilities
+
+            metric_scores = probabilities(self.cfg.loss.name, dict(self.cfg.loss.params), scores)
+        meter.update(metric_scores, test.targets, test.known)  # the scores are already gathered from every rank
         extra = meter.compute()
         per_class = extra.pop("per_class")
         results = {
@@ -378,6 +485,7 @@ class Trainer:
         grouped = grouped_report(self.method, self.data, scores)  # OpenImages: mAP per annotation-count group
         if grouped is not None:
             results["grouped_map"] = grouped
+        results.update(extra_results or {})  # e.g. the cft summary
         if self.env.is_main:
             write_json(self.out / "results.json", results)
         if self.verbose:
@@ -389,9 +497,16 @@ class Trainer:
         path = self.out / "metrics.jsonl"
         if not path.exists():
             return
-        rows = [line for line in path.read_text().splitlines() if line.strip()]
-        keep = [r for r in rows if json.loads(r)["epoch"] < start]
-        path.write_text("".join(r + "\n" for r in keep))
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:  # a row cut short by a kill: its epoch is recomputed
+                continue
+            if isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] < start:
+                keep.append(line)
+        with atomic_write(path) as tmp:
+            tmp.write_text("".join(r + "\n" for r in keep))
 
     def _run_info(self) -> dict[str, Any]:
         d = self.data
@@ -458,6 +573,10 @@ class _EMASwap:
         self.model.load_state_dict({**self.model.state_dict(), **self.backup})
 
 
-def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Train ``cfg`` in ``cfg.out``; returns ``results.json``'s content."""
-    return Trainer(cfg, resume=resume, quiet=quiet).fit()
+def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False, extend: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` in ``cfg.out``; returns ``results.json``'s content.
+
+    ``resume`` continues the run in ``cfg.out`` exactly (its saved configuration must equal ``cfg``);
+    ``extend`` (with ``resume``) allows ``cfg.train.epochs`` to differ: more epochs than were done.
+    """
+    return Trainer(cfg, resume=resume, quiet=quiet, extend=extend).fit()

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from mlrkit.data.base import ImageSource
 from mlrkit.data.transforms import describe
+from mlrkit.errors import DataError
 from mlrkit.utils import write_json
 
 
@@ -84,8 +85,8 @@ class FeatureStore:
         d.mkdir(parents=True, exist_ok=True)
         data_path, done_path = d / "features.npy", d / "done.npy"
         n = len(images)
-        if done_path.exists() and data_path.exists() and np.load(done_path).all():
-            return np.load(data_path, mmap_mode="r")
+        if done_path.exists() and data_path.exists() and _load_cache(done_path).all():
+            return _checked_cache(data_path, n)
         t0 = time.perf_counter()
         if not env.enabled:
             complete = self._extract(np.arange(n), data_path, done_path, encode, images, transform, batch_size,
@@ -108,16 +109,19 @@ class FeatureStore:
             if stop_after is not None:
                 return np.load(data_path, mmap_mode="r") if data_path.exists() else np.zeros((0,))
             raise RuntimeError(f"feature extraction in {d} ended incomplete")
-        return np.load(data_path, mmap_mode="r")
+        return _checked_cache(data_path, n)
 
     def _extract(self, rows: np.ndarray, data_path: Path, done_path: Path, encode, images, transform,
                  batch_size: int, device, num_workers: int | None, dtype, progress: bool, desc: str,
                  stop_after: int | None) -> bool:
         """Fill ``data_path`` (one row per entry of ``rows``) where ``done_path`` says missing."""
         m = len(rows)
-        done = np.load(done_path) if done_path.exists() else np.zeros(m, dtype=bool)
+        done = _load_cache(done_path) if done_path.exists() else np.zeros(m, dtype=bool)
+        if done.shape != (m,):
+            raise DataError(f"feature cache {done_path} has {done.shape} flags for {m} rows (corrupt); delete "
+                            f"{done_path.parent} to recompute it")
         todo = np.flatnonzero(~done)
-        arr = np.load(data_path, mmap_mode="r+") if data_path.exists() else None
+        arr = _load_cache(data_path, "r+") if data_path.exists() else None
         ds = _Transformed(images, transform, rows[todo])
         from mlrkit.engine.image_data import loader_options
 
@@ -169,3 +173,26 @@ class FeatureStore:
     def info(self, encoder_key: str, images: ImageSource, transform) -> dict | None:
         meta = self.entry_dir(encoder_key, images, transform) / "meta.json"
         return json.loads(meta.read_text()) if meta.exists() else None
+
+
+def _load_cache(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    """One array of the cache; a truncated or corrupt file is a DataError naming it (never a traceback)."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"feature cache {path} is truncated or corrupt ({str(e).splitlines()[0][:120]}); delete "
+                        f"{path.parent} to recompute it") from None
+
+
+def _checked_cache(path: Path, n: int) -> np.ndarray:
+    """The complete cache entry: ``n`` rows of finite values, or a DataError naming the file."""
+    arr = _load_cache(path, "r")
+    if arr.ndim < 2 or arr.shape[0] != n:
+        raise DataError(f"feature cache {path} holds {arr.shape} for {n} images (corrupt); delete {path.parent} "
+                        "to recompute it")
+    bad = ~np.isfinite(arr.reshape(n, -1)).all(axis=1)
+    if bad.any():
+        raise DataError(f"feature cache {path}: {int(bad.sum())} row(s) hold NaN/inf (first: row "
+                        f"{int(np.argmax(bad))}); delete {path.parent} to recompute it")
+    return arr
+

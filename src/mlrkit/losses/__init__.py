@@ -1,5 +1,5 @@
 """Losses for missing labels behind one contract: ``mlrkit.losses.build(name, **hparams)``."""
 
-from mlrkit.losses.base import LOSSES, MultiLabelLoss, build, check_inputs, log_1mp, log_p
+from mlrkit.losses.base import LOSSES, MultiLabelLoss, build, check_inputs, log_1mp, log_p, probabilities
 
-__all__ = ["LOSSES", "MultiLabelLoss", "build", "check_inputs", "log_1mp", "log_p"]
+__all__ = ["LOSSES", "MultiLabelLoss", "build", "check_inputs", "log_1mp", "log_p", "probabilities"]

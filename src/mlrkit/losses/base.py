@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -65,6 +67,11 @@ class MultiLabelLoss(nn.Module):
     #: whether the trainer scores the whole training split after every epoch and passes the logits
     #: to :meth:`update_pseudo_labels` (pseudo-labelling losses such as EM+APL)
     needs_epoch_scores: bool = False
+    #: trains on pseudo-labels that a method sets (``vlpl``): only with a method that ``makes_pseudo_labels``
+    needs_pseudo_labels: bool = False
+    #: whether each entry's loss depends only on that entry's logit and label (no batch-level
+    #: selection, no per-row normalisation): MixUp-PME may then mix per-entry losses (mlrkit.engine.mixing)
+    entrywise: bool = False
 
     def prepare(self, observed: Tensor) -> None:
         """Called once before training with the training split's observed labels [N, C] (int8)."""
@@ -107,6 +114,18 @@ class MultiLabelLoss(nn.Module):
 
 
 LOSSES: Registry[type[MultiLabelLoss]] = Registry("loss")
+
+
+def probabilities(loss_name: str, loss_params: dict, logits) -> np.ndarray:
+    """Probabilities [N, C] (float64) from logits: the loss's inverse link when it defines one (``spa``:
+    a strictly proper asymmetric loss's logits are calibrated only through it), else the sigmoid."""
+    x = torch.as_tensor(np.asarray(logits, dtype=np.float64))
+    import mlrkit.losses.zoo  # noqa: F401 - registers every loss
+
+    cls = LOSSES.get(loss_name)
+    if hasattr(cls, "probabilities"):
+        return cls(**loss_params).probabilities(x).numpy()
+    return torch.sigmoid(x).numpy()
 
 
 def build(name: str, **hparams) -> MultiLabelLoss:

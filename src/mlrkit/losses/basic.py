@@ -17,6 +17,8 @@ class BCELoss(MultiLabelLoss):
     With the ``full`` protocol this is the fully supervised BCE of Cole et al. eq. (1).
     """
 
+    entrywise = True
+
     def loss_matrix(self, logits: Tensor, observed: Tensor, *, index: Tensor | None, epoch: int):
         pos = observed == 1
         neg = observed == -1
@@ -31,6 +33,8 @@ class AssumeNegativeLoss(MultiLabelLoss):
 
     .. math:: \ell_{ic} = -[y_{ic}=1]\log p_{ic} - [y_{ic}\neq 1]\log(1-p_{ic})
     """
+
+    entrywise = True
 
     def loss_matrix(self, logits: Tensor, observed: Tensor, *, index: Tensor | None, epoch: int):
         m = torch.where(observed == 1, -log_p(logits), -log_1mp(logits))

@@ -60,6 +60,24 @@ def focal_neg(logits: Tensor, gamma: float) -> Tensor:
     return -focal_weight_neg(logits, gamma) * log_1mp(logits)
 
 
+def shifted_negative(logits: Tensor, clip: float, gamma: float) -> tuple[Tensor, Tensor]:
+    r"""ASL's shifted negative: focusing weight :math:`p_m^\gamma` and :math:`\log(1-p_m)`, :math:`p_m=\max(p-m,0)`.
+
+    :math:`\log(1-p_m)=\log\min(\sigma(-x)+m,1)` is finite for every logit; the power is masked
+    where :math:`p_m=0` (no :math:`0^{\gamma-1}` in the gradient). ``clip`` = 0 gives the focal
+    negative :math:`p^\gamma`, :math:`\log(1-p)`.
+    """
+    if clip <= 0:
+        return focal_weight_neg(logits, gamma), log_1mp(logits)
+    one_minus_pm = (torch.sigmoid(-logits) + clip).clamp(max=1.0)
+    pm = 1.0 - one_minus_pm
+    if gamma == 0:
+        w = torch.ones_like(pm)
+    else:
+        w = torch.where(pm > 0, pm.clamp(min=1e-30) ** gamma, torch.zeros_like(pm))
+    return w, torch.log(one_minus_pm)
+
+
 def _check_nonneg(owner: str, **values: float) -> None:
     for name, v in values.items():
         if not v >= 0:
@@ -79,6 +97,8 @@ class EntropyMaximisationLoss(MultiLabelLoss):
     positive labels", ECCV 2022 (EM loss); :math:`\alpha=0.1` (their COCO / NUS-WIDE value; 0.2 on
     VOC, 0.01 on CUB).
     """
+
+    entrywise = True
 
     def __init__(self, alpha: float = 0.1) -> None:
         super().__init__()
@@ -102,6 +122,8 @@ class EntropyMinimisationLoss(MultiLabelLoss):
     "EntMin" baseline of Zhou et al., ECCV 2022. :math:`\alpha=0.1`.
     """
 
+    entrywise = True
+
     def __init__(self, alpha: float = 0.1) -> None:
         super().__init__()
         _check_nonneg("entmin", alpha=alpha)
@@ -114,25 +136,49 @@ class EntropyMinimisationLoss(MultiLabelLoss):
 
 
 # --------------------------------------------------------------------------- focal family
-@LOSSES.register("focal", "focal loss, unknown labels assumed negative (Lin et al. 2017)")
+@LOSSES.register("focal", "focal loss; optional alpha-balancing, unknowns as negatives or ignored (Lin et al. 2017)")
 class FocalLoss(MultiLabelLoss):
-    r"""Focal loss with unknown labels assumed negative.
+    r"""Focal loss, with optional :math:`\alpha`-balancing and a choice for the unknown labels.
 
     .. math::
-        \ell = \begin{cases} -(1-p)^\gamma\log p & y=+1\\ -p^\gamma\log(1-p) & y\in\{0,-1\}\end{cases}
+        \ell = \begin{cases} -\alpha_+(1-p)^\gamma\log p & y=+1\\ -\alpha_-\,p^\gamma\log(1-p) & y=-1
+        \text{ (and } y=0 \text{ with } \texttt{unknown="negative"})\\
+        0 & y=0 \text{ with } \texttt{unknown="ignore"}\end{cases}
 
-    Lin, Goyal, Girshick, He, Dollár, "Focal loss for dense object detection", ICCV 2017
-    (:math:`\gamma=2`, no :math:`\alpha`-balancing).
+    Lin, Goyal, Girshick, He, Dollár, "Focal loss for dense object detection", ICCV 2017:
+    :math:`\gamma=2`; :math:`\alpha`-balanced focal loss :math:`\alpha_+=\alpha`,
+    :math:`\alpha_-=1-\alpha` with the paper's :math:`\alpha=0.25` (``alpha: 0.25``). The default
+    ``alpha: null`` is the unbalanced loss (:math:`\alpha_\pm=1`), as before. ``unknown="ignore"``
+    gives unknown entries zero loss (the mean stays over the :math:`B\times C` entries; mlcpl's
+    ``PartialFocalWithLogitLoss`` averages over the known entries instead). ``detach_focusing``
+    stops the gradient through :math:`(1-p)^\gamma` and :math:`p^\gamma` (mlcpl's default
+    ``discard_focal_grad=True``).
     """
 
-    def __init__(self, gamma: float = 2.0) -> None:
+    entrywise = True
+
+    def __init__(self, gamma: float = 2.0, alpha: float | None = None, unknown: str = "negative",
+                 detach_focusing: bool = False) -> None:
         super().__init__()
         _check_nonneg("focal", gamma=gamma)
+        if alpha is not None and not 0.0 < alpha < 1.0:
+            raise ConfigError(f"focal: alpha must be in (0, 1) (or null for no balancing), got {alpha}")
+        if unknown not in ("negative", "ignore"):
+            raise ConfigError(f"focal: unknown must be 'negative' or 'ignore', got {unknown!r}")
         self.gamma = float(gamma)
+        self.alpha = None if alpha is None else float(alpha)
+        self.unknown = unknown
+        self.detach_focusing = bool(detach_focusing)
 
     def loss_matrix(self, logits: Tensor, observed: Tensor, *, index: Tensor | None, epoch: int):
-        pos = -focal_weight_pos(logits, self.gamma) * log_p(logits)
-        return torch.where(observed == 1, pos, focal_neg(logits, self.gamma)), None
+        w_pos, w_neg = focal_weight_pos(logits, self.gamma), focal_weight_neg(logits, self.gamma)
+        if self.detach_focusing:
+            w_pos, w_neg = w_pos.detach(), w_neg.detach()
+        a_pos, a_neg = (1.0, 1.0) if self.alpha is None else (self.alpha, 1.0 - self.alpha)
+        out = torch.where(observed == 1, -a_pos * w_pos * log_p(logits), -a_neg * w_neg * log_1mp(logits))
+        if self.unknown == "ignore":
+            out = torch.where(observed == 0, torch.zeros_like(out), out)
+        return out, None
 
 
 @LOSSES.register("asl", "asymmetric loss: focusing + probability shifting of negatives (Ridnik et al. 2021)")
@@ -157,6 +203,8 @@ class AsymmetricLoss(MultiLabelLoss):
     :math:`m=0.05`. Both options default to the behaviour above.
     """
 
+    entrywise = True
+
     def __init__(self, gamma_pos: float = 0.0, gamma_neg: float = 4.0, clip: float = 0.05,
                  unknown: str = "negative", detach_focusing: bool = False) -> None:
         super().__init__()
@@ -173,17 +221,7 @@ class AsymmetricLoss(MultiLabelLoss):
 
     def loss_matrix(self, logits: Tensor, observed: Tensor, *, index: Tensor | None, epoch: int):
         pos = -focal_weight_pos(logits, self.gamma_pos) * log_p(logits)
-        if self.clip > 0:
-            one_minus_pm = (torch.sigmoid(-logits) + self.clip).clamp(max=1.0)
-            log_1m_pm = torch.log(one_minus_pm)
-            pm = 1.0 - one_minus_pm
-            if self.gamma_neg == 0:
-                w = torch.ones_like(pm)
-            else:  # masked power: no 0 ** (gamma - 1) in the gradient where p_m = 0
-                w = torch.where(pm > 0, pm.clamp(min=1e-30) ** self.gamma_neg, torch.zeros_like(pm))
-        else:
-            log_1m_pm = log_1mp(logits)
-            w = focal_weight_neg(logits, self.gamma_neg)
+        w, log_1m_pm = shifted_negative(logits, self.clip, self.gamma_neg)
         if self.detach_focusing:
             w = w.detach()
             pos = -focal_weight_pos(logits, self.gamma_pos).detach() * log_p(logits)
@@ -205,6 +243,8 @@ class HillLoss(MultiLabelLoss):
     with missing labels", arXiv 2112.07368 (2021), Hill loss: :math:`\lambda=1.5`, margin
     :math:`m=1`, :math:`\gamma=2`.
     """
+
+    entrywise = True
 
     def __init__(self, lamb: float = 1.5, margin: float = 1.0, gamma: float = 2.0) -> None:
         super().__init__()

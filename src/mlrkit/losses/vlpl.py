@@ -33,6 +33,7 @@ from mlrkit.losses.robust import binary_entropy
 class VLPLLoss(ResizableStateMixin, MultiLabelLoss):
     stateful = True
     _state_names = ("pseudo",)
+    needs_pseudo_labels = True
 
     def __init__(self, alpha: float = 0.1, beta: float = 0.7, rho: float = 0.1, beta_neg: float | None = None,
                  warmup_epochs: int = 0) -> None:

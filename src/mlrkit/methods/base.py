@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from torch import nn
+from torch import Tensor, nn
 
 from mlrkit.errors import ConfigError
+from mlrkit.methods.training_sections import TRAINING_SECTIONS
 from mlrkit.registry import Registry
 
 
@@ -42,17 +43,39 @@ class TaskInfo:
         }
 
 
+@dataclass
+class StepOutput:
+    """What :meth:`Method.training_step` returns: the loss to optimise and named extra terms.
+
+    ``terms`` are scalars for the record (e.g. SCPNet's L_cls, L_cst, L_dstl): the Trainer averages
+    each over the epoch's examples and writes them to ``metrics.jsonl`` (``"terms": {name: mean}``).
+    """
+
+    loss: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)
+
+
 class Method:
     """Base class of a method. Subclasses set ``input_kind`` and implement :meth:`build_model`."""
 
     input_kind: str = "features"
     #: extra config sections the method reads: name -> schema (a :class:`mlrkit.schema.Section`);
-    #: the config loader rejects any other section, and a section of another method names this one
-    config_sections: ClassVar[dict[str, type]] = {}
+    #: the config loader rejects any other section, and a section of another method names this one.
+    #: Every method also reads the trainer's optional steps ``mix`` and ``cft`` (added below).
+    config_sections: ClassVar[dict[str, type]] = dict(TRAINING_SECTIONS)
+
     #: whether the method reads the ``model`` section (a backbone); if not, setting it is an error
     uses_model: ClassVar[bool] = False
-    #: whether the method reads the ``vl`` section (a vision-language model); if not, setting it is an error
+    #: whether the method uses the ``vl`` section's vision-language model (the section is the run's: always allowed)
     uses_vl: ClassVar[bool] = False
+    #: False for a method that trains nothing (``zeroshot``): it runs with ``train.epochs: 0``, and only it may
+    trains: bool = True
+    #: True for a method that gives its loss pseudo-labels (losses with ``needs_pseudo_labels`` require one)
+    makes_pseudo_labels: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.config_sections = {**TRAINING_SECTIONS, **cls.config_sections}
 
     def __init__(self) -> None:
         self.cfg = None  # the run's RunConfig, given by configure() when build_method builds the method
@@ -102,18 +125,35 @@ class Method:
         checkpoint will overwrite the state right after (expensive initialisations may skip).
         """
 
-    def training_step(self, model: nn.Module, batch: dict, loss_fn, epoch: int):
-        """One step's loss. Default: ``loss_fn(model(inputs), observed, index=, epoch=)``.
+    def training_step(self, model: nn.Module, batch: dict, loss_fn, epoch: int) -> StepOutput:
+        """One step. Default: ``StepOutput(loss_fn(model(inputs), observed, index=, epoch=))``.
 
-        Methods with several views or extra terms (SCPNet) override this; ``batch`` holds
-        ``inputs``, ``observed`` (int8), ``targets`` (never to be used for training), ``index``
-        (row in the training split) and whatever the method's loader adds.
+        Methods with several views or extra terms (SCPNet) override this and name their terms in
+        :attr:`StepOutput.terms`; ``batch`` holds ``inputs``, ``observed`` (int8), ``targets`` (never
+        to be used for training), ``index`` (row in the training split) and whatever the method's
+        loader adds.
         """
         logits = model(batch["inputs"])
-        return loss_fn(logits.float(), batch["observed"], index=batch["index"], epoch=epoch)
+        return StepOutput(loss_fn(logits.float(), batch["observed"], index=batch["index"], epoch=epoch))
+
+    def make_loader(self, split, observed, batch_size: int, *, train: bool, seed: int,
+                    shard: tuple[int, int] = (0, 1)):
+        """The batches of ``split`` this method trains/scores on, or None for the engine's default
+        (whole-split feature tensors, for ``input_kind = "features"``).
+
+        A loader yields dicts with ``inputs``, ``observed``, ``targets``, ``index``, shuffles from
+        ``(seed, epoch)`` (``set_epoch``) when ``train``, and, with ``shard=(rank, world)``, yields the
+        rank's slice of every *global* batch plus ``n_global`` (unless :attr:`loader_shards` is False:
+        the engine then slices each global batch itself).
+        """
+        return None
+
+    #: whether :meth:`make_loader` honours ``shard`` itself
+    loader_shards: ClassVar[bool] = True
 
     def classifier_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """Parameters that get ``train.classifier_lr_mult`` (default: a ``classifier`` submodule)."""
+        """Parameters that get ``train.classifier_lr_mult`` (default: a ``classifier`` submodule); the
+        learning-rate multiplier of a loss's own parameters is the loss's ``lr_mult``."""
         head = getattr(model, "classifier", None)
         return list(head.parameters()) if isinstance(head, nn.Module) else []
 
@@ -125,15 +165,17 @@ METHOD_MODULES = ("fixed_features", "image", "vl_methods", "cam", "prompting", "
 
 
 def register_all() -> None:
-    """Import every method module (each registers its methods in ``METHODS``)."""
-    from importlib import import_module
+    """Import every module of ``mlrkit.methods`` (each registers its methods in ``METHODS``):
+    :data:`METHOD_MODULES` first, in that order, then any other module (a new method file needs no list)."""
+    from mlrkit.registry import import_modules
 
-    for mod in METHOD_MODULES:
-        try:
-            import_module(f"mlrkit.methods.{mod}")
-        except ModuleNotFoundError as e:  # a method family not written yet must not hide the others
-            if e.name != f"mlrkit.methods.{mod}":
-                raise
+    import_modules("mlrkit.methods", METHOD_MODULES, skip=("base",))
+
+
+def method_class(name: str) -> type[Method]:
+    """The registered class of method ``name`` (every method module imported first)."""
+    register_all()
+    return METHODS.get(name)
 
 
 def build_method(cfg) -> Method:

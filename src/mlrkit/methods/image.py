@@ -104,7 +104,7 @@ class ImageMethod(Method):
 
         return {"train": describe(self.transform(True)), "eval": describe(self.transform(False))}
 
-    def make_loader(self, split, observed, batch_size: int, *, train: bool, seed: int, cfg=None,
+    def make_loader(self, split, observed, batch_size: int, *, train: bool, seed: int,
                     shard: tuple[int, int] = (0, 1)):
         tc = self.cfg.train
         return ImageBatches(split, observed, self.transform(train), batch_size, shuffle=train, seed=seed,

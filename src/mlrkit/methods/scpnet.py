@@ -64,7 +64,7 @@ from torch.utils.data import Dataset
 from mlrkit.engine.image_data import ImageBatches
 from mlrkit.errors import ConfigError, MlrkitError
 from mlrkit.features.options import FeaturesSection
-from mlrkit.methods.base import METHODS, Method, TaskInfo
+from mlrkit.methods.base import METHODS, Method, StepOutput, TaskInfo
 from mlrkit.models.prompt_learner import TEXT_CHUNK, PromptLearner
 from mlrkit.models.scpnet import (
     PRIOR_TEMPLATE,
@@ -360,11 +360,9 @@ def scpnet_step(model: SCPNetModel, batch: dict, loss_fn, epoch: int, opts: SCPN
 
 # ---------------------------------------------------------------------------- data
 def _interpolation(vl, name: str = "model"):
-    from mlrkit.data.transforms import interpolation_mode
+    from mlrkit.data.transforms import model_interpolation
 
-    if name == "model":
-        name = str(vl.preprocess_cfg.get("interpolation", "bicubic")).lower()
-    return interpolation_mode(name, "scpnet.interpolation")
+    return model_interpolation(vl.preprocess_cfg, name, "scpnet.interpolation")
 
 
 def scpnet_transforms(vl, image_size: int, opts: SCPNetOptions) -> tuple[Callable, Callable, Callable]:
@@ -474,7 +472,6 @@ class SCPNetMethod(Method):
         self._device: torch.device | str = "cpu"
         self._transforms: tuple | None = None
         self._info: dict[str, Any] = {}
-        self.last_terms: dict[str, float] = {}
 
     # -------------------------------------------------------------- config
     def configure(self, cfg) -> None:
@@ -512,7 +509,7 @@ class SCPNetMethod(Method):
             train += f"; strong: {describe(strong)}"
         return {"train": train, "eval": describe(eval_tf)}
 
-    def make_loader(self, split, observed, batch_size: int, *, train: bool, seed: int, cfg=None,
+    def make_loader(self, split, observed, batch_size: int, *, train: bool, seed: int,
                     shard: tuple[int, int] = (0, 1)):
         """Training: weak (+ strong, unless ``pessl: none``) views; evaluation: the eval transform."""
         if shard[1] > 1:
@@ -561,15 +558,14 @@ class SCPNetMethod(Method):
 
     # -------------------------------------------------------------- training
     def training_step(self, model: nn.Module, batch: dict, loss_fn, epoch: int):
-        """Eq. 14 (see :func:`scpnet_step`); the terms of the last step are kept in ``last_terms``."""
+        """Eq. 14 (see :func:`scpnet_step`); its terms (L_cls, L_cst, L_dstl...) go to ``metrics.jsonl``."""
         if self.options.require_splc:
             from mlrkit.losses.robust import SPLCLoss
 
             if not isinstance(loss_fn, SPLCLoss):
                 raise ConfigError(f"scpnet: L_cls must be the splc loss, got {type(loss_fn).__name__}")
         loss, terms = scpnet_step(model, batch, loss_fn, epoch, self.options)
-        self.last_terms = {k: float(v) for k, v in terms.items()}
-        return loss
+        return StepOutput(loss, {k: torch.as_tensor(v).detach() for k, v in terms.items()})
 
     def classifier_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """The GCN's weights: they get ``train.classifier_lr_mult`` (the reference's separate ``gcn_lr``)."""
@@ -617,7 +613,7 @@ class CLIPFinetuneMethod(Method):
             torch.manual_seed(derive_seed(self.cfg.seed, 5))
             return CLIPLinearClassifier(self.vl_model(), task.num_classes)
 
-    def make_loader(self, split, observed, batch_size: int, *, train: bool, seed: int, cfg=None,
+    def make_loader(self, split, observed, batch_size: int, *, train: bool, seed: int,
                     shard: tuple[int, int] = (0, 1)):
         if self._transforms is None:
             self._transforms = scpnet_transforms(self.vl_model(), self.cfg.data.image_size, self.options)

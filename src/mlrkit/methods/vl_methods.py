@@ -66,6 +66,7 @@ class ZeroShotMethod(Method):
     input_kind = "features"
     uses_vl = True
     config_sections = {"features": FeaturesSection}
+    trains = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -107,6 +108,7 @@ class VLPLMethod(FinetuneMethod):
 
     uses_vl = True
     config_sections = {"features": FeaturesSection}
+    makes_pseudo_labels = True
 
     def __init__(self, tau: float = 0.03, theta: float = 0.3, delta: float = 0.0, flip: bool = True,
                  randaugment: bool = False, cutout: float = 0.0, dropout: float = 0.0,

@@ -8,6 +8,8 @@ what is absent, with the usual CLIP loss: for a batch of B images and their capt
 * each batch holds B **distinct images** (no image is its own in-batch negative); each image takes
   one of its rows of the negated-caption file, and within it the negated caption with probability
   ``p_negated`` (else the original caption), so the model keeps the plain captions it knew;
+  ``rows_per_epoch="all"`` is the reference's loader instead: every row of every training image once
+  per epoch, B rows per batch (an image may then appear twice in a batch);
 * ``train=("text",)`` (default) updates every text-tower parameter (token and positional embeddings,
   transformer, final norm, projection); the image tower is frozen, so its embeddings are computed
   once; ``("image", "text")`` trains both towers. ``logit_scale`` stays fixed unless
@@ -63,6 +65,7 @@ class FinetuneConfig:
     seed: int = 0
     train_logit_scale: bool = False
     multi_positive: bool = False
+    rows_per_epoch: str = "image"  # image: one row per image per epoch | all: every row (the reference's loader)
     max_steps: int | None = None
     time_limit_s: float | None = None
 
@@ -73,6 +76,8 @@ class FinetuneConfig:
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 2:
             raise MlrkitError(f"need lr > 0, epochs >= 1, batch_size >= 2; got {self.lr}, {self.epochs}, "
                               f"{self.batch_size}")
+        if self.rows_per_epoch not in ("image", "all"):
+            raise MlrkitError(f"rows_per_epoch must be 'image' or 'all', got {self.rows_per_epoch!r}")
         if not 0.0 <= self.p_negated <= 1.0:
             raise MlrkitError(f"p_negated must be in [0, 1], got {self.p_negated}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -152,7 +157,12 @@ def _class_mask(names: Sequence[str] | None, lookup: dict[str, int] | None, num_
 
 def _pick_text(rows: list[dict[str, Any]], rng: np.random.Generator, p_negated: float,
                lookup: dict[str, int] | None, num_classes: int) -> _Text:
-    row = rows[int(rng.integers(len(rows)))]
+    return _row_text(rows[int(rng.integers(len(rows)))], rng, p_negated, lookup, num_classes)
+
+
+def _row_text(row: dict[str, Any], rng: np.random.Generator, p_negated: float,
+              lookup: dict[str, int] | None, num_classes: int) -> _Text:
+    """The row's negated caption with probability ``p_negated`` (always when it has no caption), else its caption."""
     original = row.get("caption")
     named = _class_mask(row.get("mentioned"), lookup, num_classes)
     if not original or rng.random() < p_negated:
@@ -298,7 +308,10 @@ def finetune_negation(
     history.append({"epoch": 0, "train_loss": None, "val_loss": v_loss, "val_acc": v_acc, "seconds": 0.0})
     best = (math.inf, 0)
     best_state: dict[str, torch.Tensor] | None = None
-    steps_per_epoch = len(train_ids) // b
+    # rows_per_epoch "all": every (image, row) pair of the training images once per epoch, in batches of b
+    # rows (an image with several rows can appear twice in a batch, as in the reference's caption loader)
+    pairs = [(position[i], r) for i in train_ids for r in by_image[i]]
+    steps_per_epoch = (len(pairs) if cfg.rows_per_epoch == "all" else len(train_ids)) // b
     t0 = time.perf_counter()
     step = 0
     stop = False
@@ -306,13 +319,19 @@ def finetune_negation(
         set_train_mode()
         perm = rng.permutation(train_img)
         ids_perm = [image_ids[i] for i in perm]
+        pair_perm = rng.permutation(len(pairs)) if cfg.rows_per_epoch == "all" else None
         total, count = 0.0, 0
         bar = tqdm(range(steps_per_epoch), desc=f"negation fine-tune {epoch}/{cfg.epochs}", disable=not progress,
                    leave=False)
         for k in bar:
             sl = slice(k * b, (k + 1) * b)
-            idx = perm[sl]
-            texts = [_pick_text(by_image[str(i)], rng, cfg.p_negated, lookup, num_classes) for i in ids_perm[sl]]
+            if pair_perm is not None:
+                chosen = [pairs[j] for j in pair_perm[sl]]
+                idx = np.array([pos for pos, _ in chosen])
+                texts = [_row_text(r, rng, cfg.p_negated, lookup, num_classes) for _, r in chosen]
+            else:
+                idx = perm[sl]
+                texts = [_pick_text(by_image[str(i)], rng, cfg.p_negated, lookup, num_classes) for i in ids_perm[sl]]
             img = image_embeddings(idx, grad=True)
             txt = model.encode_text([t.text for t in texts])
             loss = contrastive_loss(img, txt, model.logit_scale, match_for(idx, texts))

@@ -10,7 +10,8 @@ Configuration (:class:`LLMConfig`): base URL, model name and API key come from a
 ``MLRKIT_LLM_BASE_URL`` (else ``OPENAI_BASE_URL``), ``MLRKIT_LLM_MODEL``, ``MLRKIT_LLM_API_KEY``
 (else ``OPENAI_API_KEY``; local servers usually need none).
 
-Every request is bounded: a socket timeout per attempt, at most ``max_retries`` retries with
+Every request is bounded: a total deadline per attempt (a server that trickles bytes cannot stretch
+it; the connection's own socket waits count against it), at most ``max_retries`` retries with
 exponential back-off (``backoff * 2**attempt``, capped at ``max_backoff``; a ``Retry-After``
 header is honoured up to the same cap). Retried: time-outs, connection errors, HTTP 408/409/429/5xx
 and malformed replies (a body that is not JSON, or has no ``choices[0].message.content`` string).
@@ -44,7 +45,7 @@ class LLMConfig:
         base_url: API root, e.g. ``http://127.0.0.1:8000/v1`` (``/chat/completions`` is appended).
         model: model name the server knows (vLLM: the served model name).
         api_key: sent as ``Authorization: Bearer <key>`` when set.
-        timeout: seconds per attempt (connect + read).
+        timeout: seconds per attempt, in total (connect + reading the whole reply).
         max_retries: retries after the first attempt (so at most ``1 + max_retries`` requests).
         backoff: first back-off in seconds; doubles per retry.
         max_backoff: cap of one back-off (and of a server's ``Retry-After``).
@@ -133,6 +134,23 @@ class ChatStats:
         return asdict(self)
 
 
+def _read_until(resp: Any, deadline: float, timeout: float) -> bytes:
+    """The response body, read in pieces; a server that trickles bytes cannot keep the attempt going past
+    ``deadline`` (each socket wait is cut to the time left; TimeoutError when it runs out)."""
+    sock = getattr(getattr(getattr(resp, "fp", None), "raw", None), "_sock", None)
+    chunks = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no complete reply within {timeout}s")
+        if sock is not None:
+            sock.settimeout(left)
+        chunk = resp.read1(65536) if hasattr(resp, "read1") else resp.read(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
 class ChatClient:
     """``complete(messages) -> str | None`` against an OpenAI-compatible server (module docstring)."""
 
@@ -152,9 +170,10 @@ class ChatClient:
         if self.config.api_key:
             headers["Authorization"] = f"Bearer {self.config.api_key}"
         req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        deadline = time.monotonic() + self.config.timeout  # the whole attempt, not each socket read
         try:
             with self._opener.open(req, timeout=self.config.timeout) as resp:
-                return resp.status, resp.read(), resp.headers.get("Retry-After")
+                return resp.status, _read_until(resp, deadline, self.config.timeout), resp.headers.get("Retry-After")
         except urllib.error.HTTPError as e:
             with e:
                 payload = e.read() if e.fp is not None else b""

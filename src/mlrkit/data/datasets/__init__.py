@@ -1,11 +1,7 @@
 """Dataset adapters; importing this package registers them all in ``mlrkit.data.DATASETS``."""
 
-from importlib import import_module
+from mlrkit.registry import import_modules
 
-for _mod in ("builtin", "features", "voc", "coco", "nuswide", "cub", "openimages", "manifest", "fashion_mosaic", "lvis",
-             "chexpert", "vaw"):
-    try:
-        import_module(f"{__name__}.{_mod}")
-    except ModuleNotFoundError as e:  # an adapter module not written yet must not hide others
-        if e.name != f"{__name__}.{_mod}":
-            raise
+# the listed adapters first (the order `mlrkit list datasets` shows), then any other module of this package
+import_modules(__name__, ("builtin", "features", "voc", "coco", "nuswide", "cub", "openimages", "manifest",
+                          "fashion_mosaic", "lvis", "chexpert", "vaw"))

@@ -22,7 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from mlrkit.data.base import DATASETS, MultiLabelDataset, PathImageSource, Split, dataset_options, require_root
+from mlrkit.data.base import (
+    DATASETS,
+    MultiLabelDataset,
+    PathImageSource,
+    Split,
+    dataset_options,
+    require_root,
+    resolve_in_root,
+)
 from mlrkit.errors import DataError
 
 HINT = (
@@ -91,6 +99,7 @@ def split_from_instances(data: Any, path: Path, image_dir: Path, cat_ids: list[i
             raise DataError(f"{path}: image id {iid} appears twice in 'images'")
         if fname in seen_names:
             raise DataError(f"{path}: file {fname!r} appears twice in 'images' (ids {seen_names[fname]} and {iid})")
+        resolve_in_root(image_dir, fname, f"{path}: images[{k}] (id {iid}) file_name")
         file_of[iid] = fname
         seen_names[fname] = iid
     col_of = {cid: j for j, cid in enumerate(cat_ids)}

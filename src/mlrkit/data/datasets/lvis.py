@@ -27,6 +27,7 @@ from mlrkit.data.base import (
     Split,
     dataset_options,
     require_root,
+    resolve_in_root,
     three_state_matrices,
 )
 from mlrkit.data.datasets.coco import read_json
@@ -52,10 +53,10 @@ def _image_path(root: Path, img: dict, path: Path) -> Path:
     url = img.get("coco_url")
     if isinstance(url, str) and "/" in url:
         folder, name = url.rstrip("/").split("/")[-2:]
-        return root / folder / name
+        return resolve_in_root(root, f"{folder}/{name}", f"{path}: image {img.get('id')!r} coco_url")
     name = img.get("file_name")
     if isinstance(name, str) and name:
-        return root / name
+        return resolve_in_root(root, name, f"{path}: image {img.get('id')!r} file_name")
     raise DataError(f"{path}: image {img.get('id')!r} has neither coco_url nor file_name")
 
 

@@ -42,6 +42,7 @@ from mlrkit.data.base import (
     PathImageSource,
     Split,
     dataset_options,
+    resolve_in_root,
     three_state_matrices,
 )
 from mlrkit.errors import DataError
@@ -271,8 +272,12 @@ def read_json_array_rows(path: Path, text: str) -> list[Row]:
 
 
 def load_manifest(path: str | Path, classes: str | Path | None = None,
-                  uncertain: str = "unknown") -> MultiLabelDataset:
-    """Read and validate a manifest; every problem names the file, the line and the value."""
+                  uncertain: str = "unknown", *, root: str | Path | None = None,
+                  outside_root: bool = False) -> MultiLabelDataset:
+    """Read and validate a manifest; every problem names the file, the line and the value.
+
+    Image paths resolve inside ``root`` (default: the manifest's directory); absolute paths or ``..``
+    leaving it are refused unless ``outside_root``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"manifest not found: {path}")
@@ -309,7 +314,7 @@ def load_manifest(path: str | Path, classes: str | Path | None = None,
             raise DataError(f"{path}: no image has any label, so there are no classes")
     col = {n: j for j, n in enumerate(names)}
 
-    base = path.parent
+    base = Path(root) if root is not None else path.parent
     first: dict[Path, str] = {}
     parts: dict[str, list[tuple[Row, str]]] = {s: [] for s in SPLITS}
     for r in rows:
@@ -320,7 +325,8 @@ def load_manifest(path: str | Path, classes: str | Path | None = None,
         for label in (*r.positives, *(r.negatives or ())):
             if label not in col:
                 raise DataError(f"{path}:{r.where}: label {label!r} is not in the class list {class_file}")
-        resolved = Path(r.image) if Path(r.image).is_absolute() else base / r.image
+        resolved = resolve_in_root(base, r.image, f"{path}:{r.where}", allow_outside=outside_root,
+                                   option="outside_root")
         key = Path(*resolved.parts)  # normalises separators, keeps '..' (no filesystem access)
         if key in first:
             raise DataError(f"{path}:{r.where}: image {r.image!r} appears twice (first on {first[key]})")
@@ -356,9 +362,10 @@ def load_manifest(path: str | Path, classes: str | Path | None = None,
 
 @DATASETS.register("manifest", DESCRIPTION)
 def build_manifest(path: str | None = None, root: Path | None = None, **options) -> MultiLabelDataset:
-    """``manifest:<file>``; options ``classes`` (a class list file) and ``uncertain`` (what a dense
-    ``-1`` means: unknown, positive or negative); ``root`` is not used."""
-    opts = dataset_options("manifest", options, {"classes": None, "uncertain": "unknown"})
+    """``manifest:<file>``; options ``classes`` (a class list file), ``uncertain`` (what a dense
+    ``-1`` means: unknown, positive or negative) and ``outside_root`` (allow absolute image paths and
+    ``..`` leaving the image root); ``root`` (``--root``): the image root, default the manifest's directory."""
+    opts = dataset_options("manifest", options, {"classes": None, "uncertain": "unknown", "outside_root": False})
     if not path:
         raise DataError("dataset 'manifest' needs a file: --dataset manifest:PATH.csv (or .jsonl)")
-    return load_manifest(path, opts["classes"], opts["uncertain"])
+    return load_manifest(path, opts["classes"], opts["uncertain"], root=root, outside_root=opts["outside_root"])
