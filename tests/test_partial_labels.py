@@ -213,6 +213,13 @@ def test_features_observed_train_end_to_end(yeast_partial, tmp_path, capsys):
     probs = np.array([[r["scores"][f"class{j}"] for j in range(14)] for r in rows])
     assert res["test_map"] == pytest.approx(_sk_map(probs, ds.test.targets, known_test), abs=1e-6)
     assert res["test_known_fraction"] == pytest.approx(float(known_test.mean()))
+    assert main(["evaluate", str(run), "--plots", str(tmp_path / "plots")]) == 0
+    printed = capsys.readouterr().out
+    assert "partial ground truth" in printed and "test_reliability.png" in printed
+    for name in ("test_pr.png", "test_roc.png", "test_reliability.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 5000
+    curves = json.loads((tmp_path / "plots" / "test_curves.json").read_text())
+    assert curves["reliability"]["count"] and sum(curves["reliability"]["count"]) == int(known_test.sum())
 
 
 def test_features_with_y_train_and_observed_train(tmp_path):

@@ -77,6 +77,8 @@ def register(sub) -> None:
     p.add_argument("--k", type=int, default=3, help="k of P@k / R@k")
     p.add_argument("--per-class", action="store_true",
                    help="print AP and the known positives/negatives of every test class (always on for partial data)")
+    p.add_argument("--plots", metavar="DIR",
+                   help="write the test split's PR and ROC curves per class and its reliability diagram (PNG + JSON)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = add_command(sub, "predict", "class probabilities for new inputs (feature files or images)",
@@ -425,17 +427,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mlrkit.metrics_groups import format_grouped
 
     # grouped: OpenImages (or boostlu.groups): mAP per annotation-count group
-    res, grouped = evaluate_run_report(args.run, threshold=args.threshold, k=args.k)
+    res, grouped = evaluate_run_report(args.run, threshold=args.threshold, k=args.k, plots=args.plots)
     if args.json:
         print(json.dumps({**res, "grouped_map": grouped} if grouped else res, indent=2))
         return 0
     print(_format_evaluation(res, per_class=args.per_class))
+    if args.plots:
+        print(f"wrote {', '.join(res['test'].get('plots', []))}")
     if grouped:
         print(f"classes grouped by number of training annotations (Group 1: fewest):\n{format_grouped(grouped)}")
     return 0
 
 
-_NOT_PERCENT = ("n_classes_scored", "n_classes_skipped", "per_class", "unscored_classes", "known_fraction")
+_NOT_PERCENT = ("n_classes_scored", "n_classes_skipped", "per_class", "unscored_classes", "known_fraction", "plots")
 
 
 def _format_evaluation(res: dict, per_class: bool = False) -> str:
