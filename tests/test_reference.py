@@ -79,6 +79,8 @@ def test_reference_recipes_resize_as_their_code(tiny):
     opts = feature_options(cfg)
     assert (opts["resize"], opts["interpolation"], opts["augment"], opts["online"]) == \
         ("squash", "bilinear", "reference", True)
+    big = view_transforms(tiny, cfg.data.image_size, opts)[0](three_band_image(640, 480))  # a 4:3 photo
+    assert cfg.data.image_size == 448 and tuple(big.shape) == (3, 448, 448) and edge_colours(big) == (0, 2)
     eval_tf, train_tf = view_transforms(tiny, 32, opts)
     assert "bilinear" in repr(eval_tf) and "CenterCrop" not in repr(eval_tf)
     names = [type(t).__name__ for t in train_tf.transforms]
