@@ -82,9 +82,11 @@ def evaluate_grouped(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"), threshold: float = 0.5,
-                        k: int = 3, *, grouped: bool = True) -> tuple[dict[str, dict], dict | None]:
+                        k: int = 3, *, grouped: bool = True,
+                        plots: str | Path | None = None) -> tuple[dict[str, dict], dict | None]:
     """:func:`evaluate_run`'s metrics and the grouped test mAP (:mod:`mlrkit.engine.reports`; None when
-    off), from one load of the run and its data."""
+    off), from one load of the run and its data. ``plots``: a directory for the test split's PR/ROC
+    curves per class and reliability diagram (:mod:`mlrkit.analysis.curves`)."""
     from mlrkit.engine.reports import grouped_report
     from mlrkit.engine.run_data import prepare_run_data
 
@@ -110,6 +112,13 @@ def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "
         meter.update(_metric_scores(run, scores), targets, mask)
         out[name] = meter.compute()
         out[name]["known_fraction"] = 1.0 if mask is None else float(np.asarray(mask).mean())
+        if plots is not None and name == "test":
+            from mlrkit.analysis.curves import write_curve_plots
+
+            probs = _metric_scores(run, scores)
+            if probs.min() < 0 or probs.max() > 1:
+                probs = 1.0 / (1.0 + np.exp(-probs.astype(np.float64)))
+            out[name]["plots"] = [str(p) for p in write_curve_plots(probs, targets, mask, data.class_names, plots)]
     report = None
     if grouped:
         report = grouped_report(run.built.method, data,
