@@ -10,6 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.reliability_table import (  # noqa: F401 - pytest hooks: pytest -m badinput --reliability-table FILE
+    pytest_addoption,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+)
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 # the suite builds prompt models with more classes than their text chunk, which would switch this whole
 # process to a fixed mmap threshold (mlrkit.engine.host_memory, "auto") and slow every later image test;

@@ -4,6 +4,7 @@ predict inputs, crash consistency of metrics.jsonl vs last.pt, and the LLM clien
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import threading
@@ -17,6 +18,7 @@ import pytest
 
 from mlrkit.cli.main import main
 from mlrkit.errors import DataError
+from tests.test_datasets_formats import cub  # noqa: F401, F811 - the CUB fixture (real layout, small)
 
 pytestmark = pytest.mark.badinput
 
@@ -51,6 +53,9 @@ def _manifest(tmp_path: Path, first_image: str) -> Path:
     ("/etc/passwd", "is absolute"),
 ])
 def test_manifest_paths_cannot_escape_the_root(image, what, tmp_path, capsys):
+    """clear error | manifest rows `../../../../etc/passwd`, `sub/../../secret.png`, `/etc/passwd` | refused, naming
+    the manifest line, the path and the `outside_root=true` option
+    """
     m = _manifest(tmp_path, image)
     assert main(["prepare", "--dataset", f"manifest:{m}"]) == 2
     err = one_line_error(capsys)
@@ -59,6 +64,9 @@ def test_manifest_paths_cannot_escape_the_root(image, what, tmp_path, capsys):
 
 
 def test_manifest_outside_paths_need_the_explicit_option_and_root_moves_the_base(tmp_path):
+    """nothing silently accepted | an absolute manifest path with `--option outside_root=true`; `--root` | allowed
+    only with the option; `--root` is the image root
+    """
     from mlrkit.data import load_dataset
 
     outside = png(tmp_path / "outside.png")
@@ -73,12 +81,38 @@ def test_manifest_outside_paths_need_the_explicit_option_and_root_moves_the_base
 
 @pytest.mark.parametrize("file_name", ["../../etc/passwd", "/etc/passwd"])
 def test_coco_file_name_cannot_escape(file_name, tmp_path):
+    """clear error | COCO `file_name` with `..` or absolute | refused naming the file, record and id"""
     from mlrkit.data.datasets.coco import split_from_instances
 
     data = {"images": [{"id": 1, "file_name": file_name}], "annotations": [{"image_id": 1, "category_id": 1}],
             "categories": [{"id": 1, "name": "cat"}]}
     with pytest.raises(DataError, match=r"images\[0\] \(id 1\) file_name: image path .* (leaves|is absolute)"):
         split_from_instances(data, tmp_path / "instances.json", tmp_path / "train2014", [1], False)
+
+
+@pytest.mark.parametrize("field, message", [
+    ("images", "image id must be in 0..2147483647"),
+    ("labels", "non-integer field (or one out of range)"),
+    ("path", "leaves"),
+])
+def test_cub_overflowing_ids_and_escaping_paths(field, message, cub):  # noqa: F811 - the imported fixture
+    """clear error | CUB image id / label field overflowing int64, an image path with `..` | refused naming file and
+    line (no OverflowError, no huge allocation)
+    """
+    from mlrkit.data import load_dataset
+
+    d = cub / "CUB_200_2011"
+    if field == "images":
+        (d / "images.txt").write_text((d / "images.txt").read_text() + "99999999999999999999999 x.jpg\n")
+    elif field == "labels":
+        p = d / "attributes" / "image_attribute_labels.txt"
+        p.write_text(p.read_text() + "99999999999999999999999 1 1 4 1.0\n")
+    else:
+        lines = (d / "images.txt").read_text().splitlines()
+        lines[0] = lines[0].split()[0] + " ../../../../etc/passwd"
+        (d / "images.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=re.escape(message)):
+        load_dataset("cub", root=cub)
 
 
 # ---------------------------------------------------------------------------- decompression bombs
@@ -94,6 +128,9 @@ def bomb_png(path: Path, width: int = 20000, height: int = 20000) -> Path:
 
 
 def test_decompression_bomb_is_refused_in_training_data(tmp_path):
+    """clear error | a 20000x20000 PNG (decompression bomb) in training data | one DataError naming it;
+    `--skip-bad-images` skips it
+    """
     from mlrkit.data import PathImageSource
 
     src = PathImageSource([bomb_png(tmp_path / "bomb.png"), png(tmp_path / "ok.png")])
@@ -104,6 +141,9 @@ def test_decompression_bomb_is_refused_in_training_data(tmp_path):
 
 
 def test_predict_image_errors_name_the_input_and_no_foreign_flag(tmp_path, capsys):
+    """clear error | predict on a bomb, a corrupt image, a folder | named errors; no advice to use
+    `--skip-bad-images` (predict has none); a folder is not 'image not found'
+    """
     from mlrkit.engine.inference import _image_split
 
     split = _image_split([bomb_png(tmp_path / "b.png")], 3)
@@ -140,6 +180,9 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 @pytest.mark.parametrize("case", ["object .npy", "corrupt .npz", "string .npy", "folder"])
 def test_predict_refuses_bad_feature_inputs(case, scene_run, tmp_path, capsys):
+    """clear error | predict on an object `.npy`, a corrupt `.npz`, a string `.npy`, a folder | one line naming the
+    file and the problem
+    """
     path, message = _bad_inputs(tmp_path)[case]
     assert main(["predict", str(scene_run), str(path)]) == 2
     err = one_line_error(capsys)
@@ -147,12 +190,16 @@ def test_predict_refuses_bad_feature_inputs(case, scene_run, tmp_path, capsys):
 
 
 def test_predict_output_folder_must_exist(scene_run, tmp_path, capsys):
+    """clear error | predict `--output` in a missing folder | refused before any work"""
     np.save(tmp_path / "x.npy", np.zeros((1, 294), np.float32))
     assert main(["predict", str(scene_run), str(tmp_path / "x.npy"), "--output", str(tmp_path / "no" / "o.json")]) == 2
     assert f"folder {tmp_path / 'no'} does not exist" in one_line_error(capsys)
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(scene_run, tmp_path, capsys):
+    """clear error | `best.pt` of another run (yeast into scene); a checkpoint tensor of the wrong shape | one line
+    naming the file and the differing key/shape
+    """
     other = tmp_path / "yeast"
     assert main(["train", "--dataset", "yeast", "--method", "linear", "--epochs", "1", "--out", str(other),
                  "--quiet"]) == 0
@@ -178,6 +225,9 @@ def test_checkpoint_of_another_model_is_a_clear_error(scene_run, tmp_path, capsy
 
 # ---------------------------------------------------------------------------- feature cache
 def test_truncated_or_nan_feature_cache_is_named(tmp_path):
+    """clear error | a truncated feature-cache file; NaN in a cached entry | named error saying which file/row and to
+    delete the entry (never exported or used)
+    """
     from mlrkit.features import FeatureStore
 
     class Images:
@@ -224,8 +274,12 @@ class _Killed(BaseException):
 
 
 def test_kill_between_last_pt_and_metrics_row_loses_nothing(tmp_path, monkeypatch):
-    """The run dies right after last.pt of epoch 3 is written: the resumed run has every row, equal to a
-    straight run (the row is written before the checkpoint, so nothing falls between them)."""
+    """nothing lost | the process dies right after `last.pt` is written | resumed run has every `metrics.jsonl` row,
+    equal to a straight run
+
+    The run dies right after last.pt of epoch 3 is written: the resumed run has every row, equal to a straight run
+    (the row is written before the checkpoint, so nothing falls between them).
+    """
     from mlrkit.config import build_config
     from mlrkit.engine import trainer as tr
 
@@ -256,6 +310,7 @@ def test_kill_between_last_pt_and_metrics_row_loses_nothing(tmp_path, monkeypatc
 
 
 def test_row_cut_short_by_a_kill_is_recomputed(tmp_path):
+    """nothing lost | a `metrics.jsonl` row cut short by a kill | resume drops it and recomputes"""
     from mlrkit.config import build_config
     from mlrkit.engine.trainer import train
 
@@ -290,6 +345,9 @@ class _Trickle(BaseHTTPRequestHandler):
 
 
 def test_llm_attempt_has_a_total_deadline_against_a_trickling_server():
+    """nothing silently accepted | an LLM server on 127.0.0.1 that trickles one byte every 50 ms | each attempt ends
+    at its total deadline (0.6 s); counted as time-outs
+    """
     from mlrkit.negation.llm import ChatClient, LLMConfig
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)

@@ -31,6 +31,7 @@ OPTIONS = numeric_options()
 
 
 def test_every_numeric_option_has_a_range():
+    """nothing silently accepted | every numeric option of every command (argparse walk) | each has a declared range"""
     missing = sorted({f"{' '.join(p)} {a.option_strings[0]}" for p, _, a in OPTIONS if a.dest not in OPTION_RANGES})
     assert not missing, f"numeric options without an entry in OPTION_RANGES: {missing}"
     assert len(OPTIONS) > 60
@@ -71,6 +72,9 @@ CASES = [pytest.param(path, parser, action, value, id=f"{'-'.join(path)}{action.
 
 @pytest.mark.parametrize("path, parser, action, value", CASES)
 def test_out_of_range_option_is_one_line_error(path, parser, action, value, capsys, monkeypatch, tmp_path):
+    """clear error | each numeric option of each command below its minimum, above its maximum, `nan`, `inf` | one
+    `mlrkit: error: --flag must be ...` line; nothing written
+    """
     monkeypatch.chdir(tmp_path)
     assert main(_argv(path, parser, action, value)) == 2
     err = capsys.readouterr().err.strip()
@@ -80,6 +84,7 @@ def test_out_of_range_option_is_one_line_error(path, parser, action, value, caps
 
 
 def test_usage_error_is_one_line(capsys):
+    """clear error | `--seed abc` | one `mlrkit: error:` line (no usage dump)"""
     with pytest.raises(SystemExit) as e:
         main(["train", "--seed", "abc"])
     assert e.value.code == 2
@@ -110,6 +115,9 @@ SETTINGS = numeric_settings()
 
 
 def test_every_numeric_setting_has_a_range():
+    """nothing silently accepted | every numeric setting of the typed config sections (`seed`, `data.*`, `labels.*`,
+    `train.*`, `vl.*`) | each has a min or a max
+    """
     unbounded = [k for k, meta in SETTINGS if meta.get("min") is None and meta.get("max") is None]
     assert not unbounded, f"numeric settings without min/max: {unbounded}"
     assert {"train.batch_size", "train.lr", "train.ema", "seed", "labels.seed", "train.epochs"} <= {k for k, _ in
@@ -128,7 +136,11 @@ def _bad_settings(meta: dict) -> list[float]:
 @pytest.mark.parametrize("key, value", [pytest.param(k, v, id=f"{k}={v}") for k, meta in SETTINGS
                                         for v in [*_bad_settings(meta), float("nan")]])
 def test_out_of_range_setting_is_one_clear_error(key, value, tmp_path, capsys):
-    """Through --set (the same loader reads recipes and saved runs): refused before anything is written."""
+    """clear error | each numeric setting via `--set` below its minimum, above its maximum, `.nan` | one line naming
+    the key; no run directory created
+
+    Through --set (the same loader reads recipes and saved runs): refused before anything is written.
+    """
     out = tmp_path / "run"
     shown = ".nan" if value != value else value
     assert main(["train", "--dataset", "scene", "--out", str(out), "--set", f"{key}={shown}"]) == 2
@@ -148,8 +160,15 @@ def test_out_of_range_setting_is_one_clear_error(key, value, tmp_path, capsys):
     (["--set", "train.lr=nan"], "train.lr must be a finite number"),
     (["--set", "train.device=tpu"], "'tpu' is not a device"),
     (["--method", "zeroshot", "--epochs", "2"], "method 'zeroshot' trains nothing: it runs with epochs 0"),
+    (["--method", "finetune", "--epochs", "1"],
+     "method 'finetune' trains on images; dataset 'scene' has features only"),
 ])
 def test_nonsense_plans_are_refused_before_training(argv, message, tmp_path, capsys):
+    """nothing silently accepted | `--epochs 0` on a trainable method, `partial:1e-9`/`drop-positives:1e-9` (nothing
+    observed), `--loss vlpl` with `linear`, `train.ema=1.5`/`1`, `--lr 0`, `train.lr=nan`, `train.device=tpu`,
+    `zeroshot --epochs 2`, `finetune` on a features-only dataset | refused before training with one line; nothing
+    left in the run directory
+    """
     out = tmp_path / "run"
     assert main(["train", "--dataset", "scene", "--out", str(out), "--quiet", *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -158,8 +177,22 @@ def test_nonsense_plans_are_refused_before_training(argv, message, tmp_path, cap
 
 
 def test_zeroshot_needs_no_epochs(tmp_path, capsys):
+    """nothing silently accepted | `train --method zeroshot` without `--epochs` | runs with `epochs: 0` (recorded)"""
     out = tmp_path / "zs"
     assert main(["train", "--dataset", "fashion-mosaic", "--method", "zeroshot", "--vl-model", "tiny", "--set",
                  "data.limit_train=20", "--set", "data.options.limit_test=8", "--set", "data.image_size=32",
                  "--out", str(out), "--quiet"]) == 0
     assert "epochs: 0" in (out / "config.yaml").read_text()
+
+
+def test_recipe_values_of_command_flags_are_range_checked(tmp_path, capsys):
+    """clear error | a `negation captions --config` recipe with `per_image: 0` and `limit: .nan` | the same one-line
+    range errors as on the command line; nothing written"""
+    recipe = tmp_path / "r.yaml"
+    for body, message in (("per_image: 0", "--per-image must be >= 1, got 0"),
+                          ("limit: .nan", "--limit must be a finite number")):
+        recipe.write_text(f"captions:\n  dataset: fashion-mosaic\n  {body}\n")
+        assert main(["negation", "captions", "--config", str(recipe), "--out", str(tmp_path / "o.jsonl")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("mlrkit: error:") and message in err and "\n" not in err, err
+    assert not (tmp_path / "o.jsonl").exists()

@@ -47,6 +47,9 @@ def finished(tmp_path_factory) -> Path:
 
 
 def test_copied_and_moved_runs_resume_where_given(finished, tmp_path, capsys):
+    """nothing lost | `train --out COPY --resume` of a copied run, and of a moved one | the copy/moved directory is
+    resumed and finished; the original's files are byte-identical; results equal
+    """
     before = snapshot(finished)
     copy = tmp_path / "copy"
     shutil.copytree(finished, copy)
@@ -65,6 +68,9 @@ def test_copied_and_moved_runs_resume_where_given(finished, tmp_path, capsys):
 
 
 def test_resume_refuses_missing_or_mistyped_directory(tmp_path, capsys):
+    """nothing silently accepted | `--resume` with a mistyped `--out`, a directory without `config.yaml`, no `--out`
+    | clear error saying what is there and how to start afresh; nothing trained or created
+    """
     assert main(["train", "--out", str(tmp_path / "typo"), "--resume"]) == 2
     assert "typo does not exist" in one_line_error(capsys) and not (tmp_path / "typo").exists()
     empty = tmp_path / "half"
@@ -79,7 +85,11 @@ def test_resume_refuses_missing_or_mistyped_directory(tmp_path, capsys):
 
 
 def test_half_set_up_run_resumes_to_the_same_results(finished, tmp_path, capsys):
-    """A run interrupted during setup has config.yaml (written first) and nothing else: --resume runs it."""
+    """nothing lost | a run interrupted during setup (only `config.yaml`, written first) | a fresh start there is
+    refused (use --resume); `--resume` finishes it with the same results as an uninterrupted run
+
+    A run interrupted during setup has config.yaml (written first) and nothing else: --resume runs it.
+    """
     import mlrkit.engine.trainer as trainer
 
     run = tmp_path / "run"
@@ -103,6 +113,10 @@ def test_half_set_up_run_resumes_to_the_same_results(finished, tmp_path, capsys)
 
 
 def test_edited_corrupt_or_incomplete_config_is_refused(finished, tmp_path, capsys):
+    """nothing silently accepted | `--resume` after editing `train.lr` in `config.yaml`; a corrupt (`:: x`) or
+    incomplete `config.yaml`; `--resume --lr` | refused, naming the changed key (`train.lr: 0.001 -> 0.5`) / the
+    file / the missing key; evaluate says the same for a corrupt file
+    """
     run = tmp_path / "run"
     shutil.copytree(finished, run)
     text = (run / "config.yaml").read_text()
@@ -124,6 +138,9 @@ def test_edited_corrupt_or_incomplete_config_is_refused(finished, tmp_path, caps
 
 
 def test_resume_with_epochs_extends_the_run_exactly(finished, tmp_path, capsys):
+    """nothing lost | `--resume --epochs 4` on a finished 2-epoch run; `--epochs 1` (fewer than done) | extended run
+    equals a straight 4-epoch run (rows and results); fewer epochs refused
+    """
     run = tmp_path / "run"
     shutil.copytree(finished, run)
     assert main(["train", "--out", str(run), "--resume", "--epochs", "1"]) == 2
@@ -139,6 +156,9 @@ def test_resume_with_epochs_extends_the_run_exactly(finished, tmp_path, capsys):
 
 
 def test_new_run_never_overwrites_and_out_must_be_a_directory(finished, tmp_path, capsys):
+    """nothing lost | a new run into a finished run's `--out`; `--out` naming an existing file | refused; the
+    existing run untouched
+    """
     before = snapshot(finished)
     assert train_cli(finished) == 2
     assert "already holds a run" in one_line_error(capsys)
@@ -149,6 +169,9 @@ def test_new_run_never_overwrites_and_out_must_be_a_directory(finished, tmp_path
 
 
 def test_second_writer_gets_a_clear_error(tmp_path, capsys):
+    """nothing lost | a second writer while the run directory is locked | clear error naming the holder (pid, host,
+    command); lock released at the end
+    """
     run = tmp_path / "run"
     with RunLock(run):
         assert train_cli(run) == 2
@@ -169,10 +192,14 @@ def _wait_for(pred, timeout: float = 120.0) -> None:
 
 
 def test_concurrent_writers_and_stale_lock_of_a_killed_run(tmp_path):
-    """Two real processes with one --out: the second is refused while the first trains (the first is
-    paused with SIGSTOP once it has written an epoch, so the check is not a race); after the first is
-    killed (SIGKILL) its lock is detected as stale, reported and taken over by --resume; metrics keep
-    exactly one row per epoch."""
+    """nothing lost | two real processes on one `--out`; the holder killed with SIGKILL | the second (and a
+    `--resume`) refused with the holder's pid; the stale lock is reported and taken over; `metrics.jsonl` has one
+    row per epoch
+
+    Two real processes with one --out: the second is refused while the first trains (the first is paused with
+    SIGSTOP once it has written an epoch, so the check is not a race); after the first is killed (SIGKILL) its
+    lock is detected as stale, reported and taken over by --resume; metrics keep exactly one row per epoch.
+    """
     run = tmp_path / "run"
     args = [sys.executable, "-m", "mlrkit", "train", *BASE, "--epochs", "6", "--out", str(run)]
     first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -204,6 +231,10 @@ SWEEP = ["sweep", "--dataset", "scene", "--methods", "linear", "--batch-size", "
 
 
 def test_sweep_keys_runs_by_config_and_keeps_rows(tmp_path, capsys):
+    """nothing silently accepted | `sweep` again with the same config, with `--epochs`/`--set train.lr` changed, then
+    with other labels | same config reused; a changed config refused naming the key (outputs untouched); earlier
+    rows kept in sweep.json/csv
+    """
     out = tmp_path / "sw"
     assert main([*SWEEP, "--labels", "partial:0.3", "--epochs", "1", "--out", str(out)]) == 0
     first = capsys.readouterr().out

@@ -69,7 +69,11 @@ def refused(argv: list[str], marker: Path, capsys, file: Path) -> str:
 
 
 def test_plain_torch_load_would_run_the_payload(tmp_path):
-    """The planted file is really dangerous: an unsafe torch.load creates the marker."""
+    """no code run | a checkpoint with a `__reduce__` payload, read by an unsafe `torch.load` | the payload does run
+    (the planted files are really dangerous)
+
+    The planted file is really dangerous: an unsafe torch.load creates the marker.
+    """
     marker = tmp_path / "marker"
     path = plant(tmp_path / "x.pt", marker)
     torch.load(path, weights_only=False).get("extra").close()
@@ -78,6 +82,10 @@ def test_plain_torch_load_would_run_the_payload(tmp_path):
 
 @pytest.mark.parametrize("command", ["evaluate", "predict", "resume", "explain", "pointing", "ablation"])
 def test_run_commands_refuse_code_in_checkpoints(command, feature_run, tmp_path, capsys):
+    """no code run | a `__reduce__` payload in `best.pt`/`last.pt` of a run, fed to evaluate, predict, train
+    --resume, explain, analyze pointing, bench boostlu-ablation | one `mlrkit: error:` naming the file and the
+    refused global; marker never written
+    """
     marker = tmp_path / "marker"
     run = evil_run(feature_run, tmp_path / "run", marker)
     if command == "evaluate":
@@ -106,6 +114,9 @@ def test_run_commands_refuse_code_in_checkpoints(command, feature_run, tmp_path,
 
 
 def test_init_from_refuses_code(tmp_path, capsys):
+    """no code run | a `__reduce__` payload as `method.init_from` of a prompt method | refused before training;
+    marker never written
+    """
     marker = tmp_path / "marker"
     evil = plant(tmp_path / "prompts.pt", marker, {"model": {}, "task": {"class_names": ["a"]}})
     argv = ["train", "--dataset", "fashion-mosaic", "--method", "dualcoop", "--vl-model", "tiny", "--epochs", "1",
@@ -116,6 +127,9 @@ def test_init_from_refuses_code(tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["pretrain", "export"])
 def test_vl_pretrain_init_and_export_refuse_code(command, tmp_path, capsys):
+    """no code run | a `__reduce__` payload as `vl pretrain --init` and `vl export RAW` | refused before anything
+    runs; nothing written
+    """
     marker = tmp_path / "marker"
     evil = plant(tmp_path / "raw.pt", marker, {"format": "mlrkit-mosaic-clip-raw-1", "config": {}, "seed": 0,
                                                "state_dict": {}, "result": {}})
@@ -128,8 +142,13 @@ def test_vl_pretrain_init_and_export_refuse_code(command, tmp_path, capsys):
 
 
 def test_checkpoints_hold_only_tensors_and_plain_data(feature_run, tmp_path):
-    """What the trainer writes loads with weights_only=True; numpy and dataclasses are converted on save,
-    and an arbitrary object cannot be saved at all."""
+    """no code run | what the trainer writes; numpy arrays, numpy scalars, dataclasses, paths, a lambda in a
+    checkpoint payload | checkpoints load with `weights_only=True`; numpy/dataclasses converted to plain data; a
+    non-plain object cannot be saved (clear error, no file)
+
+    What the trainer writes loads with weights_only=True; numpy and dataclasses are converted on save, and an
+    arbitrary object cannot be saved at all.
+    """
     from dataclasses import dataclass
 
     from mlrkit.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -155,7 +174,11 @@ def test_checkpoints_hold_only_tensors_and_plain_data(feature_run, tmp_path):
 
 
 def test_raw_pretraining_checkpoint_round_trip(tmp_path):
-    """`vl pretrain`'s raw file (config, fp32 weights, result, history) is plain data: it reads back safely."""
+    """no code run | `vl pretrain`'s raw file (config, fp32 weights, result, history) | written as plain data, read
+    back with `weights_only=True`
+
+    `vl pretrain`'s raw file (config, fp32 weights, result, history) is plain data: it reads back safely.
+    """
     from mlrkit.vl.pretraining import (
         MOSAIC_CLIP_CONFIG,
         PretrainResult,
@@ -178,6 +201,7 @@ def test_raw_pretraining_checkpoint_round_trip(tmp_path):
     (b"PK\x03\x04 truncated", "not a complete PyTorch file"),
 ])
 def test_corrupt_checkpoint_is_one_line_error(content, message, feature_run, tmp_path, capsys):
+    """clear error | an empty or truncated `best.pt` | one line naming the file"""
     run = tmp_path / "run"
     shutil.copytree(feature_run, run)
     (run / "best.pt").write_bytes(content)

@@ -77,6 +77,8 @@ def register(sub) -> None:
     p.add_argument("--k", type=int, default=3, help="k of P@k / R@k")
     p.add_argument("--per-class", action="store_true",
                    help="print AP and the known positives/negatives of every test class (always on for partial data)")
+    p.add_argument("--plots", metavar="DIR",
+                   help="write the test split's PR and ROC curves per class and its reliability diagram (PNG + JSON)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_device_argument(p)
 
@@ -396,7 +398,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from mlrkit.config import parse_set
     from mlrkit.data import load_dataset
-    from mlrkit.labels import label_stats, observe
+    from mlrkit.labels import label_stats, make_observed, observe
     from mlrkit.utils import write_json
 
     ds = load_dataset(args.dataset, args.root, **parse_set(args.option))
@@ -406,7 +408,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     print(f"dataset {ds.name}: {len(tv)} official-train images (validation = 20% of them), "
           f"{len(ds.test)} test, {ds.num_classes} classes")
     partial = tv.known is not None
-    gt_stats = label_stats(tv.targets if not partial else _gt_as_observed(tv), ds.class_names)
+    # partial ground truth is counted as observed labels: its known entries as +1/-1, the rest unknown
+    gt_stats = label_stats(tv.targets if not partial else make_observed(tv.targets, "observed", 0, known=tv.known),
+                           ds.class_names)
     print("ground truth (official train)" + (", partial: only known entries counted" if partial else "") + ":")
     print(_indent(gt_stats.format()))
     obs_stats = label_stats(obs.observed, ds.class_names)
@@ -432,12 +436,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gt_as_observed(split):
-    import numpy as np
-
-    return np.where(split.known, np.where(split.targets == 1, 1, -1), 0).astype(np.int8)
-
-
 def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
 
@@ -447,17 +445,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mlrkit.metrics_groups import format_grouped
 
     # grouped: OpenImages (or boostlu.groups): mAP per annotation-count group
-    res, grouped = evaluate_run_report(args.run, threshold=args.threshold, k=args.k, device=args.device)
+    res, grouped = evaluate_run_report(args.run, threshold=args.threshold, k=args.k, plots=args.plots,
+                                       device=args.device)
     if args.json:
         print(json.dumps({**res, "grouped_map": grouped} if grouped else res, indent=2))
         return 0
     print(_format_evaluation(res, per_class=args.per_class))
+    if args.plots:
+        print(f"wrote {', '.join(res['test'].get('plots', []))}")
     if grouped:
         print(f"classes grouped by number of training annotations (Group 1: fewest):\n{format_grouped(grouped)}")
     return 0
 
 
-_NOT_PERCENT = ("n_classes_scored", "n_classes_skipped", "per_class", "unscored_classes", "known_fraction")
+_NOT_PERCENT = ("n_classes_scored", "n_classes_skipped", "per_class", "unscored_classes", "known_fraction", "plots")
 
 
 def _format_evaluation(res: dict, per_class: bool = False) -> str:

@@ -73,6 +73,7 @@ class LayeredFlags:
         out = argparse.Namespace(**vars(args))
         for k, v in merged.items():
             setattr(out, k, v)
+        check_option_ranges(out)  # values from the recipe get the command line's range checks too
         return out
 
 

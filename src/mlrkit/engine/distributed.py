@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from mlrkit.data.sampler import rank_slice  # noqa: F401 - re-exported (the sampler's per-rank slice)
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -62,13 +64,6 @@ def current() -> DistEnv:
     if dist.is_available() and dist.is_initialized():
         return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     return DistEnv()
-
-
-def rank_slice(n: int, rank: int, world: int) -> slice:
-    """Contiguous slice of a global batch of ``n`` rows that ``rank`` takes (sizes differ by ≤ 1)."""
-    base, extra = divmod(n, world)
-    start = rank * base + min(rank, extra)
-    return slice(start, start + base + (1 if rank < extra else 0))
 
 
 def average_gradients(params: list[torch.nn.Parameter], env: DistEnv) -> None:

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mlrkit.data import Split
+from mlrkit.data.sampler import GlobalBatchSampler
 from mlrkit.utils import derive_seed
 
 #: most DataLoader workers chosen automatically (decoding beyond this rarely helps one accelerator)
@@ -112,6 +113,8 @@ class ImageBatches:
         self.dataset = ImageRows(split, observed, transform)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world = shard
+        self.sampler = GlobalBatchSampler(len(self.dataset), batch_size, shuffle=shuffle, seed=seed,
+                                          drop_last=drop_last, shard=shard)
         self.options = loader_options(num_workers, pin_memory, local_world=self.world)
         self.num_workers, self.pin_memory, self.drop_last = self.options["num_workers"], pin_memory, drop_last
         self.epoch = 0
@@ -119,26 +122,18 @@ class ImageBatches:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
-        n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return len(self.sampler)
 
-    def global_batches(self) -> list[np.ndarray]:
-        """This epoch's global batches (row indices), the same on every rank."""
-        n = len(self.dataset)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 17))
-            order = torch.randperm(n, generator=g).numpy()
-        else:
-            order = np.arange(n)
-        return [order[b * self.batch_size : (b + 1) * self.batch_size] for b in range(len(self))]
+    def global_batches(self) -> list[torch.Tensor]:
+        """This epoch's global batches (row indices), the same on every rank (:class:`GlobalBatchSampler`)."""
+        return self.sampler.global_batches()
 
     def my_batches(self) -> list[list[int]]:
         """This rank's slice of every global batch of this epoch."""
-        from mlrkit.engine.distributed import rank_slice
-
-        return [b[rank_slice(len(b), self.rank, self.world)].tolist() for b in self.global_batches()]
+        return list(self.sampler)
 
     def __iter__(self) -> Iterator[dict]:
         sizes = [len(b) for b in self.global_batches()]

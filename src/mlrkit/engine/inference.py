@@ -83,9 +83,11 @@ def evaluate_grouped(run_dir: str | Path) -> dict[str, Any] | None:
 
 def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"), threshold: float = 0.5,
                         k: int = 3, *, grouped: bool = True,
+                        plots: str | Path | None = None,
                         device: str = "auto") -> tuple[dict[str, dict], dict | None]:
     """:func:`evaluate_run`'s metrics and the grouped test mAP (:mod:`mlrkit.engine.reports`; None when
-    off), from one load of the run (on ``device``) and its data."""
+    off), from one load of the run (on ``device``) and its data. ``plots``: a directory for the test
+    split's PR/ROC curves per class and reliability diagram (:mod:`mlrkit.analysis.curves`)."""
     from mlrkit.engine.reports import grouped_report
     from mlrkit.engine.run_data import prepare_run_data
 
@@ -93,6 +95,8 @@ def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "
     if not splits and (not grouped or run.built.method.report_groups() == 0):
         return {}, None
     data = prepare_run_data(run.cfg)
+    # what the Trainer does before scoring: e.g. frozen-backbone features of a linear probe on images
+    run.built.method.prepare_data(data, device=run.device, progress=False)
     out: dict[str, dict] = {}
     test_scores = None
     for name in splits:
@@ -109,6 +113,13 @@ def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "
         meter.update(_metric_scores(run, scores), targets, mask)
         out[name] = meter.compute()
         out[name]["known_fraction"] = 1.0 if mask is None else float(np.asarray(mask).mean())
+        if plots is not None and name == "test":
+            from mlrkit.analysis.curves import write_curve_plots
+
+            probs = _metric_scores(run, scores)
+            if probs.min() < 0 or probs.max() > 1:
+                probs = 1.0 / (1.0 + np.exp(-probs.astype(np.float64)))
+            out[name]["plots"] = [str(p) for p in write_curve_plots(probs, targets, mask, data.class_names, plots)]
     report = None
     if grouped:
         report = grouped_report(run.built.method, data,

@@ -1,5 +1,6 @@
 """Batch iterators. Fixed features are sliced from in-memory tensors (no DataLoader overhead);
-shuffling uses a generator seeded from (run seed, epoch), so a resumed run sees the same batches.
+the order is :class:`~mlrkit.data.sampler.GlobalBatchSampler`'s (seeded from (run seed, epoch), so a
+resumed run sees the same batches; sharded per rank without changing the global batches).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor
 
 from mlrkit.data import Split
-from mlrkit.utils import derive_seed
+from mlrkit.data.sampler import GlobalBatchSampler, rank_slice
 
 Batch = dict[str, Tensor]
 
@@ -40,34 +41,18 @@ class FeatureBatches:
         obs = observed if observed is not None else np.zeros_like(split.targets, dtype=np.int8)
         self.observed = torch.from_numpy(np.ascontiguousarray(obs.astype(np.int8))).to(dev)
         self.device = dev
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
-        self.seed = seed
-        self.drop_last = drop_last
-        self.rank, self.world = shard
-        self.epoch = 0
+        self.sampler = GlobalBatchSampler(len(self.x), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                                          shard=shard)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
-        n = len(self.x)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return len(self.sampler)
 
     def __iter__(self) -> Iterator[Batch]:
-        n = len(self.x)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 17))
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        order = order.to(self.device)
-        from mlrkit.engine.distributed import rank_slice
-
-        for b in range(len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            n_global = len(idx)
-            idx = idx[rank_slice(n_global, self.rank, self.world)]
+        for rows, n_global in self.sampler.shards():
+            idx = rows.to(self.device)
             yield {
                 "n_global": n_global,
                 "inputs": self.x[idx],
@@ -110,8 +95,6 @@ class ShardedBatches:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
-        from mlrkit.engine.distributed import rank_slice
-
         for batch in self.loader:
             n = len(batch["index"])
             sl = rank_slice(n, self.rank, self.world)

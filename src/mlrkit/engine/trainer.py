@@ -88,6 +88,9 @@ class Trainer:
         check_observed(self.data.observed_train, cfg.labels.protocol, cfg.train.epochs > 0)
         self.timings: dict[str, float] = {"data_s": time.perf_counter() - t0}
         method = build_method(cfg)
+        if method.input_kind == "images" and self.data.train.images is None:
+            raise MlrkitError(f"method {cfg.method.name!r} trains on images; dataset {self.data.dataset.name!r} has "
+                              "features only (use a method on features: linear, mlp)")
         t0 = time.perf_counter()
         method.prepare_data(self.data, device=self.device, progress=self.progress)
         self.timings["prepare_data_s"] = time.perf_counter() - t0

@@ -52,6 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from mlrkit.data.base import Split
+from mlrkit.data.sampler import GlobalBatchSampler
 from mlrkit.engine.host_memory import use_for_chunked_text
 from mlrkit.errors import ConfigError, MlrkitError
 from mlrkit.features.options import FeaturesSection
@@ -204,7 +205,8 @@ class DenseBatches:
     """
 
     def __init__(self, views: list[np.ndarray], split: Split, observed: np.ndarray | None, batch_size: int, *,
-                 shuffle: bool, seed: int = 0, sample_views: bool = True, drop_last: bool = False) -> None:
+                 shuffle: bool, seed: int = 0, sample_views: bool = True, drop_last: bool = False,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         if not views:
             raise MlrkitError("no cached dense features")
         n = len(split)
@@ -216,14 +218,15 @@ class DenseBatches:
         self.observed = torch.from_numpy(np.ascontiguousarray(obs.astype(np.int8)))
         self.batch_size, self.shuffle, self.seed = int(batch_size), shuffle, int(seed)
         self.sample_views, self.drop_last = sample_views and len(views) > 1, drop_last
+        self.sampler = GlobalBatchSampler(n, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, shard=shard)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
-        n = len(self.targets)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return len(self.sampler)
 
     def view_of(self, epoch: int) -> np.ndarray:
         """The view every row uses in ``epoch`` (int [N]): uniform over the K views, seeded by (seed, epoch)."""
@@ -246,18 +249,11 @@ class DenseBatches:
         return torch.from_numpy(out)
 
     def __iter__(self):
-        n = len(self.targets)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 17))
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        view = self.view_of(self.epoch)
-        for b in range(len(self)):
-            idx = order[b * self.batch_size: (b + 1) * self.batch_size]
+        view = self.view_of(self.epoch)  # drawn for every row: the same on every rank
+        for idx, n_global in self.sampler.shards():
             rows = idx.numpy()
             yield {"inputs": self.gather(rows, view[rows]), "observed": self.observed[idx],
-                   "targets": self.targets[idx], "index": idx}
+                   "targets": self.targets[idx], "index": idx, "n_global": n_global}
 
 
 # ---------------------------------------------------------------------------- methods
@@ -331,7 +327,9 @@ class RegionMethod(Method):
             train = f"cached, {k} views: view 0 = eval; views 1..{k - 1} = {describe(train_tf)}"
         return {"train": train, "eval": describe(eval_tf)}
 
-    loader_shards = False  # DenseBatches / ImageBatches here draw whole global batches: the engine slices them
+    # The engine slices each global batch for the rank: with online views (features.online) every rank then
+    # draws the whole batch's augmentations in one process's order, so N processes == 1 process exactly.
+    loader_shards = False
 
     def make_loader(self, split: Split, observed, batch_size: int, *, train: bool, seed: int,
                     shard: tuple[int, int] = (0, 1)):

@@ -25,7 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mlrkit.data.base import DATASETS, MultiLabelDataset, PathImageSource, Split, dataset_options, require_root
+from mlrkit.data.base import (
+    DATASETS,
+    MultiLabelDataset,
+    PathImageSource,
+    Split,
+    dataset_options,
+    require_root,
+    resolve_in_root,
+)
 from mlrkit.errors import DataError
 
 HINT = (
@@ -80,11 +88,17 @@ def _lines(path: Path) -> list[tuple[int, list[str]]]:
     return [(i, line.split()) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
+ID_MAX = 2**31 - 1  # CUB's ids are small; a larger one is a corrupt file, not a reason to allocate gigabytes
+
+
 def _int(path: Path, lineno: int, value: str, what: str) -> int:
     try:
-        return int(value)
+        v = int(value)
     except ValueError:
         raise DataError(f"{path}:{lineno}: {what} must be an integer, got {value!r}") from None
+    if not 0 <= v <= ID_MAX:
+        raise DataError(f"{path}:{lineno}: {what} must be in 0..{ID_MAX}, got {value!r}")
+    return v
 
 
 def read_attribute_names(path: Path) -> list[str]:
@@ -171,8 +185,9 @@ def read_attribute_labels(
                     )
                 try:
                     buf.extend((int(parts[0]), int(parts[1]), int(parts[2]), int(parts[3]), lineno))
-                except ValueError:
-                    raise DataError(f"{path}:{lineno}: non-integer field in {line.strip()!r}") from None
+                except (ValueError, OverflowError):
+                    raise DataError(f"{path}:{lineno}: non-integer field (or one out of range) in {line.strip()!r}") \
+                        from None
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: not UTF-8 text ({e})") from None
     rec = np.frombuffer(buf, dtype=np.int64).reshape(-1, 5)
@@ -183,15 +198,13 @@ def read_attribute_labels(
         k = int(np.flatnonzero(mask)[0])
         raise DataError(f"{path}:{lines[k]}: {what} (line '{' '.join(map(str, rec[k, :4]))} ...')")
 
-    max_id = max(image_ids)
-    outside = (iid < 0) | (iid > max_id)
-    if outside.any():
-        fail(outside, "image id not in images.txt")
-    lut = np.full(max_id + 1, -1, dtype=np.int64)
-    lut[np.asarray(image_ids)] = np.arange(n)
-    rows = lut[iid]
-    if (rows < 0).any():
-        fail(rows < 0, "image id not in images.txt")
+    order = np.argsort(np.asarray(image_ids, dtype=np.int64))
+    sorted_ids = np.asarray(image_ids, dtype=np.int64)[order]
+    pos = np.clip(np.searchsorted(sorted_ids, iid), 0, n - 1)
+    known = sorted_ids[pos] == iid
+    if not known.all():
+        fail(~known, "image id not in images.txt")
+    rows = order[pos]
     if ((aid < 1) | (aid > a)).any():
         fail((aid < 1) | (aid > a), f"attribute id outside 1..{a}")
     if not np.isin(present, (0, 1)).all():
@@ -242,7 +255,8 @@ def build_cub(root: Path | None = None, **options) -> MultiLabelDataset:
         return Split(
             targets=labels[rows],
             ids=[image_paths[i] for i in rows],
-            images=PathImageSource([data_dir / "images" / image_paths[i] for i in rows]),
+            images=PathImageSource([resolve_in_root(data_dir / "images", image_paths[i], f"{data_dir}/images.txt")
+                                    for i in rows]),
             known=None if known is None else known[rows],
         )
 
