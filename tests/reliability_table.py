@@ -1,4 +1,4 @@
-"""``pytest -m badinput --reliability-table docs/reliability.md``: the table of that page, made from the tests.
+"""``pytest -m badinput --reliability-table=docs/reliability.md``: the table of that page, made from the tests.
 
 Every ``badinput`` test's docstring starts with ``<kind> | <input tried> | <what the test checks>``; the
 table lists each test with that text, its number of cases (parametrisations) and how many passed in

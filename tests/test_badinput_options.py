@@ -183,3 +183,16 @@ def test_zeroshot_needs_no_epochs(tmp_path, capsys):
                  "data.limit_train=20", "--set", "data.options.limit_test=8", "--set", "data.image_size=32",
                  "--out", str(out), "--quiet"]) == 0
     assert "epochs: 0" in (out / "config.yaml").read_text()
+
+
+def test_recipe_values_of_command_flags_are_range_checked(tmp_path, capsys):
+    """clear error | a `negation captions --config` recipe with `per_image: 0` and `limit: .nan` | the same one-line
+    range errors as on the command line; nothing written"""
+    recipe = tmp_path / "r.yaml"
+    for body, message in (("per_image: 0", "--per-image must be >= 1, got 0"),
+                          ("limit: .nan", "--limit must be a finite number")):
+        recipe.write_text(f"captions:\n  dataset: fashion-mosaic\n  {body}\n")
+        assert main(["negation", "captions", "--config", str(recipe), "--out", str(tmp_path / "o.jsonl")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("mlrkit: error:") and message in err and "\n" not in err, err
+    assert not (tmp_path / "o.jsonl").exists()

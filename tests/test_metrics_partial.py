@@ -17,8 +17,10 @@ from mlrkit.metrics import (
     expected_calibration_error,
     hamming_loss,
     jaccard_index,
+    per_class_curves,
     per_class_report,
     precision_recall_at_k,
+    reliability_curve,
     summary,
 )
 
@@ -146,3 +148,22 @@ def test_unscored_classes_are_listed_by_name():
     rep = per_class_report(scores, truth, mask, ["cat", "dog"])
     assert rep["unscored_classes"] == ["dog"]
     assert rep["per_class"]["dog"] == {"ap": None, "auroc": None, "known_positives": 0, "known_negatives": 1}
+
+
+def test_curves_use_only_known_entries(case):
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    p, t, m = case
+    pr = per_class_curves(p, t, m, "pr")
+    roc = per_class_curves(p, t, m, "roc")
+    for j in (0, 5, 13):
+        prec, rec, _ = precision_recall_curve(t[m[:, j], j], p[m[:, j], j])
+        assert np.allclose(pr[j]["precision"], prec) and np.allclose(pr[j]["recall"], rec)
+        fpr, tpr, _ = roc_curve(t[m[:, j], j], p[m[:, j], j], drop_intermediate=False)
+        assert np.allclose(roc[j]["fpr"], fpr) and np.allclose(roc[j]["tpr"], tpr)
+    rel = reliability_curve(p, t, m, 10)
+    prob_true, prob_pred = calibration_curve(t[m], p[m], n_bins=10)
+    assert np.allclose(rel["prob_true"], prob_true) and np.allclose(rel["prob_pred"], prob_pred)
+    assert rel["count"].sum() == m.sum()
+    no_pos = per_class_curves(np.array([[0.2, 0.9]]), np.array([[0, 1]]), np.array([[True, True]]), "pr")
+    assert no_pos[0] is None and no_pos[1] is not None

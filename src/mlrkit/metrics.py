@@ -320,6 +320,50 @@ def jaccard_index(probs, targets, threshold: float = 0.5, mask=None) -> float:
     return float(np.where(union > 0, inter / np.maximum(union, 1), 1.0).mean())
 
 
+def per_class_curves(scores, targets, mask=None, kind: str = "pr") -> list[dict[str, np.ndarray] | None]:
+    """Per class, the precision-recall (``kind="pr"``: ``precision``, ``recall``, ``thresholds``) or
+    ROC curve (``"roc"``: ``fpr``, ``tpr``, ``thresholds``) over that class's known entries, as
+    ``sklearn.metrics.precision_recall_curve`` / ``roc_curve(drop_intermediate=False)`` compute
+    them; None for a class without a known positive (PR) or without a known positive and negative (ROC)."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    s, t, m = _as_inputs(scores, targets, mask)
+    out: list[dict[str, np.ndarray] | None] = []
+    for j in range(s.shape[1]):
+        keep = np.ones(len(s), bool) if m is None else m[:, j]
+        y, sc = t[keep, j], s[keep, j]
+        if kind == "pr":
+            if not y.any():
+                out.append(None)
+                continue
+            prec, rec, thr = precision_recall_curve(y, sc)
+            out.append({"precision": prec, "recall": rec, "thresholds": thr})
+        elif kind == "roc":
+            if y.all() or not y.any():
+                out.append(None)
+                continue
+            fpr, tpr, thr = roc_curve(y, sc, drop_intermediate=False)
+            out.append({"fpr": fpr, "tpr": tpr, "thresholds": thr})
+        else:
+            raise MlrkitError(f"curve kind must be 'pr' or 'roc', got {kind!r}")
+    return out
+
+
+def reliability_curve(probs, targets, mask=None, n_bins: int = 15) -> dict[str, np.ndarray]:
+    """The reliability diagram behind :func:`expected_calibration_error`: per non-empty bin the fraction
+    of positives (``prob_true``), the mean probability (``prob_pred``) and the entry count, pooled over
+    known entries (``sklearn.calibration.calibration_curve(strategy="uniform")`` plus counts)."""
+    p, t, m = _as_inputs(probs, targets, mask)
+    fp, ft = _known_flat(p.astype(np.float64), t, m)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    ids = np.searchsorted(edges[1:-1], fp)
+    count = np.bincount(ids, minlength=n_bins)
+    nz = count > 0
+    sum_p = np.bincount(ids, weights=fp, minlength=n_bins)[nz]
+    sum_y = np.bincount(ids, weights=ft.astype(np.float64), minlength=n_bins)[nz]
+    return {"prob_true": sum_y / count[nz], "prob_pred": sum_p / count[nz], "count": count[nz]}
+
+
 def class_counts(targets, mask=None) -> tuple[np.ndarray, np.ndarray]:
     """Known positives and known negatives per class ([C] each) - what a class's test metrics rest on."""
     t = np.asarray(_to_numpy(targets)).astype(bool)

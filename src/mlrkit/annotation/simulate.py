@@ -73,7 +73,7 @@ def _train_round(cfg: RunConfig, expected_sha: str, quiet: bool) -> dict[str, An
             raise MlrkitError(f"{out} holds a run on other labels (observed sha256 {found}… != {expected_sha[:12]}…): "
                               "use another --out")
         return res
-    return train(cfg, resume=(out / "last.pt").is_file(), quiet=quiet)
+    return train(cfg, resume=(out / "config.yaml").is_file(), quiet=quiet)  # set up or interrupted: continue
 
 
 def _save_labels(obs: ObservedLabels, path: Path) -> Path:

@@ -173,7 +173,7 @@ def run_boostlu_ablation(out_dir: str | Path, seeds: list[int] | tuple[int, ...]
             if (run_dir / "results.json").is_file():
                 res = json.loads((run_dir / "results.json").read_text())
             else:
-                res = train(cfg, resume=(run_dir / "last.pt").is_file(), quiet=quiet)
+                res = train(cfg, resume=(run_dir / "config.yaml").is_file(), quiet=quiet)
             elapsed = time.perf_counter() - t0
             other = _map_with_inference(run_dir, not row[3])
             info = json.loads((run_dir / "run.json").read_text())

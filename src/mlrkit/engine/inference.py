@@ -119,14 +119,17 @@ def evaluate_grouped(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"), threshold: float | None = None,
-                        k: int = 3, *, grouped: bool = True) -> tuple[dict[str, dict], dict | None]:
+                        k: int = 3, *, grouped: bool = True,
+                        plots: str | Path | None = None,
+                        device: str = "auto") -> tuple[dict[str, dict], dict | None]:
     """:func:`evaluate_run`'s metrics and the grouped test mAP (:mod:`mlrkit.engine.reports`; None when
-    off), from one load of the run and its data."""
+    off), from one load of the run (on ``device``) and its data. ``plots``: a directory for the test
+    split's PR/ROC curves per class and reliability diagram (:mod:`mlrkit.analysis.curves`)."""
     from mlrkit.engine.reports import grouped_report
     from mlrkit.engine.run_data import prepare_run_data
     from mlrkit.metrics import expected_calibration_error
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, device=device)
     if not splits and (not grouped or run.built.method.report_groups() == 0):
         return {}, None
     data = prepare_run_data(run.cfg)
@@ -158,6 +161,10 @@ def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "
         m["jaccard"] = jaccard_index(probs, targets, th, mask)
         m["known_fraction"] = 1.0 if mask is None else float(np.asarray(mask).mean())
         out[name] = m
+        if plots is not None and name == "test":
+            from mlrkit.analysis.curves import write_curve_plots
+
+            out[name]["plots"] = [str(p) for p in write_curve_plots(probs, targets, mask, data.class_names, plots)]
     report = None
     if grouped:
         report = grouped_report(run.built.method, data,
