@@ -23,10 +23,32 @@ def _demo_run(tmp_path, dataset, protocol, loss, seed):
     return train(cfg, quiet=True)["test_map"]
 
 
-def test_yeast_single_positive_findings_of_cole_and_zhou(tmp_path):
-    """Mean of 3 seeds: full-label BCE beats AN by >= 4 points; EM or WAN beats AN by >= 1 point."""
-    seeds = (0, 1, 2)
-    m = {loss: np.mean([_demo_run(tmp_path, "yeast", proto, loss, s) for s in seeds])
+@pytest.fixture(scope="module")
+def demo_table(tmp_path_factory):
+    """``mlrkit demo`` once (in 2 worker processes), shared by the demo and yeast tests: its directory,
+    its time, its CSV rows and test mAP per (dataset, loss) (seed 0)."""
+    import csv
+    import time
+
+    from mlrkit.cli.main import main
+
+    out = tmp_path_factory.mktemp("demo")
+    t = time.perf_counter()
+    assert main(["demo", "--out", str(out), "--jobs", "2"]) == 0
+    elapsed = time.perf_counter() - t
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    return {"out": out, "elapsed": elapsed, "rows": rows,
+            "map": {(r["dataset"], r["loss"]): float(r["test_map"]) for r in rows}}
+
+
+@pytest.mark.xdist_group("demo")  # shares the module fixture demo_table
+def test_yeast_single_positive_findings_of_cole_and_zhou(tmp_path, demo_table):
+    """Mean of 3 seeds: full-label BCE beats AN by >= 4 points; EM or WAN beats AN by >= 1 point.
+    Seed 0 is the demo's run (made in a worker process: it must equal the same run in this process)."""
+    assert _demo_run(tmp_path, "yeast", "full", "bce", 0) == demo_table["map"][("yeast", "bce")]
+    m = {loss: np.mean([demo_table["map"][("yeast", loss)]] + [_demo_run(tmp_path, "yeast", proto, loss, s)
+                                                               for s in (1, 2)])
          for proto, loss in (("full", "bce"), ("single-positive", "an"), ("single-positive", "em"),
                              ("single-positive", "wan"))}
     print({k: round(100 * v, 2) for k, v in m.items()})
@@ -57,20 +79,14 @@ def test_fashion_mosaic_small_cnn_full_beats_single_positive_beats_chance(tmp_pa
     assert res["bce"] > res["an"] > chance + 0.2
 
 
-def test_demo_end_to_end(tmp_path, capsys):
-    import time
-
-    from mlrkit.cli.main import main
-
-    t = time.perf_counter()
-    assert main(["demo", "--out", str(tmp_path)]) == 0
-    elapsed = time.perf_counter() - t
-    out = capsys.readouterr().out
-    assert "| full | bce |" in out and "| single-positive | em |" in out
-    assert (tmp_path / "demo_map.png").stat().st_size > 10_000
-    rows = (tmp_path / "results.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 * 19
-    print(f"demo took {elapsed:.1f} s")
+@pytest.mark.xdist_group("demo")  # shares the module fixture demo_table
+def test_demo_end_to_end(demo_table):
+    out = demo_table["out"]
+    table = (out / "results.md").read_text()
+    assert "| full | bce |" in table and "| single-positive | em |" in table
+    assert (out / "demo_map.png").stat().st_size > 10_000
+    assert len(demo_table["rows"]) == 2 * 19
+    print(f"demo took {demo_table['elapsed']:.1f} s")
 
 
 @pytest.mark.xdist_group("smallcnn")  # shares the module fixture smallcnn_single_positive

@@ -64,6 +64,29 @@ def run_bench(what: str, args: argparse.Namespace) -> list[dict]:
         methods = [m for m in (args.methods or "").split(",") if m] or ["dualcoop"]
         rows = [bench_allocator(m, classes=args.classes or 312, rounds=args.repeats or 2, batch=args.batch or 2,
                                 timeout=args.timeout) for m in methods]
+    elif what == "loop":
+        from mlrkit.bench.speed import bench_loop
+        from mlrkit.bench.speed import format_loop as format_table  # type: ignore[no-redef]
+
+        workloads = tuple(m for m in (args.methods or "mlp,cnn").split(",") if m)
+        rows = bench_loop(workloads, repeats=args.repeats or 3, epochs=args.epochs, limit=args.limit)
+    elif what == "loader":
+        from mlrkit.bench.speed import bench_loader
+        from mlrkit.bench.speed import format_loader as format_table  # type: ignore[no-redef]
+
+        sizes = (args.image_size,) if args.image_size else (224, 448)
+        rows = bench_loader(sizes, n_images=args.images, model=args.model or "resnet50", batch=args.batch or 8,
+                            steps=args.repeats or 3, device=args.device)
+    elif what == "gpu":
+        from mlrkit.bench.speed import bench_gpu, format_gpu
+
+        methods = [m for m in (args.methods or "").split(",") if m] or None
+        res = bench_gpu(smoke=args.smoke, methods=methods, batch=args.batch or 32, steps=args.repeats or 10,
+                        device=args.device)
+        print(format_gpu(res))
+        if getattr(args, "json", None):
+            write_json(args.json, res)
+        return res["rows"]
     else:  # argparse restricts the choices
         raise ValueError(what)
     print(format_table(rows))

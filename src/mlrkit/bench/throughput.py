@@ -77,11 +77,13 @@ def _peak_mb(device: torch.device) -> float:
 
 def run_case(name: str, classes: int = 80, batch: int = 2, steps: int = 2, device: str = "auto",
              train_only: bool = False, warmup: bool = True, text_chunk: int | None = None,
-             small: dict[str, Any] | None = None) -> dict[str, Any]:
+             small: dict[str, Any] | None = None, amp: str | None = None) -> dict[str, Any]:
     """Time one method in this process (call through :func:`bench_throughput` for clean memory).
     ``text_chunk``: class prompts per checkpointed text pass of the prompt methods and SCPNet (None:
     the method's default, 0: one pass). ``small`` swaps in small models for tests:
-    ``{"backbone": ..., "vl_model": ..., "image_size": ...}`` (the figures are then not the papers')."""
+    ``{"backbone": ..., "vl_model": ..., "image_size": ...}`` (the figures are then not the papers').
+    ``amp``: ``"bf16"`` or ``"fp16"`` autocast around the training step's forward and loss (fp32 weights),
+    as ``train.amp`` does in ``mlrkit train``; None = fp32."""
     import warnings
 
     from mlrkit.config import build_config
@@ -130,9 +132,14 @@ def run_case(name: str, classes: int = 80, batch: int = 2, steps: int = 2, devic
     if case["kind"] == "scpnet":
         batch_dict["strong"] = pixels.flip(-1)
 
+    from contextlib import nullcontext
+
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
+
     def train_step():
         model.train()
-        out = method.training_step(model, batch_dict, loss, 1).loss
+        with torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+            out = method.training_step(model, batch_dict, loss, 1).loss
         opt.zero_grad(set_to_none=True)
         out.backward()
         opt.step()
@@ -143,6 +150,7 @@ def run_case(name: str, classes: int = 80, batch: int = 2, steps: int = 2, devic
     setting = case["paper"] if not small else f"small models for tests: {small}"
     row: dict[str, Any] = {"method": name, "classes": classes, "batch": batch, "image_size": size, "text_chunk": chunk,
                            "setting": setting, "trainable_params": sum(p.numel() for p in params),
+                           "amp": amp or "off",
                            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
                            f"{platform.machine()} CPU ({torch.get_num_threads()} threads)"}
     fns: dict[str, Any] = {"train": train_step}
@@ -178,7 +186,7 @@ def run_case(name: str, classes: int = 80, batch: int = 2, steps: int = 2, devic
 def bench_throughput(methods: list[str] | None = None, classes: int = 80, batch: int = 2, steps: int = 2,
                      timeout: float = 900, train_only: bool = False, warmup: bool = True,
                      text_chunk: int | None = None, small: dict[str, Any] | None = None,
-                     env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+                     env: dict[str, str] | None = None, amp: str | None = None) -> list[dict[str, Any]]:
     """Each case in its own subprocess (``env``: extra environment variables for it); a case that fails
     or times out is reported as such."""
     rows = []
@@ -188,7 +196,7 @@ def bench_throughput(methods: list[str] | None = None, classes: int = 80, batch:
 
             raise MlrkitError(f"unknown benchmark method {name!r}; choose from {', '.join(CASES)}")
         kwargs = {"name": name, "classes": classes, "batch": batch, "steps": steps, "train_only": train_only,
-                  "warmup": warmup, "text_chunk": text_chunk, "small": small}
+                  "warmup": warmup, "text_chunk": text_chunk, "small": small, "amp": amp}
         cmd = [sys.executable, "-m", "mlrkit.bench.throughput", json.dumps(kwargs)]
         t = time.perf_counter()
         try:

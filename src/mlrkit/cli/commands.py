@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlrkit.cli.common import add_command
+from mlrkit.cli.common import add_command, add_device_argument, command_device
 
 
 def register(sub) -> None:
@@ -80,6 +80,7 @@ def register(sub) -> None:
     p.add_argument("--plots", metavar="DIR",
                    help="write the test split's PR and ROC curves per class and its reliability diagram (PNG + JSON)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_device_argument(p)
 
     p = add_command(sub, "predict", "class probabilities for new inputs (feature files or images)",
                     "mlrkit predict runs/yeast-an new_rows.npy --format csv", cmd_predict)
@@ -88,6 +89,7 @@ def register(sub) -> None:
     p.add_argument("--format", choices=["json", "csv"], default="json")
     p.add_argument("--threshold", type=float, default=0.5, help="probability above which a label is predicted")
     p.add_argument("--output", help="write here instead of standard output")
+    add_device_argument(p)
 
     p = add_command(sub, "demo", "single-positive vs full labels on built-in real data: table + bar plot",
                     "mlrkit demo --out demo_out", cmd_demo)
@@ -95,6 +97,8 @@ def register(sub) -> None:
     p.add_argument("--datasets", default="scene,yeast", help="comma-separated built-in datasets")
     p.add_argument("--losses", default="", help="comma-separated losses (default: the demo's set)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="worker processes (default: the usable CPUs; 1 = all runs in this process)")
 
     p = add_command(sub, "pseudo-label",
                     "VLPL pseudo-labels from a VL model's temperature softmax; precision/recall vs ground truth",
@@ -112,6 +116,7 @@ def register(sub) -> None:
     p.add_argument("--labels", help="observation protocol: quality is then also reported on the unknown entries")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the pseudo-labels (.npz)")
+    add_device_argument(p)
 
     p = add_command(sub, "extract-features",
                     "run a frozen encoder once over a dataset's images (FeatureStore cache); optionally export "
@@ -130,6 +135,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of random-weight encoders")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", help="write X_train, Y_train, X_test, Y_test, class_names (pooled features)")
+    add_device_argument(p)
 
     vl = sub.add_parser("vl", help="vision-language model tools (pretrain)", description="vision-language model tools")
     vsub = vl.add_subparsers(dest="vl_command", metavar="VL_COMMAND")
@@ -142,7 +148,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-limit", type=float, default=None, help="stop after this many minutes")
     p.add_argument("--eval-every", type=int, default=200, help="zero-shot test mAP every N steps (0 = off)")
-    p.add_argument("--device", default="cpu")
+    add_device_argument(p)
     p.add_argument("--init", help="continue from a raw checkpoint of an earlier phase (new warm-up + cosine)")
     p.add_argument("--subset-prob", type=float, default=0.0,
                    help="probability that a caption names only a random subset of the present classes")
@@ -172,10 +178,14 @@ def register(sub) -> None:
                     "mlrkit bench throughput --batch 2   # every method, papers' backbones and resolutions\n  "
                     "mlrkit bench classes --methods dualcoop,scpnet   # step time/memory vs number of classes\n  "
                     "mlrkit bench classes --methods positivecoop --counts 1000,5000 --no-warmup --timeout 3000\n  "
-                    "mlrkit bench allocator --methods dualcoop --classes 312   # host-memory setting: cost, saving",
+                    "mlrkit bench allocator --methods dualcoop --classes 312   # host-memory setting: cost, saving\n  "
+                    "mlrkit bench loop   # mlrkit's training loop vs a bare PyTorch loop (demo MLP, small CNN)\n  "
+                    "mlrkit bench loader --image-size 448   # decode+resize img/s per worker vs the step rate\n  "
+                    "mlrkit bench gpu --json gpu.json   # device machine: every method, AMP off/bf16, data wait\n  "
+                    "mlrkit bench gpu --smoke   # the same code with small models (CPU check, not a figure)",
                     cmd_bench)
     p.add_argument("what", choices=["metrics", "losses", "features", "prompts", "boostlu", "boostlu-ablation",
-                                    "scpnet", "throughput", "classes", "allocator"])
+                                    "scpnet", "throughput", "classes", "allocator", "loop", "loader", "gpu"])
     p.add_argument("--json", help="also write the rows as JSON here")
     p.add_argument("--classes", type=int, default=None, help="number of classes (losses: 1000, boostlu: 80)")
     p.add_argument("--batch", type=int, default=None, help="batch size (losses: 256, prompts: 16)")
@@ -183,14 +193,19 @@ def register(sub) -> None:
     p.add_argument("--image-size", type=int, default=None, help="input resolution (prompts: 224, boostlu: 448)")
     p.add_argument("--images", type=int, default=64, help="prompts: number of images")
     p.add_argument("--methods", default=None,
-                   help="prompts (default: the four prompt methods), throughput/classes (default: all), "
-                   "allocator (dualcoop): methods")
+                   help="prompts (default: the four prompt methods), throughput/classes/gpu (default: all), "
+                   "allocator (dualcoop): methods; loop: workloads (mlp,cnn)")
     p.add_argument("--repeats", type=int, default=None,
                    help="prompts: alternating epochs per path, fastest kept (2); boostlu: interleaved forwards (10); "
-                   "allocator: alternating rounds (2)")
+                   "allocator: alternating rounds (2); loop: alternated runs (3); loader: steps (3); gpu: steps (10)")
     p.add_argument("--out", default="runs/boostlu-ablation", help="boostlu-ablation: root of the run directories")
     p.add_argument("--seeds", default="0", help="boostlu-ablation: comma-separated seeds")
-    p.add_argument("--epochs", type=int, default=None, help="boostlu-ablation: epochs (recipe: 5)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="boostlu-ablation: epochs (recipe: 5); loop: epochs per run (mlp 30, cnn 2)")
+    p.add_argument("--limit", type=int, default=None, help="loop: training mosaics of the cnn workload (1000)")
+    p.add_argument("--model", default=None, help="loader: the model whose step rate is compared (resnet50)")
+    p.add_argument("--smoke", action="store_true", help="gpu: small models and few steps (a check, not a figure)")
+    add_device_argument(p)
     p.add_argument("--threads", type=int, default=None, help="boostlu, boostlu-ablation: torch CPU threads")
     p.add_argument("--counts", default=None, help="classes: comma-separated class counts (20,80,312,1000,5000)")
     p.add_argument("--timeout", type=float, default=600, help="classes, allocator: seconds per case process before "
@@ -214,6 +229,7 @@ def register(sub) -> None:
     p.add_argument("--reference", default="a picture of a {}.", help="second positive template (paraphrase)")
     p.add_argument("--seed", type=int, default=0, help="seed of random-weight VL models")
     p.add_argument("--json", help="also write the report (with per-class values) as JSON here")
+    add_device_argument(p)
     p = add_command(asub, "pointing",
                     "CAM pointing game on a mosaic dataset (fashion-mosaic): does the CAM's arg-max fall in a "
                     "tile of the class? With/without BoostLU, chance level, attribution on/off the object",
@@ -238,6 +254,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of random-weight VL models")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--json", help="also write the report (with the matrix) as JSON here")
+    add_device_argument(p)
 
     p = add_command(sub, "explain",
                     "class activation maps of a `cam` run as PNG overlays, without and with BoostLU, and the "
@@ -250,6 +267,7 @@ def register(sub) -> None:
     p.add_argument("--top-k", type=int, default=3, help="classes shown per image when --classes is not given")
     p.add_argument("--alpha", type=float, help="BoostLU alpha (default: the run's boostlu.alpha)")
     p.add_argument("--out", default="explain", help="output directory (PNGs + scores.json)")
+    add_device_argument(p)
 
     from mlrkit.cli.negation import register_negation
 
@@ -427,7 +445,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mlrkit.metrics_groups import format_grouped
 
     # grouped: OpenImages (or boostlu.groups): mAP per annotation-count group
-    res, grouped = evaluate_run_report(args.run, threshold=args.threshold, k=args.k, plots=args.plots)
+    res, grouped = evaluate_run_report(args.run, threshold=args.threshold, k=args.k, plots=args.plots,
+                                       device=args.device)
     if args.json:
         print(json.dumps({**res, "grouped_map": grouped} if grouped else res, indent=2))
         return 0
@@ -483,7 +502,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise MlrkitError(f"--output {out} is a directory; give a file name")
         if not out.parent.is_dir():
             raise MlrkitError(f"--output {out}: folder {out.parent} does not exist")
-    run = load_run(args.run)
+    run = load_run(args.run, device=args.device)
     ids, probs = predict_inputs(run, args.inputs)
     names = run.class_names
     fh = open(args.output, "w", newline="") if args.output else sys.stdout
@@ -508,7 +527,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     losses = [s for s in args.losses.split(",") if s] or None
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    run_demo(Path(args.out), datasets=args.datasets.split(","), losses=losses, seeds=seeds)
+    run_demo(Path(args.out), datasets=args.datasets.split(","), losses=losses, seeds=seeds, jobs=args.jobs)
     return 0
 
 
@@ -526,7 +545,7 @@ def cmd_vl_pretrain(args: argparse.Namespace) -> int:
     model, config, result, history = pretrain_mosaic_clip(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         time_limit_s=None if args.time_limit is None else 60 * args.time_limit,
-        eval_every=args.eval_every, device=args.device, init=args.init, subset_prob=args.subset_prob,
+        eval_every=args.eval_every, device=str(command_device(args)), init=args.init, subset_prob=args.subset_prob,
         multi_positive=args.multi_positive, heldout_source=args.heldout_source,
         heldout_mosaics_count=args.heldout_mosaics)
     from mlrkit.vl.pretraining import BUILTIN_TRAINED_ON, HELDOUT_TRAINED_ON
@@ -556,9 +575,11 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
     split: Split = ds.trainval if args.split == "trainval" else ds.test
     if split.images is None:
         raise MlrkitError(f"dataset {ds.name!r} has no images: pseudo-labels need a VL image encoder")
-    labels = compute_vl_pseudo_labels(load_frozen(args.vl_model, seed=args.seed), split.images, ds.class_names,
-                                      templates=templates, tau=args.tau, theta=args.theta, delta=args.delta,
-                                      store=FeatureStore(), seed=args.seed, progress=True,
+    device = command_device(args)
+    labels = compute_vl_pseudo_labels(load_frozen(args.vl_model, seed=args.seed, device=device), split.images,
+                                      ds.class_names, templates=templates, tau=args.tau, theta=args.theta,
+                                      delta=args.delta, store=FeatureStore(), seed=args.seed, device=device,
+                                      progress=True,
                                       desc=f"{args.vl_model} features")
     quality = {"all": pseudo_label_quality(labels, split.targets)}
     if args.labels:
@@ -575,8 +596,6 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
 
 
 def cmd_extract_features(args: argparse.Namespace) -> int:
-    import torch
-
     from mlrkit.config import build_config
     from mlrkit.data import load_dataset
     from mlrkit.errors import MlrkitError
@@ -592,10 +611,11 @@ def cmd_extract_features(args: argparse.Namespace) -> int:
         from mlrkit.vl import load_frozen
         from mlrkit.vl.features import vl_image_features
 
-        model = load_frozen(args.vl_model, seed=args.seed)
+        device = command_device(args)
+        model = load_frozen(args.vl_model, seed=args.seed, device=device)
         for name, split in splits.items():
             out[name] = vl_image_features(model, split.images, image_size=args.image_size, dense=args.dense,
-                                          store=store, batch_size=args.batch_size, seed=args.seed,
+                                          store=store, batch_size=args.batch_size, seed=args.seed, device=device,
                                           desc=f"{args.vl_model} ({name})")
     else:
         from mlrkit.methods.image import frozen_features
@@ -604,8 +624,7 @@ def cmd_extract_features(args: argparse.Namespace) -> int:
                  "data": {"image_size": args.image_size} if args.image_size else {},
                  "train": {"batch_size": args.batch_size}}
         cfg = build_config(flags=flags, sets=args.set)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        frozen_features(cfg, splits, device=device)
+        frozen_features(cfg, splits, device=command_device(args))
         out = {name: split.features for name, split in splits.items()}
     for name, arr in out.items():
         print(f"{name}: {tuple(arr.shape)} features cached under {store.root}")
@@ -664,8 +683,8 @@ def cmd_analyze_prompts(args: argparse.Namespace) -> int:
         from mlrkit.data import load_dataset
 
         names = load_dataset(args.dataset, args.root).class_names
-    rep = prompt_similarity(load(args.vl_model, seed=args.seed), names, positive=args.positive,
-                            negative=args.negative, reference=args.reference)
+    vl = load(args.vl_model, seed=args.seed, device=command_device(args))
+    rep = prompt_similarity(vl, names, positive=args.positive, negative=args.negative, reference=args.reference)
     rep["dataset"] = args.dataset
     print(format_report(rep))
     if args.json:
@@ -678,7 +697,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     classes = [c for c in args.classes.split(",") if c.strip()] if args.classes else None
     report = explain_images(args.run, args.images, classes=classes, top_k=args.top_k, out_dir=args.out,
-                            alpha=args.alpha)
+                            alpha=args.alpha, device=args.device)
     print(format_report(report))
     print(f"wrote {Path(args.out) / 'scores.json'}")
     return 0
@@ -710,7 +729,7 @@ def cmd_analyze_prior(args: argparse.Namespace) -> int:
         from mlrkit.data import load_dataset
 
         names = load_dataset(args.dataset, args.root).class_names
-    vl = load_frozen(args.vl_model, seed=args.seed)
+    vl = load_frozen(args.vl_model, seed=args.seed, device=command_device(args))
     prior, rep = prior_report(vl, names, k=args.k, s=args.s, tau=args.tau, template=args.template, seed=args.seed)
     rep["dataset"] = args.dataset
     title = f"{args.vl_model} on {args.dataset}: A* (K={rep['k']}, s={args.s}, tau'={args.tau})"
@@ -730,3 +749,4 @@ def cmd_vl_export(args: argparse.Namespace) -> int:
     print(json.dumps({"out": args.out, "bytes": size, "zeroshot_test_map": meta["zeroshot_test_map"],
                       "phases": len(meta["phases"])}))
     return 0
+

@@ -107,6 +107,7 @@ OPTION_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "heldout_mosaics": (1, None, False, False),
     "repeats": (1, None, False, False),
     "threads": (1, None, False, False),
+    "jobs": (1, None, False, False),
     "rounds": (0, None, False, False),
     "per_image": (1, None, False, False),
     "max_absent": (1, None, False, False),
@@ -145,3 +146,24 @@ def check_option_ranges(args: argparse.Namespace) -> None:
             raise ConfigError(f"{flag} must be a finite number, got {value!r}")
         low, high, lo_open, hi_open = OPTION_RANGES.get(dest, (None, None, False, False))
         check_range(value, {"min": low, "max": high, "min_open": lo_open, "max_open": hi_open}, flag)
+
+
+DEVICE_HELP = "auto (the accelerator when present, else the CPU), cpu, cuda or cuda:N"
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device`` for a command that runs a model (default ``auto``; :func:`mlrkit.engine.devices.resolve_device`)."""
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def command_device(args: argparse.Namespace):
+    """The device of a command that runs a model (``--device``, default auto: the accelerator when
+    present); on the CPU it also applies the thread policy for large models (the usable CPUs), unless
+    the command was given ``--threads``."""
+    from mlrkit.engine.devices import resolve_device
+    from mlrkit.engine.threads import default_threads
+
+    dev = resolve_device(getattr(args, "device", "auto"))
+    if dev.type == "cpu" and not getattr(args, "threads", None):
+        default_threads()
+    return dev

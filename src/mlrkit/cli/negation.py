@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlrkit.cli.common import LayeredFlags, PlainFormatter, add_command
+from mlrkit.cli.common import DEVICE_HELP, LayeredFlags, PlainFormatter, add_command, command_device
 from mlrkit.errors import ConfigError, MlrkitError
 
 
@@ -123,6 +123,7 @@ def register_negation(sub: Any) -> None:
     f.add("--seed", type=int, default=0)
     f.add("--quiet", action="store_true", help="no progress bars")
     f.add("--out", help="checkpoint to write (.pt; + .json sidecar + .finetune.json history)")
+    f.add("--device", default="auto", help=DEVICE_HELP)
 
     p = add_command(
         nsub, "build-benchmark",
@@ -163,6 +164,7 @@ def register_negation(sub: Any) -> None:
     f.add("--seed", type=int, default=0, help="seed of built benchmarks/caption pairs and random weights")
     f.add("--threads", type=int, help="torch CPU threads")
     f.add("--json", help="write the results here")
+    f.add("--device", default="auto", help=DEVICE_HELP)
 
 
 # ---------------------------------------------------------------------------- handlers
@@ -285,7 +287,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                          train_logit_scale=bool(args.train_logit_scale), multi_positive=bool(args.multi_positive),
                          rows_per_epoch=str(getattr(args, "rows_per_epoch", "image")), max_steps=args.max_steps,
                          time_limit_s=None if args.time_limit is None else 60 * float(args.time_limit))
-    model = load(args.vl_model, seed=args.seed)
+    model = load(args.vl_model, seed=args.seed, device=command_device(args))
     result = finetune_negation(model, rows, sp.images, sp.ids, cfg, progress=not args.quiet, targets=sp.targets,
                                class_names=ds.class_names)
     path = save_finetuned(model, args.out, result, source_spec=args.vl_model, captions=str(args.captions),
@@ -379,7 +381,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
                                "region_mode": mode, "models": {}}
     loader = _image_loader(header, args, ds) if items is not None else None
     for spec in args.vl_model:
-        model = load(spec, seed=args.seed).eval()
+        model = load(spec, seed=args.seed, device=command_device(args)).eval()
         res: dict[str, Any] = {}
         if items is not None and loader is not None:
             res["referring"] = bench.evaluate_referring(model, items, loader, mode=mode, fill=fill)

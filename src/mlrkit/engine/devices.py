@@ -10,8 +10,6 @@ a gradient scaler); ``false`` turns it off.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
 from mlrkit.errors import MlrkitError
@@ -38,12 +36,6 @@ def resolve_device(name: str | None) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise MlrkitError(f"device {name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
-
-
-def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    """``--device`` for a command that runs a model (default ``auto``)."""
-    parser.add_argument("--device", default="auto",
-                        help="auto (the accelerator when present, else the CPU), cpu, cuda or cuda:N")
 
 
 def bf16_supported(device: torch.device) -> bool:

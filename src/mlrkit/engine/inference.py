@@ -83,14 +83,15 @@ def evaluate_grouped(run_dir: str | Path) -> dict[str, Any] | None:
 
 def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"), threshold: float = 0.5,
                         k: int = 3, *, grouped: bool = True,
-                        plots: str | Path | None = None) -> tuple[dict[str, dict], dict | None]:
+                        plots: str | Path | None = None,
+                        device: str = "auto") -> tuple[dict[str, dict], dict | None]:
     """:func:`evaluate_run`'s metrics and the grouped test mAP (:mod:`mlrkit.engine.reports`; None when
-    off), from one load of the run and its data. ``plots``: a directory for the test split's PR/ROC
-    curves per class and reliability diagram (:mod:`mlrkit.analysis.curves`)."""
+    off), from one load of the run (on ``device``) and its data. ``plots``: a directory for the test
+    split's PR/ROC curves per class and reliability diagram (:mod:`mlrkit.analysis.curves`)."""
     from mlrkit.engine.reports import grouped_report
     from mlrkit.engine.run_data import prepare_run_data
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, device=device)
     if not splits and (not grouped or run.built.method.report_groups() == 0):
         return {}, None
     data = prepare_run_data(run.cfg)
