@@ -137,7 +137,7 @@ def test_zeroshot_on_classes_the_vl_model_does_not_know_warns_in_run_json(tmp_pa
 
 
 def test_temperature_and_shift_recover_overconfident_and_saturated_logits():
-    from mlrkit.calibration import calibrate, fit_platt, fit_temperature
+    from mlrkit.engine.calibration import calibrate, fit_platt, fit_temperature
 
     rng = np.random.default_rng(0)
     z = rng.normal(0, 2, size=(4000, 3))
@@ -152,7 +152,7 @@ def test_temperature_and_shift_recover_overconfident_and_saturated_logits():
 
 
 def test_per_class_threshold_maximises_validation_f1():
-    from mlrkit.calibration import best_f1_threshold
+    from mlrkit.engine.calibration import best_f1_threshold
 
     rng = np.random.default_rng(1)
     p = np.round(rng.random(200), 2)  # ties on purpose
@@ -169,7 +169,7 @@ def test_per_class_threshold_maximises_validation_f1():
 
 
 def test_run_without_calibration_file_keeps_the_old_behaviour(tmp_path):
-    from mlrkit.calibration import Calibration
+    from mlrkit.engine.calibration import Calibration
 
     cal = Calibration.load(tmp_path, ["a", "b"])
     assert cal.temperature == 1.0 and list(cal.threshold_array()) == [0.5, 0.5]
@@ -298,7 +298,7 @@ def test_missing_tracker_package_is_an_error_not_a_skip(monkeypatch, tmp_path):
 
 
 def test_progress_lines_without_a_terminal(monkeypatch, caplog):
-    from mlrkit.progress import LineProgress, progress
+    from mlrkit.engine.progress import LineProgress, progress
 
     monkeypatch.setenv("MLRKIT_PROGRESS_EVERY", "0")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)

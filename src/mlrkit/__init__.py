@@ -13,7 +13,7 @@ def __getattr__(name: str):
     """``mlrkit.fit`` and ``mlrkit.load_run`` (docs/python-api.md), imported on first use: ``import mlrkit``
     stays cheap for the command line."""
     if name in ("fit", "load_run"):
-        from mlrkit import api
+        from mlrkit.engine import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'mlrkit' has no attribute {name!r}")

@@ -149,7 +149,7 @@ class TrainConfig(Section):
 
 @dataclass
 class CalibrationConfig(Section):
-    """``calibration``: fitted on the validation split after training (mlrkit.calibration), saved as
+    """``calibration``: fitted on the validation split after training (mlrkit.engine.calibration), saved as
     calibration.json and used by evaluate, predict and export."""
 
     section_name: ClassVar[str] = "calibration"

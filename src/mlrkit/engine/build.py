@@ -72,7 +72,7 @@ def predict_scores(
     model.eval()
     out = []
     channels_last = getattr(model, "_mlrkit_channels_last", False)
-    from mlrkit.progress import progress as progress_bar
+    from mlrkit.engine.progress import progress as progress_bar
 
     for batch in progress_bar(loader, desc=desc, enabled=progress):
         x = batch["inputs"].to(device, non_blocking=True)

@@ -36,17 +36,17 @@ class LoadedRun:
 
     @property
     def calibration(self):
-        """The run's :class:`~mlrkit.calibration.Calibration` (T = 1 and 0.5 for runs without one)."""
+        """The run's :class:`~mlrkit.engine.calibration.Calibration` (T = 1 and 0.5 for runs without one)."""
         if getattr(self, "_calibration", None) is None:
-            from mlrkit.calibration import Calibration
+            from mlrkit.engine.calibration import Calibration
 
             self._calibration = Calibration.load(self.run_dir, self.class_names)
         return self._calibration
 
     def calibrated(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities of raw model outputs: the run's calibration applied to the logits of
-        its loss's link (:func:`mlrkit.calibration.link_logits`; the plain logits for most losses)."""
-        from mlrkit.calibration import link_logits
+        its loss's link (:func:`mlrkit.engine.calibration.link_logits`; the plain logits for most losses)."""
+        from mlrkit.engine.calibration import link_logits
 
         return self.calibration.probabilities(link_logits(self.cfg.loss.name, dict(self.cfg.loss.params), logits))
 

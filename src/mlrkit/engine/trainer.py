@@ -4,7 +4,7 @@ Run directory (DESIGN.md): ``config.yaml``, ``run.json`` (with ``warnings``), ``
 (everything the run printed), ``metrics.jsonl`` (one line per epoch), ``best.pt`` (the best
 epoch's weights only), ``last.pt`` (weights + optimizer state for ``--resume``; deleted when the
 run finishes unless ``train.keep_last``), ``calibration.json`` (temperature, shift and per-class
-thresholds fitted on validation, :mod:`mlrkit.calibration`), ``results.json`` and ``plots/``.
+thresholds fitted on validation, :mod:`mlrkit.engine.calibration`), ``results.json`` and ``plots/``.
 
 Conventions: epochs are counted from 1 everywhere (console, ``metrics.jsonl``, ``best_epoch``;
 0 = nothing trained, e.g. zero-shot); metrics in JSON files are fractions in [0, 1], the console
@@ -49,13 +49,13 @@ from mlrkit.engine.console import ConsoleLog, console_write
 from mlrkit.engine.devices import autocast_dtype, resolve_device, wants_channels_last
 from mlrkit.engine.loaders import make_loader
 from mlrkit.engine.optim import EMA, build_optimizer, build_scheduler, param_groups
+from mlrkit.engine.progress import progress as progress_bar
 from mlrkit.engine.reports import grouped_report
 from mlrkit.engine.run_data import RunData, prepare_run_data, task_info
 from mlrkit.engine.rundir import RUN_FILES, RunLock, check_out_path, config_diff, saved_config
 from mlrkit.errors import MlrkitError
 from mlrkit.methods import build_method
 from mlrkit.metrics import MultiLabelMeter, f1_scores, hamming_loss, jaccard_index, map_report
-from mlrkit.progress import progress as progress_bar
 from mlrkit.utils import atomic_write, derive_seed, seed_everything, write_json
 
 log = logging.getLogger("mlrkit")
@@ -81,7 +81,7 @@ class Trainer:
         self.resume = resume
         self.extend = extend
         self.lock: RunLock | None = None
-        # a bar on a terminal, periodic lines with rate and ETA elsewhere (batch logs): mlrkit.progress
+        # a bar on a terminal, periodic lines with rate and ETA elsewhere (batch logs): mlrkit.engine.progress
         self.progress = cfg.train.progress and not quiet
         self.env = ddp.init_distributed(cfg.train.device)
         self.verbose = not quiet and self.env.is_main
@@ -520,7 +520,7 @@ class Trainer:
         extra = meter.compute()
         per_class = extra.pop("per_class")
         # thresholded metrics and ECE on the calibrated probabilities at the per-class thresholds
-        from mlrkit.calibration import link_logits
+        from mlrkit.engine.calibration import link_logits
 
         probs = cal.probabilities(link_logits(self.cfg.loss.name, dict(self.cfg.loss.params), scores))
         th = cal.threshold_array()
@@ -559,8 +559,8 @@ class Trainer:
         return results
 
     def _calibrate(self, val_scores: np.ndarray, test_scores: np.ndarray):
-        """Temperature, shift and per-class thresholds on validation (mlrkit.calibration); ECE on val and test."""
-        from mlrkit.calibration import SATURATED_SHARE, calibrate, link_logits, sigmoid
+        """Temperature, shift and per-class thresholds on validation (engine.calibration); ECE on val and test."""
+        from mlrkit.engine.calibration import SATURATED_SHARE, calibrate, link_logits, sigmoid
         from mlrkit.metrics import expected_calibration_error
 
         cc, d = self.cfg.calibration, self.data

@@ -128,7 +128,7 @@ class FeatureStore:
         opts.pop("persistent_workers", None)  # one pass over the images
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, **opts)
         pos = 0
-        from mlrkit.progress import progress as progress_bar
+        from mlrkit.engine.progress import progress as progress_bar
 
         bar = progress_bar(total=len(todo), desc=desc, enabled=progress)
         with torch.no_grad():
