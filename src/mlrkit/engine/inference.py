@@ -228,7 +228,7 @@ def expand_inputs(inputs: Sequence[str | Path], *, images: bool = True) -> list[
         p = Path(s).expanduser()
         if p.is_dir():
             if not images:
-                raise DataError(f"{p} is a folder; this run takes feature files (.npy, .npz, .csv)")
+                raise DataError(f"{p} is a directory; give feature files (.npy, .npz, .csv): this run takes features")
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
                 raise DataError(f"{p}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder or below")
