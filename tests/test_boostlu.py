@@ -206,7 +206,7 @@ def test_explain_writes_pngs_and_scores(cam_run, mosaic_pngs, tmp_path, capsys):
 def test_explain_needs_a_cam_model(tmp_path, mosaic_pngs, capsys):
     from mlrkit.engine.trainer import train
 
-    cfg = _tiny_cfg(tmp_path, "ft", method={"name": "finetune"}, train={"epochs": 0})
+    cfg = _tiny_cfg(tmp_path, "ft", method={"name": "finetune"}, train={"epochs": 1})  # 0: refused (untrained)
     train(cfg, quiet=True)
     code, _, err = run_cli(capsys, "explain", cfg.out, str(mosaic_pngs[0]), "--out", str(tmp_path / "x"))
     assert code == 2 and "explain needs a CAM model" in err and "--method cam" in err
