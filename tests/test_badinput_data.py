@@ -141,21 +141,23 @@ def test_decompression_bomb_is_refused_in_training_data(tmp_path):
 
 
 def test_predict_image_errors_name_the_input_and_no_foreign_flag(tmp_path, capsys):
-    """clear error | predict on a bomb, a corrupt image, a folder | named errors; no advice to use
-    `--skip-bad-images` (predict has none); a folder is not 'image not found'
+    """clear error | predict on a bomb, a corrupt image, an empty folder | named errors; the advice names predict's own
+    `--skip-bad-images`; a folder is searched for images, an empty one is named
     """
-    from mlrkit.engine.inference import _image_split
+    from mlrkit.data import ImageList
+    from mlrkit.engine.inference import expand_inputs
 
-    split = _image_split([bomb_png(tmp_path / "b.png")], 3)
     with pytest.raises(DataError) as e:
-        split.images.load(0)
-    assert "decompression bomb" in str(e.value) and "--skip-bad-images" not in str(e.value)
+        ImageList([bomb_png(tmp_path / "b.png")]).load(0)
+    assert "decompression bomb" in str(e.value) and "b.png" in str(e.value)
     (tmp_path / "broken.png").write_bytes(b"not an image")
     with pytest.raises(DataError) as e:
-        _image_split([tmp_path / "broken.png"], 3).images.load(0)
-    assert "unreadable image" in str(e.value) and "--skip-bad-images" not in str(e.value)
-    with pytest.raises(DataError, match="is a directory; give image files"):
-        _image_split([tmp_path], 3)
+        ImageList([tmp_path / "broken.png"]).load(0)
+    assert "unreadable image" in str(e.value) and "broken.png" in str(e.value)
+    assert expand_inputs([tmp_path]) == [tmp_path / "b.png", tmp_path / "broken.png"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: no image files"):
+        expand_inputs([tmp_path / "empty"])
 
 
 # ---------------------------------------------------------------------------- predict / evaluate inputs
@@ -305,7 +307,7 @@ def test_kill_between_last_pt_and_metrics_row_loses_nothing(tmp_path, monkeypatc
     def rows(d):
         return [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
 
-    assert [r["epoch"] for r in rows(tmp_path / "k")] == [0, 1, 2, 3, 4]
+    assert [r["epoch"] for r in rows(tmp_path / "k")] == [1, 2, 3, 4, 5]  # epochs count from 1
     assert [r["val_map"] for r in rows(tmp_path / "k")] == [r["val_map"] for r in rows(tmp_path / "s")]
 
 
@@ -315,13 +317,13 @@ def test_row_cut_short_by_a_kill_is_recomputed(tmp_path):
     from mlrkit.engine.trainer import train
 
     c = build_config(flags={"out": str(tmp_path / "r"), "data": {"name": "scene"}, "method": {"name": "linear"},
-                            "train": {"epochs": 2, "batch_size": 64}})
+                            "train": {"epochs": 2, "batch_size": 64, "keep_last": True}})
     train(c, quiet=True)
     (tmp_path / "r" / "results.json").unlink()
     with open(tmp_path / "r" / "metrics.jsonl", "a") as fh:
         fh.write('{"epoch": 2, "train_lo')  # a kill in the middle of a write
     train(c, resume=True, quiet=True)
-    assert [json.loads(x)["epoch"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
 # ---------------------------------------------------------------------------- LLM client deadline

@@ -206,7 +206,7 @@ def test_explain_writes_pngs_and_scores(cam_run, mosaic_pngs, tmp_path, capsys):
 def test_explain_needs_a_cam_model(tmp_path, mosaic_pngs, capsys):
     from mlrkit.engine.trainer import train
 
-    cfg = _tiny_cfg(tmp_path, "ft", method={"name": "finetune"}, train={"epochs": 0})
+    cfg = _tiny_cfg(tmp_path, "ft", method={"name": "finetune"}, train={"epochs": 1})  # 0: refused (untrained)
     train(cfg, quiet=True)
     code, _, err = run_cli(capsys, "explain", cfg.out, str(mosaic_pngs[0]), "--out", str(tmp_path / "x"))
     assert code == 2 and "explain needs a CAM model" in err and "--method cam" in err
@@ -386,7 +386,7 @@ def test_ll_cp_differs_from_ll_ct_in_a_training_run(tmp_path):
     for name in ("ll_ct", "ll_cp"):
         cfg = _tiny_cfg(tmp_path, name, loss={"name": name, "delta_rel": 0.02},
                         data={"limit_train": 80, "options": {"limit_test": 16}},
-                        boostlu={"train": True, "infer": True}, train={"epochs": 3})
+                        boostlu={"train": True, "infer": True}, train={"epochs": 3, "keep_last": True})
         train(cfg, quiet=True)
         losses[name] = [json.loads(line)["train_loss"] for line in (tmp_path / name / "metrics.jsonl").open()]
     # same rate: epoch 0 selects nothing, epoch 1 the same entries (LL-Cp only records them) ...

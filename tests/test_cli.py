@@ -77,8 +77,8 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys):
     np.save(tmp_path / "rows.npy", x)
     assert main(["predict", str(run), str(tmp_path / "rows.npy"), "--format", "csv"]) == 0
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
-    assert rows[0][0] == "input" and len(rows[0]) == 15 and len(rows) == 6
-    probs = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+    assert rows[0][0] == "input" and len(rows[0]) == 16 and rows[0][-1] == "labels" and len(rows) == 6
+    probs = np.array([[float(v) for v in r[1:-1]] for r in rows[1:]])
     assert ((probs >= 0) & (probs <= 1)).all()
     # the same rows through the library give the same probabilities (standardisation re-applied)
     from mlrkit.data import Split
@@ -86,8 +86,9 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys):
 
     loaded = load_run(run)
     logits = loaded.scores(Split(targets=np.zeros((5, 14), np.uint8), ids=list("abcde"), features=x))
-    np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits)), atol=1e-6)
-    assert main(["predict", str(run), str(tmp_path / "rows.npy"), "--format", "json"]) == 0
+    # probabilities after the run's calibration (calibration.json, fitted on validation)
+    np.testing.assert_allclose(probs, loaded.calibration.probabilities(logits), atol=1e-6)
+    assert main(["predict", str(run), str(tmp_path / "rows.npy"), "--format", "jsonl"]) == 0
     first = json.loads(capsys.readouterr().out.splitlines()[0])
     assert set(first["scores"]) == {f"Class{i}" for i in range(1, 15)}
 

@@ -42,7 +42,8 @@ def snapshot(run: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("rundir") / "run"
-    assert train_cli(out) == 0
+    # keep last.pt (the optimizer state, removed at the end by default): these runs are resumed and extended
+    assert train_cli(out, "--set", "train.keep_last=true") == 0
     return out
 
 
@@ -104,7 +105,7 @@ def test_half_set_up_run_resumes_to_the_same_results(finished, tmp_path, capsys)
         assert "interrupted" in capsys.readouterr().err
     finally:
         trainer.prepare_run_data = real
-    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.yaml"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.yaml", "console.log"]  # + what it printed
     assert train_cli(run) == 2
     err = one_line_error(capsys)
     assert "already holds a run (config.yaml)" in err and "--resume" in err
@@ -148,7 +149,7 @@ def test_resume_with_epochs_extends_the_run_exactly(finished, tmp_path, capsys):
     assert main(["train", "--out", str(run), "--resume", "--epochs", "4", "--quiet"]) == 0
     straight = tmp_path / "straight"
     assert train_cli(straight, epochs=4) == 0
-    assert [r["epoch"] for r in rows(run)] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in rows(run)] == [1, 2, 3, 4]  # epochs count from 1
     assert [r["val_map"] for r in rows(run)] == [r["val_map"] for r in rows(straight)]
     res = json.loads((run / "results.json").read_text())
     assert res == json.loads((straight / "results.json").read_text())
@@ -223,7 +224,7 @@ def test_concurrent_writers_and_stale_lock_of_a_killed_run(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"was left by pid {first.pid}" in r.stderr and "no longer running" in r.stderr
     assert "stale_lock" in json.loads((run / "run.json").read_text())
-    assert [x["epoch"] for x in rows(run)] == list(range(6))
+    assert [x["epoch"] for x in rows(run)] == list(range(1, 7))
 
 
 # ---------------------------------------------------------------------------- sweep

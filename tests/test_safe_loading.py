@@ -44,7 +44,8 @@ def feature_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("safe") / "run"
     cfg = build_config(flags={"out": str(out), "data": {"name": "scene"}, "method": {"name": "linear"},
                               "labels": {"protocol": "single-positive"},
-                              "train": {"epochs": 1, "batch_size": 64, "progress": False}})
+                              "train": {"epochs": 1, "batch_size": 64, "progress": False,
+                                        "keep_last": True}})  # last.pt (optimizer state) is checked too
     train(cfg, quiet=True)
     return out
 

@@ -332,7 +332,7 @@ def test_one_epoch_training_run(tmp_path):
     from mlrkit.engine.trainer import train
 
     out = tmp_path / "run"
-    res = train(scp_cfg(out, train={"ema": 0.9}), quiet=True)
+    res = train(scp_cfg(out, train={"ema": 0.9, "keep_last": True}), quiet=True)  # last.pt: the loss state too
     assert 0.0 <= res["test_map"] <= 1.0 and (out / "scpnet_prior.npz").is_file()
     ck = torch.load(out / "last.pt", weights_only=True)
     keys = list(ck["model"])
@@ -349,7 +349,7 @@ def test_learning_status_state_survives_checkpoint_and_resume(tmp_path, monkeypa
     from mlrkit.engine import trainer as tr
 
     straight = tmp_path / "straight"
-    tr.train(scp_cfg(straight, train={"epochs": 2}), quiet=True)
+    tr.train(scp_cfg(straight, train={"epochs": 2, "keep_last": True}), quiet=True)
     killed = tmp_path / "killed"
     original = tr.Trainer._train_epoch
 
@@ -360,11 +360,11 @@ def test_learning_status_state_survives_checkpoint_and_resume(tmp_path, monkeypa
 
     monkeypatch.setattr(tr.Trainer, "_train_epoch", dies_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        tr.train(scp_cfg(killed, train={"epochs": 2}), quiet=True)
+        tr.train(scp_cfg(killed, train={"epochs": 2, "keep_last": True}), quiet=True)
     after_one = torch.load(killed / "last.pt", weights_only=True)["model"]["selected"]
     assert int(after_one.sum()) > 0
     monkeypatch.setattr(tr.Trainer, "_train_epoch", original)
-    tr.train(scp_cfg(killed, train={"epochs": 2}), resume=True, quiet=True)
+    tr.train(scp_cfg(killed, train={"epochs": 2, "keep_last": True}), resume=True, quiet=True)
     a = torch.load(straight / "last.pt", weights_only=True)["model"]
     b = torch.load(killed / "last.pt", weights_only=True)["model"]
     assert torch.equal(a["selected"], b["selected"]) and torch.equal(a["prompt.ctx"], b["prompt.ctx"])

@@ -42,9 +42,22 @@ def test_same_seed_same_result_on_features_file(tmp_path, yeast_npz):
 def test_run_directory_contents(tmp_path):
     out = tmp_path / "run"
     res = train(quick_cfg(out, "scene"), quiet=True)
-    for name in ("config.yaml", "run.json", "metrics.jsonl", "last.pt", "best.pt", "results.json",
-                 "observed_labels.npz"):
+    for name in ("config.yaml", "run.json", "metrics.jsonl", "best.pt", "results.json", "calibration.json",
+                 "console.log", "observed_labels.npz"):
         assert (out / name).is_file(), name
+    assert not (out / "last.pt").exists(), "optimizer state is removed when the run finishes (train.keep_last)"
+    import torch
+
+    best_ck = torch.load(out / "best.pt", weights_only=False)
+    assert "model" in best_ck and not {"optimizer", "scheduler", "scaler", "loss"} & set(best_ck)
+    log = (out / "console.log").read_text()
+    assert "epoch 4/4" in log and "test mAP" in log and "calibration on validation" in log
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("results.json", "best.pt", "config.yaml"):  # as a plain file: 0666 minus umask, not mkstemp's 0600
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     assert not list(out.glob(".*.tmp")), "temporary files left behind"
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(res))
@@ -57,7 +70,7 @@ def test_run_directory_contents(tmp_path):
     assert run["n_train"] + run["n_val"] == 1211 and run["n_val"] == round(0.2 * 1211)
     assert {"torch", "python", "device", "timings", "seed"} <= set(run)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]  # epochs count from 1, as on the console
     best = max(rows, key=lambda r: r["val_map"])
     assert saved["best_epoch"] == best["epoch"] and saved["val_map"] == pytest.approx(best["val_map"])
     assert all("test" not in k for r in rows for k in r), "test metrics must not be logged during training"
@@ -142,7 +155,7 @@ def test_killed_run_resumes_to_identical_results(tmp_path, yeast_npz):
     assert _read_results(killed) == _read_results(straight)
     rows_k = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
     rows_s = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows_k] == list(range(30))
+    assert [r["epoch"] for r in rows_k] == list(range(1, 31))
     assert [r["val_map"] for r in rows_k] == [r["val_map"] for r in rows_s]
 
 

@@ -144,6 +144,32 @@ class TrainConfig(Section):
     ema: float = setting(0.0, min=0.0, max=1.0, max_open=True, help="EMA decay of the weights (0 = off)")
     grad_clip: float = setting(0.0, min=0.0)
     progress: bool = True
+    keep_last: bool = setting(False, help="keep last.pt (optimizer state) after a finished run; deleted otherwise")
+
+
+@dataclass
+class CalibrationConfig(Section):
+    """``calibration``: fitted on the validation split after training (mlrkit.engine.calibration), saved as
+    calibration.json and used by evaluate, predict and export."""
+
+    section_name: ClassVar[str] = "calibration"
+    thresholds: str = setting("f1", choices=("f1", "global"),
+                              help="f1: per-class thresholds maximising validation F1; global: `threshold` for all")
+    threshold: float = setting(0.5, min=0.0, max=1.0, min_open=True,
+                               help="the global threshold (and that of a class without validation positives)")
+    temperature: bool = setting(True, help="temperature scaling of the scores, fitted on validation")
+    bias: bool = setting(True, help="with a shift b: sigmoid((z - b) / T) (Platt scaling); false: temperature only")
+    n_bins: int = setting(15, min=1, help="ECE bins")
+
+
+@dataclass
+class TrackConfig(Section):
+    """``track``: optional experiment trackers (pip install 'mlrkit[track]'); the run directory is always written."""
+
+    section_name: ClassVar[str] = "track"
+    tensorboard: bool = setting(False, help="scalars + PR curves under RUN/tensorboard")
+    mlflow: str | None = setting(None, help="an MLflow tracking URI (file:/path, sqlite:///mlflow.db, http://...)")
+    mlflow_experiment: str = setting("mlrkit", help="MLflow experiment name")
 
 
 @dataclass
@@ -157,6 +183,8 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     vl: VLConfig = field(default_factory=VLConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
     extra: dict[str, Any] = field(default_factory=dict)  # sections owned by the active method (e.g. boostlu)
 
     @property
@@ -388,15 +416,77 @@ def build_config(
     flags: dict[str, Any] | None = None,
     sets: list[str] | None = None,
 ) -> RunConfig:
-    """defaults -> recipe -> flags (a nested dict, ``None`` values ignored) -> ``--set`` items."""
-    d = RunConfig().to_dict()
+    """defaults -> the method's defaults -> recipe -> flags (a nested dict, ``None`` values ignored) -> ``--set``.
+
+    The method's defaults (:func:`method_defaults`) are what its paper trains with: its own loss, its
+    own number of epochs (``zeroshot``: 0) and, for methods that feed images to the VL model, that
+    model's input resolution. Whatever the recipe or the command line sets wins; the saved
+    ``config.yaml`` records the resolved values.
+    """
+    user: dict[str, Any] = {}
     if recipe:
-        d = deep_merge(d, load_recipe(recipe))
+        user = deep_merge(user, load_recipe(recipe))
     if flags:
-        d = deep_merge(d, _drop_none(flags))
+        user = deep_merge(user, _drop_none(flags))
     if sets:
-        d = deep_merge(d, parse_set(sets))
-    return RunConfig.from_dict(d)
+        user = deep_merge(user, parse_set(sets))
+    d = deep_merge(RunConfig().to_dict(), method_defaults(user))
+    return RunConfig.from_dict(absolute_paths(deep_merge(d, user)))
+
+
+def absolute_paths(d: dict[str, Any]) -> dict[str, Any]:
+    """Relative paths of existing files and folders made absolute, so a saved run works from any directory:
+    ``data.root``, ``data.name`` (``manifest:FILE``, ``features:FILE``), ``labels.protocol`` (a prepared
+    .npz), ``model.weights`` and the file of a ``vl.model`` spec (``openclip:ARCH@FILE``)."""
+    import os
+
+    def absolute(value: Any) -> Any:
+        if isinstance(value, str) and value and not os.path.isabs(value) and os.path.exists(value):
+            return os.path.abspath(value)
+        return value
+
+    data, labels = d.get("data"), d.get("labels")
+    if isinstance(data, dict):
+        data["root"] = absolute(data.get("root"))
+        name = data.get("name")
+        if isinstance(name, str) and ":" in name:
+            kind, _, rest = name.partition(":")
+            data["name"] = f"{kind}:{absolute(rest)}"
+        if isinstance(data.get("options"), dict):  # e.g. classes=FILE
+            data["options"] = {k: absolute(v) for k, v in data["options"].items()}
+    if isinstance(labels, dict):
+        labels["protocol"] = absolute(labels.get("protocol"))
+    if isinstance(d.get("model"), dict) and "weights" in d["model"]:
+        d["model"]["weights"] = absolute(d["model"]["weights"])
+    vl = d.get("vl")
+    if isinstance(vl, dict) and isinstance(vl.get("model"), str) and "@" in vl["model"]:
+        head, _, src = vl["model"].partition("@")
+        vl["model"] = f"{head}@{absolute(src)}"
+    return d
+
+
+def method_defaults(user: dict[str, Any]) -> dict[str, Any]:
+    """Config values implied by the chosen method unless ``user`` (recipe + flags + sets) sets them."""
+    from mlrkit.methods.base import METHODS, register_all
+
+    def section(name: str) -> dict[str, Any]:
+        v = user.get(name)
+        return v if isinstance(v, dict) else {}
+
+    name = section("method").get("name") or MethodConfig().name
+    register_all()
+    if not isinstance(name, str) or name not in METHODS.names():
+        return {}  # build_method reports the unknown name with suggestions
+    cls = METHODS.get(name)
+    out: dict[str, Any] = copy.deepcopy(cls.config_defaults)
+    if not section("loss").get("name"):
+        out["loss"] = copy.deepcopy(cls.default_loss)
+    if cls.image_size_from_vl and section("data").get("image_size") is None:
+        from mlrkit.vl import native_image_size
+
+        spec = section("vl").get("model") or VLConfig().model
+        out.setdefault("data", {})["image_size"] = native_image_size(str(spec))
+    return out
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

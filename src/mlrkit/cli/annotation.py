@@ -37,7 +37,7 @@ def register_annotation(sub) -> None:
                    "positive-gain)")
     p.add_argument("--vl-model", help="VL model of vl-disagreement (default: the run's vl.model)")
     p.add_argument("--seed", type=int, default=0, help="seed of 'random' and of tie-breaking")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", required=True, help="CSV to write (columns image,row,class,probability,score,answer)")
 
     p = add_command(sub, "apply-answers",
@@ -68,9 +68,9 @@ def register_annotation(sub) -> None:
     p.add_argument("--labels", help="starting observation protocol (e.g. single-positive)")
     p.add_argument("--method", help="method (mlrkit list methods)")
     p.add_argument("--loss", help="loss (mlrkit list losses)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=int, help="training epochs per round (train.epochs)")
+    p.add_argument("--batch-size", type=int, help="batch size (train.batch_size)")
+    p.add_argument("--lr", type=float, help="learning rate (train.lr)")
     p.add_argument("--vl-model", help="VL model (vl.model; used by VL methods and vl-disagreement)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     p.add_argument("--budget-per-round", required=True,

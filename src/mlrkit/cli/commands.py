@@ -18,7 +18,7 @@ def register(sub) -> None:
                     "mlrkit list losses", cmd_list)
     p.add_argument("kind", nargs="?", default="all",
                    choices=["all", "datasets", "protocols", "losses", "methods", "backbones", "vl-backends",
-                            "strategies"])
+                            "strategies"], help="which registry to list (default: all)")
 
     p = add_command(sub, "prepare",
                     "make observed labels from a protocol, save them with their SHA-256, print statistics",
@@ -72,8 +72,8 @@ def register(sub) -> None:
                     "weighted AP, AUROC, CF1/OF1, P@k/R@k, ECE, Hamming, Jaccard)",
                     "mlrkit evaluate runs/yeast-an\n  mlrkit evaluate runs/mine --per-class --json", cmd_evaluate)
     p.add_argument("run", help="run directory")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="probability threshold for CF1/OF1, Hamming loss and Jaccard")
+    p.add_argument("--threshold", type=float, default=None, help="one probability threshold for CF1/OF1, Hamming "
+                   "loss and Jaccard (default: the run's per-class thresholds fitted on validation, calibration.json)")
     p.add_argument("--k", type=int, default=3, help="k of P@k / R@k")
     p.add_argument("--per-class", action="store_true",
                    help="print AP and the known positives/negatives of every test class (always on for partial data)")
@@ -82,14 +82,42 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_device_argument(p)
 
-    p = add_command(sub, "predict", "class probabilities for new inputs (feature files or images)",
-                    "mlrkit predict runs/yeast-an new_rows.npy --format csv", cmd_predict)
+    p = add_command(sub, "predict", "calibrated class probabilities and labels for new inputs (images or feature "
+                    "files)",
+                    "mlrkit predict runs/yeast-an new_rows.npy --format csv\n  "
+                    "mlrkit predict runs/photos photos/ --skip-bad-images --output preds.jsonl\n  "
+                    "mlrkit predict runs/photos 'photos/**/*.jpg' --format json --threshold 0.5", cmd_predict)
     p.add_argument("run", help="run directory")
-    p.add_argument("inputs", nargs="+", help="feature files (.npy/.npz/.csv) or images, as the run's method takes")
-    p.add_argument("--format", choices=["json", "csv"], default="json")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability above which a label is predicted")
+    p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively for image files) or glob "
+                   "patterns (quote them); feature files (.npy/.npz/.csv) for runs on fixed features")
+    p.add_argument("--format", choices=["jsonl", "csv", "json"], default="jsonl",
+                   help="jsonl: one JSON object per input; csv: one row per input (probabilities, then the labels "
+                   "joined by |); json: one JSON document (predictions, skipped inputs, thresholds)")
+    p.add_argument("--threshold", type=float, default=None, help="one probability threshold for every class "
+                   "(default: the run's per-class thresholds fitted on validation, calibration.json)")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable image files and report them "
+                   "(standard error; json: 'skipped') instead of failing")
     p.add_argument("--output", help="write here instead of standard output")
     add_device_argument(p)
+
+    p = add_command(sub, "compare", "finished runs side by side: table (mAP, CF1/OF1, ECE, temperature) and plots "
+                    "(learning curves, per-class test AP)",
+                    "mlrkit compare demo_out/runs/* --out compare/\n  mlrkit compare runs/a runs/b --out cmp --json",
+                    cmd_compare)
+    p.add_argument("runs", nargs="+", help="run directories (with results.json)")
+    p.add_argument("--out", default="compare", help="output directory: compare.md, compare.json, curves.png, "
+                   "per_class_ap.png")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
+
+    p = add_command(sub, "export", "a run as a self-contained model for serving: preprocessed batch in, calibrated "
+                    "probabilities out; checked against mlrkit's prediction to 1e-5",
+                    "mlrkit export runs/photos --format torchscript\n  "
+                    "mlrkit export runs/photos --format onnx --out model.onnx", cmd_export)
+    p.add_argument("run", help="run directory")
+    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript",
+                   help="torchscript (torch.jit) or onnx (needs onnx + onnxruntime: pip install 'mlrkit[export]')")
+    p.add_argument("--out", help="file to write (default RUN/model.ts or RUN/model.onnx); export.json-style "
+                   "metadata goes next to it (<stem>.json)")
 
     p = add_command(sub, "demo", "single-positive vs full labels on built-in real data: table + bar plot",
                     "mlrkit demo --out demo_out", cmd_demo)
@@ -105,9 +133,9 @@ def register(sub) -> None:
                     "VLPL pseudo-labels from a VL model's temperature softmax; precision/recall vs ground truth",
                     "mlrkit pseudo-label --dataset fashion-mosaic --vl-model mosaic-clip --tau 0.03 --theta 0.3 "
                     "--out pl.npz", cmd_pseudo_label)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--root")
-    p.add_argument("--vl-model", default="mosaic-clip")
+    p.add_argument("--dataset", required=True, help="dataset whose training (or test) images are pseudo-labelled")
+    p.add_argument("--root", help="dataset directory (datasets stored on disk)")
+    p.add_argument("--vl-model", default="mosaic-clip", help="VL model spec (mlrkit list vl-backends)")
     p.add_argument("--templates", default="single", help="single | ensemble | name")
     p.add_argument("--tau", type=float, default=0.03, help="softmax temperature")
     p.add_argument("--theta", type=float, default=0.3, help="pseudo-positive threshold")
@@ -115,7 +143,8 @@ def register(sub) -> None:
     p.add_argument("--split", choices=["trainval", "test"], default="trainval",
                    help="official training set (what training uses) or test set")
     p.add_argument("--labels", help="observation protocol: quality is then also reported on the unknown entries")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="observation seed (--labels) and seed of random-weight VL models")
     p.add_argument("--out", help="write the pseudo-labels (.npz)")
     add_device_argument(p)
 
@@ -125,28 +154,33 @@ def register(sub) -> None:
                     "mlrkit extract-features --dataset fashion-mosaic --vl-model mosaic-clip --out fm-clip.npz\n  "
                     "mlrkit extract-features --dataset voc2007 --root /data/VOCdevkit --backbone resnet50 "
                     "--set model.weights=/models/r50.pth --out voc-r50.npz", cmd_extract_features)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--root")
+    p.add_argument("--dataset", required=True, help="dataset whose images are encoded (both splits)")
+    p.add_argument("--root", help="dataset directory (datasets stored on disk)")
     enc = p.add_mutually_exclusive_group(required=True)
     enc.add_argument("--vl-model", help="a VL image encoder (mlrkit list vl-backends)")
     enc.add_argument("--backbone", help="an image backbone (mlrkit list backbones)")
     p.add_argument("--dense", action="store_true", help="VL region/patch features [N, HW, D] (cache only)")
     p.add_argument("--image-size", type=int, help="input resolution (default: the encoder's own / data.image_size)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--seed", type=int, default=0, help="seed of random-weight encoders")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="backbone config, e.g. --set model.weights=/models/r50.pth")
     p.add_argument("--out", help="write X_train, Y_train, X_test, Y_test, class_names (pooled features)")
     add_device_argument(p)
 
-    vl = sub.add_parser("vl", help="vision-language model tools (pretrain)", description="vision-language model tools")
+    vl = sub.add_parser("vl", help="vision-language model tools (pretrain, export, vocab)",
+                        description="vision-language model tools", formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="examples:\n  mlrkit vl vocab --vl-model mosaic-clip --dataset voc2007\n  "
+                        "mlrkit vl pretrain --steps 2400 --out mosaic_clip_raw.pt\n  "
+                        "mlrkit vl export mosaic_clip_raw.pt --out mosaic_clip.pt")
     vsub = vl.add_subparsers(dest="vl_command", metavar="VL_COMMAND")
     p = add_command(vsub, "pretrain", "train the built-in mosaic-clip contrastively on fashion-mosaic captions",
                     "mlrkit vl pretrain --steps 2400 --batch-size 256 --lr 1e-3 --seed 0 --out mosaic_clip_raw.pt",
                     cmd_vl_pretrain)
-    p.add_argument("--steps", type=int, default=2400)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=2400, help="optimisation steps")
+    p.add_argument("--batch-size", type=int, default=256, help="image-caption pairs per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up then cosine)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, captions and batches")
     p.add_argument("--time-limit", type=float, default=None, help="stop after this many minutes")
     p.add_argument("--eval-every", type=int, default=200, help="zero-shot test mAP every N steps (0 = off)")
     add_device_argument(p)
@@ -168,6 +202,19 @@ def register(sub) -> None:
     p.add_argument("raw", help="checkpoint written by `mlrkit vl pretrain`")
     p.add_argument("--out", required=True, help="where to write (mosaic_clip.pt + mosaic_clip.json)")
     p.add_argument("--name", default="mosaic-clip", help="model name recorded in the JSON sidecar")
+    p = add_command(vsub, "vocab", "can a VL model's text side tell a class list apart? (mean/max pairwise cosine of "
+                    "the class text embeddings, token coverage; docs/vl-backends.md)",
+                    "mlrkit vl vocab --vl-model mosaic-clip --dataset fashion-mosaic\n  "
+                    "mlrkit vl vocab --vl-model mosaic-clip --dataset voc2007\n  "
+                    "mlrkit vl vocab --vl-model openclip:ViT-B-16@/models/vitb16.pt --classes cat,dog,sofa",
+                    cmd_vl_vocab)
+    p.add_argument("--vl-model", default="mosaic-clip", help="VL model spec (mlrkit list vl-backends)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="dataset whose class names are checked (VOC/COCO work without files)")
+    src.add_argument("--classes", help="comma-separated class names")
+    p.add_argument("--root", help="dataset directory")
+    p.add_argument("--templates", default="single", help="prompt templates: single | ensemble | name")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = add_command(sub, "bench", "benchmarks: metrics, losses, features (cached vs recomputed encoder), "
                     "boostlu (inference cost), boostlu-ablation (fashion-mosaic table), scpnet (step vs fine-tuning), "
@@ -186,7 +233,8 @@ def register(sub) -> None:
                     "mlrkit bench gpu --smoke   # the same code with small models (CPU check, not a figure)",
                     cmd_bench)
     p.add_argument("what", choices=["metrics", "losses", "features", "prompts", "boostlu", "boostlu-ablation",
-                                    "scpnet", "throughput", "classes", "allocator", "loop", "loader", "gpu"])
+                                    "scpnet", "throughput", "classes", "allocator", "loop", "loader", "gpu"],
+                   help="which benchmark (see above)")
     p.add_argument("--json", help="also write the rows as JSON here")
     p.add_argument("--classes", type=int, default=None, help="number of classes (losses: 1000, boostlu: 80)")
     p.add_argument("--batch", type=int, default=None, help="batch size (losses: 256, prompts: 16)")
@@ -216,7 +264,11 @@ def register(sub) -> None:
     p.add_argument("--text-chunk", type=int, default=None,
                    help="classes: class prompts per checkpointed text pass (default: the methods' 256; 0 = one pass)")
 
-    an = sub.add_parser("analyze", help="analyses of models and runs", description="analyses of models and runs")
+    an = sub.add_parser("analyze", help="analyses of models and runs", description="analyses of models and runs",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="examples:\n  mlrkit analyze prior --vl-model mosaic-clip --dataset fashion-mosaic "
+                        "--out prior.png\n  mlrkit analyze prompts --vl-model mosaic-clip --dataset fashion-mosaic\n  "
+                        "mlrkit analyze pointing runs/fm-llr --json pointing.json")
     asub = an.add_subparsers(dest="analyze_command", metavar="ANALYSIS")
     p = add_command(asub, "prompts",
                     "cosine similarity of positive vs negative vs paraphrased class prompts in a VL text encoder "
@@ -236,7 +288,7 @@ def register(sub) -> None:
                     "tile of the class? With/without BoostLU, chance level, attribution on/off the object",
                     "mlrkit analyze pointing runs/fm-llr runs/fm-full --json pointing.json", cmd_analyze_pointing)
     p.add_argument("runs", nargs="+", help="run directories trained with --method cam")
-    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument("--split", choices=["val", "test"], default="test", help="split whose images are scored")
     p.add_argument("--limit", type=int, help="first N images of the split")
     p.add_argument("--alpha", type=float, help="BoostLU alpha (default: each run's boostlu.alpha)")
     p.add_argument("--json", help="also write the results as JSON here")
@@ -280,15 +332,18 @@ def register(sub) -> None:
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="recipe YAML (configs/...); flags and --set override it")
-    p.add_argument("--dataset", help="registry name or features:PATH.npz")
+    p.add_argument("--dataset", help="registry name (mlrkit list datasets), manifest:FILE.csv|.jsonl for your own "
+                   "images and labels (README 'Your own data'), or features:PATH.npz")
     p.add_argument("--root", help="dataset directory")
-    p.add_argument("--method", help="method name (mlrkit list methods)")
-    p.add_argument("--loss", help="loss name (mlrkit list losses)")
+    p.add_argument("--method", help="method name (mlrkit list methods; default linear)")
+    p.add_argument("--loss", help="loss name (mlrkit list losses; default: the method's own, e.g. vlpl -> vlpl, "
+                   "scpnet -> splc, prompt methods -> asl, cam -> ll_r, linear/mlp/finetune -> an)")
     p.add_argument("--labels", help="observation protocol or a .npz from `mlrkit prepare`")
     p.add_argument("--seed", type=int, help="run seed (also the observation seed unless labels.seed is set)")
-    p.add_argument("--epochs", type=int, help="training epochs; with --resume: extend the run to this many epochs")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=int, help="training epochs (train.epochs; default 20, zeroshot 0); with "
+                   "--resume: extend the run to this many epochs")
+    p.add_argument("--batch-size", type=int, help="images or feature rows per step (train.batch_size; default 32)")
+    p.add_argument("--lr", type=float, help="learning rate (train.lr; default 1e-3)")
     p.add_argument("--out", help="run directory")
     p.add_argument("--vl-model", help="vision-language model spec for CLIP-based methods (vl.model; "
                    "default mosaic-clip), e.g. openclip:ViT-B-16@/models/vitb16.pt")
@@ -299,7 +354,11 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly as saved in its "
                    "config.yaml, from its last.pt (only --epochs may change: more epochs)")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and report them")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--quiet", action="store_true", help="no progress output (console.log in the run keeps the lines)")
+    p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard in RUN/tensorboard "
+                   "(track.tensorboard; pip install 'mlrkit[track]')")
+    p.add_argument("--mlflow", metavar="URI", help="also log to MLflow at this tracking URI, e.g. file:./mlruns "
+                   "(track.mlflow; pip install 'mlrkit[track]')")
 
 
 def train_config_from_args(args: argparse.Namespace):
@@ -317,7 +376,7 @@ def train_config_from_args(args: argparse.Namespace):
             raise ConfigError(f"--resume: {out} does not exist; to start a new run there, drop --resume")
         cfg = saved_config(out)
         given = [f for f in ("config", "dataset", "root", "method", "loss", "labels", "seed", "batch_size", "lr",
-                             "vl_model", "cache_views")
+                             "vl_model", "cache_views", "mlflow")
                  if getattr(args, f, None) is not None] + (["--set"] if args.set else []) + \
             (["--skip-bad-images"] if args.skip_bad_images else [])
         if given:
@@ -337,6 +396,8 @@ def train_config_from_args(args: argparse.Namespace):
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr},
         "vl": {"model": args.vl_model},
         "features": {"cache_views": getattr(args, "cache_views", None)},
+        "track": {"tensorboard": True if getattr(args, "tensorboard", False) else None,
+                  "mlflow": getattr(args, "mlflow", None)},
     }
     cfg = build_config(args.config, flags, args.set)
     from mlrkit.methods.base import method_class
@@ -452,6 +513,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps({**res, "grouped_map": grouped} if grouped else res, indent=2))
         return 0
     print(_format_evaluation(res, per_class=args.per_class))
+    print("(thresholded metrics at " + (f"threshold {args.threshold}" if args.threshold is not None
+                                        else "the run's per-class thresholds") + ", on probabilities after the run's "
+          "temperature scaling; ece: expected calibration error of those probabilities)")
     if args.plots:
         print(f"wrote {', '.join(res['test'].get('plots', []))}")
     if grouped:
@@ -493,7 +557,7 @@ def _format_evaluation(res: dict, per_class: bool = False) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mlrkit.engine.inference import load_run, predict_inputs
+    from mlrkit.engine.inference import load_run
 
     if args.output:
         from mlrkit.errors import MlrkitError
@@ -504,23 +568,75 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not out.parent.is_dir():
             raise MlrkitError(f"--output {out}: folder {out.parent} does not exist")
     run = load_run(args.run, device=args.device)
-    ids, probs = predict_inputs(run, args.inputs)
-    names = run.class_names
-    fh = open(args.output, "w", newline="") if args.output else sys.stdout
+    pred = run.predict(args.inputs, threshold=args.threshold, skip_bad_images=args.skip_bad_images)
+    if pred.skipped:
+        print(f"mlrkit: skipped {len(pred.skipped)} unreadable input(s): "
+              + ", ".join(f"{i} ({why})" for i, why in pred.skipped), file=sys.stderr)
+    names = pred.class_names
+    fh = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115 - closed below
     try:
-        if args.format == "json":
-            for i, row in zip(ids, probs):
-                fh.write(json.dumps({"input": i, "scores": dict(zip(names, map(float, row))),
-                                     "labels": [n for n, p in zip(names, row) if p >= args.threshold]}) + "\n")
+        if args.format == "jsonl":
+            for rec in pred.records():
+                fh.write(json.dumps(rec) + "\n")
+        elif args.format == "json":
+            json.dump({"predictions": pred.records(), "skipped": [{"input": i, "reason": w} for i, w in pred.skipped],
+                       "thresholds": dict(zip(names, map(float, pred.thresholds)))}, fh, indent=1)
+            fh.write("\n")
         else:
             w = csv.writer(fh)
-            w.writerow(["input", *names])
-            for i, row in zip(ids, probs):
-                w.writerow([i, *(f"{p:.6f}" for p in row)])
+            w.writerow(["input", *names, "labels"])
+            for rec in pred.records():
+                w.writerow([rec["input"], *(f"{rec['scores'][n]:.6f}" for n in names), "|".join(rec["labels"])])
     finally:
         if args.output:
             fh.close()
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mlrkit.analysis.compare import compare_runs
+
+    res = compare_runs(args.runs, args.out)
+    if args.json:
+        print((Path(args.out) / "compare.json").read_text(), end="")
+    else:
+        print(res["table"])
+        print(f"(metrics in %) wrote {', '.join(res['files'])}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mlrkit.engine.export import export_run
+
+    meta = export_run(args.run, args.format, args.out)
+    print(json.dumps({k: meta[k] for k in ("format", "file", "max_abs_diff_vs_mlrkit")} | {"input": meta["input"]}))
+    return 0
+
+
+def cmd_vl_vocab(args: argparse.Namespace) -> int:
+    from mlrkit.config import build_config
+    from mlrkit.methods.vl_methods import templates_of
+    from mlrkit.vl import load
+    from mlrkit.vl.vocabulary import vocabulary_check
+
+    if args.classes:
+        names = [c.strip() for c in args.classes.split(",") if c.strip()]
+    else:
+        from mlrkit.methods.prompting import builtin_class_names
+
+        names = builtin_class_names(args.dataset)
+        if names is None or args.root:
+            from mlrkit.data import load_dataset
+
+            names = load_dataset(args.dataset, args.root).class_names
+    cfg = build_config(flags={"vl": {"model": args.vl_model, "templates": args.templates}})
+    rep = vocabulary_check(load(args.vl_model).freeze(), names, templates_of(cfg))
+    if args.json:
+        print(json.dumps(rep.as_dict(), indent=2))
+    else:
+        print(("PASS: " if rep.passed else "FAIL: ") + rep.message())
+        print("closest pairs: " + ", ".join(f"{a}/{b} {c:.4f}" for a, b, c in rep.closest_pairs))
+    return 0 if rep.passed else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -562,6 +678,16 @@ def cmd_vl_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def warn_vocabulary(vl, names, templates) -> dict:
+    """The VL-vocabulary check before a command builds on class-name text; a failure is a loud warning."""
+    from mlrkit.vl.vocabulary import vocabulary_check
+
+    rep = vocabulary_check(vl, list(names), tuple(templates))
+    if not rep.passed:
+        print(f"WARNING: {rep.message()}", file=sys.stderr)
+    return rep.as_dict()
+
+
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
     from mlrkit.data import Split, load_dataset
     from mlrkit.errors import MlrkitError
@@ -577,10 +703,11 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
     if split.images is None:
         raise MlrkitError(f"dataset {ds.name!r} has no images: pseudo-labels need a VL image encoder")
     device = command_device(args)
-    labels = compute_vl_pseudo_labels(load_frozen(args.vl_model, seed=args.seed, device=device), split.images,
-                                      ds.class_names, templates=templates, tau=args.tau, theta=args.theta,
-                                      delta=args.delta, store=FeatureStore(), seed=args.seed, device=device,
-                                      progress=True,
+    vl = load_frozen(args.vl_model, seed=args.seed, device=device)
+    warn_vocabulary(vl, ds.class_names, templates)
+    labels = compute_vl_pseudo_labels(vl, split.images, ds.class_names, templates=templates, tau=args.tau,
+                                      theta=args.theta, delta=args.delta, store=FeatureStore(), seed=args.seed,
+                                      device=device, progress=True,
                                       desc=f"{args.vl_model} features")
     quality = {"all": pseudo_label_quality(labels, split.targets)}
     if args.labels:
@@ -731,9 +858,13 @@ def cmd_analyze_prior(args: argparse.Namespace) -> int:
 
         names = load_dataset(args.dataset, args.root).class_names
     vl = load_frozen(args.vl_model, seed=args.seed, device=command_device(args))
+    vocab = warn_vocabulary(vl, names, (args.template,))
     prior, rep = prior_report(vl, names, k=args.k, s=args.s, tau=args.tau, template=args.template, seed=args.seed)
     rep["dataset"] = args.dataset
+    rep["vl_vocabulary"] = vocab
     title = f"{args.vl_model} on {args.dataset}: A* (K={rep['k']}, s={args.s}, tau'={args.tau})"
+    if not vocab["passed"]:
+        title += "\n(VL vocabulary check FAILED: the model cannot tell these classes apart)"
     path = draw_prior(prior.prior, names, args.out, title)
     print(format_prior(rep))
     print(f"wrote {path}")

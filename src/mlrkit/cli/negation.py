@@ -80,8 +80,8 @@ def register_negation(sub: Any) -> None:
     f.add("--context-fallback", choices=["skip", "random"], default="skip",
                    help="images whose present classes co-occur with no absent class: skip (counted) or random")
     f.add("--vqa", action="append", default=[], help="VQA JSON list of {image, question, answer} for P2")
-    f.add("--p2-rewriter", choices=["template", "llm"], default="template")
-    f.add("--seed", type=int, default=0)
+    f.add("--p2-rewriter", choices=["template", "llm"], default="template", help="how P2 captions are rewritten")
+    f.add("--seed", type=int, default=0, help="seed of the caption sampling")
     f.add("--out", required=False, help="output JSONL (report: <out stem>.report.json)")
     _add_llm_flags(f)
 
@@ -101,7 +101,7 @@ def register_negation(sub: Any) -> None:
     f.add("--captions", help="negated-caption JSONL from `mlrkit negation captions`")
     f.add("--dataset", help="dataset holding the images the captions refer to")
     f.add("--root", help="dataset directory")
-    f.add("--split", choices=["trainval", "test"], default="trainval")
+    f.add("--split", choices=["trainval", "test"], default="trainval", help="split whose captions train")
     f.add("--train", default="text", help="towers to train: text (default) or image,text")
     f.add("--lr", type=float, default=1e-6, help="AdamW learning rate (paper: 1e-6)")
     f.add("--epochs", type=int, default=15, help="epochs (paper: 15)")
@@ -109,7 +109,7 @@ def register_negation(sub: Any) -> None:
     f.add("--rows-per-epoch", choices=["image", "all"], default="image",
           help="image: one row of each training image per epoch (batches of distinct images); all: every "
           "row once per epoch, as the reference's caption loader")
-    f.add("--weight-decay", type=float, default=0.01)
+    f.add("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     f.add("--p-negated", type=float, default=0.5, help="probability that an image's text is its negated "
                    "caption rather than the original")
     f.add("--val-fraction", type=float, default=0.2, help="fraction of images held out (split by image)")
@@ -120,7 +120,7 @@ def register_negation(sub: Any) -> None:
     f.add("--time-limit", type=float, help="stop after this many minutes")
     f.add("--threads", type=int, help="torch CPU threads")
     f.add("--fp32", action="store_true", help="save fp32 weights (default fp16, as save_vl_checkpoint)")
-    f.add("--seed", type=int, default=0)
+    f.add("--seed", type=int, default=0, help="seed of initialisation and batches")
     f.add("--quiet", action="store_true", help="no progress bars")
     f.add("--out", help="checkpoint to write (.pt; + .json sidecar + .finetune.json history)")
     f.add("--device", default="auto", help=DEVICE_HELP)
@@ -133,12 +133,12 @@ def register_negation(sub: Any) -> None:
         PlainFormatter)
     f = LayeredFlags(p, "build-benchmark")
     f.add("--dataset", default="fashion-mosaic")
-    f.add("--root")
+    f.add("--root", help="dataset directory (datasets stored on disk)")
     f.add("--split", choices=["test", "trainval"], default="test", help="held-out test images by default")
     f.add("--per-image", type=int, default=1, help="items per image and kind")
     f.add("--kinds", default="negated,affirmative", help="negated and/or affirmative (control) items")
     f.add("--limit", type=int, help="first N images")
-    f.add("--seed", type=int, default=0)
+    f.add("--seed", type=int, default=0, help="seed of the benchmark sampling")
     f.add("--out", help="benchmark JSON to write")
 
     p = add_command(
@@ -156,7 +156,7 @@ def register_negation(sub: Any) -> None:
                    "train2014)")
     f.add("--dataset", help="dataset for the caption test, the zero-shot mAP and the images of a built "
                    "benchmark")
-    f.add("--root")
+    f.add("--root", help="dataset directory (datasets stored on disk)")
     f.add("--tasks", default="referring,captions,zeroshot", help="comma-separated subset")
     f.add("--region-mode", choices=["crop", "mask"], help="default: the benchmark's region_mode, else crop")
     f.add("--fill", type=int, help="mask fill value (default: the benchmark's, else 0)")

@@ -3,6 +3,7 @@
 from mlrkit.data.base import (
     DATASETS,
     ArrayImageSource,
+    ImageList,
     ImageSource,
     MultiLabelDataset,
     PathImageSource,
@@ -16,6 +17,7 @@ __all__ = [
     "ArrayImageSource",
     "ImageSource",
     "MultiLabelDataset",
+    "ImageList",
     "PathImageSource",
     "Split",
     "load_dataset",

@@ -142,6 +142,38 @@ class ArrayImageSource:
         return ArrayImageSource(self.array[idx], name=self.name, rows=self.rows[idx], digest=self.digest)
 
 
+
+class ImageList:
+    """Images given one by one (``predict``, the Python API): file paths and in-memory PIL images, mixed.
+
+    A path is read when needed (an unreadable file raises :class:`DataError` naming it); an
+    in-memory image is keyed by a digest of its pixels, so feature caches never confuse two images.
+    """
+
+    def __init__(self, entries: Sequence) -> None:
+        self.entries = list(entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def load(self, i: int):
+        e = self.entries[i]
+        if isinstance(e, (str, Path)):
+            return PathImageSource([e]).load(0)
+        return e.convert("RGB")
+
+    def key(self, i: int) -> str:
+        e = self.entries[i]
+        if isinstance(e, (str, Path)):
+            return PathImageSource([e]).key(0)
+        import hashlib
+
+        rgb = e.convert("RGB")
+        return f"pil:{rgb.size}:{hashlib.sha256(rgb.tobytes()).hexdigest()[:24]}"
+
+    def subset(self, idx: np.ndarray) -> ImageList:
+        return ImageList([self.entries[i] for i in idx])
+
 @dataclass
 class Split:
     """One split: ground truth, ids, and either precomputed features or images (or both).
@@ -334,6 +366,13 @@ def load_dataset(spec: str, root: str | Path | None = None, **options) -> MultiL
     import mlrkit.data.datasets  # noqa: F401 - registers the adapters
 
     name, sep, arg = spec.partition(":")
+    if name not in DATASETS.names():
+        p = Path(spec)
+        if p.suffix.lower() in (".csv", ".jsonl", ".ndjson", ".json", ".tsv") and p.is_file():
+            raise DataError(f"unknown dataset {spec!r}: it is a file; for your own images and labels write "
+                            f"manifest:{spec} (docs/datasets.md, 'Your own data' in the README)")
+        if p.suffix.lower() == ".npz" and p.is_file():
+            raise DataError(f"unknown dataset {spec!r}: it is a file; for precomputed features write features:{spec}")
     builder = DATASETS.get(name)
     if sep:
         options["path"] = arg

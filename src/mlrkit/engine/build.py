@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from mlrkit import losses
 from mlrkit.config import RunConfig
@@ -73,7 +72,9 @@ def predict_scores(
     model.eval()
     out = []
     channels_last = getattr(model, "_mlrkit_channels_last", False)
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    from mlrkit.engine.progress import progress as progress_bar
+
+    for batch in progress_bar(loader, desc=desc, enabled=progress):
         x = batch["inputs"].to(device, non_blocking=True)
         if channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import glob
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ from mlrkit.engine.checkpoint import load_checkpoint, load_trainable_state
 from mlrkit.engine.rundir import config_diff, saved_config
 from mlrkit.errors import DataError, MlrkitError
 from mlrkit.methods import TaskInfo
-from mlrkit.metrics import MultiLabelMeter
+from mlrkit.metrics import MultiLabelMeter, f1_scores, hamming_loss, jaccard_index
 
 
 @dataclass
@@ -30,6 +33,35 @@ class LoadedRun:
     @property
     def class_names(self) -> list[str]:
         return self.built.task.class_names
+
+    @property
+    def calibration(self):
+        """The run's :class:`~mlrkit.engine.calibration.Calibration` (T = 1 and 0.5 for runs without one)."""
+        if getattr(self, "_calibration", None) is None:
+            from mlrkit.engine.calibration import Calibration
+
+            self._calibration = Calibration.load(self.run_dir, self.class_names)
+        return self._calibration
+
+    def calibrated(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities of raw model outputs: the run's calibration applied to the logits of
+        its loss's link (:func:`mlrkit.engine.calibration.link_logits`; the plain logits for most losses)."""
+        from mlrkit.engine.calibration import link_logits
+
+        return self.calibration.probabilities(link_logits(self.cfg.loss.name, dict(self.cfg.loss.params), logits))
+
+    def predict(self, inputs: Any, *, threshold: float | None = None, skip_bad_images: bool = False,
+                batch_size: int = 64) -> Predictions:
+        """Calibrated class probabilities and labels for new inputs.
+
+        ``inputs``: one input or a list of them; each is a file, a folder (its images, recursively)
+        or a glob pattern, a PIL image, or a raw image as a numpy array / torch tensor ([H, W, 3],
+        [3, H, W] or a batch [N, ...]; uint8 or floats in [0, 1]; the run's own preprocessing is
+        applied). Runs on fixed features take feature rows ([D] or [N, D]) or feature files instead.
+        ``threshold``: one global threshold instead of the run's per-class thresholds.
+        ``skip_bad_images``: report unreadable files in ``Predictions.skipped`` instead of failing.
+        """
+        return predict(self, inputs, threshold=threshold, skip_bad_images=skip_bad_images, batch_size=batch_size)
 
     def scores(self, split: Split, batch_size: int = 256) -> np.ndarray:
         """Logits for every row; under torchrun each rank scores rows rank::world and all gather."""
@@ -68,11 +100,16 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
     return LoadedRun(run_dir, cfg, built, dev, ck)
 
 
-def evaluate_run(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"), threshold: float = 0.5,
+def evaluate_run(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"), threshold: float | None = None,
                  k: int = 3) -> dict[str, dict]:
     """Metrics of the best checkpoint on the run's own validation and test splits, over their known
     entries: the :func:`mlrkit.metrics.summary` metrics plus ``per_class`` (AP, AUROC, known
-    positives/negatives per class) and ``unscored_classes``."""
+    positives/negatives per class) and ``unscored_classes``.
+
+    mAP, AUROC and P@k/R@k rank the raw scores; CP/CR/CF1/OP/OR/OF1, Hamming loss and Jaccard
+    threshold the calibrated probabilities at the run's per-class thresholds (``calibration.json``),
+    or at ``threshold`` for every class if given; ``ece`` is that of the calibrated probabilities.
+    """
     return evaluate_run_report(run_dir, splits, threshold, k, grouped=False)[0]
 
 
@@ -81,7 +118,7 @@ def evaluate_grouped(run_dir: str | Path) -> dict[str, Any] | None:
     return evaluate_run_report(run_dir, (), grouped=True)[1]
 
 
-def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"), threshold: float = 0.5,
+def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"), threshold: float | None = None,
                         k: int = 3, *, grouped: bool = True,
                         plots: str | Path | None = None,
                         device: str = "auto") -> tuple[dict[str, dict], dict | None]:
@@ -90,11 +127,14 @@ def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "
     split's PR/ROC curves per class and reliability diagram (:mod:`mlrkit.analysis.curves`)."""
     from mlrkit.engine.reports import grouped_report
     from mlrkit.engine.run_data import prepare_run_data
+    from mlrkit.metrics import expected_calibration_error
 
     run = load_run(run_dir, device=device)
     if not splits and (not grouped or run.built.method.report_groups() == 0):
         return {}, None
     data = prepare_run_data(run.cfg)
+    cal = run.calibration
+    th = cal.threshold_array(threshold)
     # what the Trainer does before scoring: e.g. frozen-backbone features of a linear probe on images
     run.built.method.prepare_data(data, device=run.device, progress=False)
     out: dict[str, dict] = {}
@@ -106,19 +146,24 @@ def evaluate_run_report(run_dir: str | Path, splits: tuple[str, ...] = ("val", "
             split, targets, mask = data.test, data.test.targets, data.test.known
         else:
             raise MlrkitError(f"unknown split {name!r} (val or test)")
+        if run.built.task.input_kind == "features" and split.features is None:  # e.g. zeroshot, vl:/backbone probes
+            run.built.method.attach_features({name: split}, device=run.device, progress=False)
         scores = run.scores(split)
         if name == "test":
             test_scores = scores
-        meter = MultiLabelMeter(data.class_names, threshold, k)
+        meter = MultiLabelMeter(data.class_names, 0.5, k)
         meter.update(_metric_scores(run, scores), targets, mask)
-        out[name] = meter.compute()
-        out[name]["known_fraction"] = 1.0 if mask is None else float(np.asarray(mask).mean())
+        m = meter.compute()
+        probs = run.calibrated(scores)
+        m.update(f1_scores(probs, targets, th, mask))
+        m["ece"] = expected_calibration_error(probs, targets, mask, cal.n_bins)
+        m["hamming_loss"] = hamming_loss(probs, targets, th, mask)
+        m["jaccard"] = jaccard_index(probs, targets, th, mask)
+        m["known_fraction"] = 1.0 if mask is None else float(np.asarray(mask).mean())
+        out[name] = m
         if plots is not None and name == "test":
             from mlrkit.analysis.curves import write_curve_plots
 
-            probs = _metric_scores(run, scores)
-            if probs.min() < 0 or probs.max() > 1:
-                probs = 1.0 / (1.0 + np.exp(-probs.astype(np.float64)))
             out[name]["plots"] = [str(p) for p in write_curve_plots(probs, targets, mask, data.class_names, plots)]
     report = None
     if grouped:
@@ -170,19 +215,152 @@ def _read_feature_file(p: Path) -> np.ndarray:
     return np.loadtxt(p, delimiter=",", ndmin=2, dtype=np.float64)
 
 
-def predict_inputs(run: LoadedRun, inputs: list[str | Path]) -> tuple[list[str], np.ndarray]:
-    """Probabilities [N, C] for input files (features for feature methods, images for image methods)."""
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+
+
+def expand_inputs(inputs: Sequence[str | Path], *, images: bool = True) -> list[Path]:
+    """Files from files, folders (recursively: files with an image extension, sorted) and glob patterns."""
+    out: list[Path] = []
+    for item in inputs:
+        s = str(item)
+        p = Path(s).expanduser()
+        if p.is_dir():
+            if not images:
+                raise DataError(f"{p} is a directory; give feature files (.npy, .npz, .csv): this run takes features")
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise DataError(f"{p}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder or below")
+            out += found
+        elif not p.exists() and any(ch in s for ch in "*?["):
+            found = sorted(Path(h) for h in glob.glob(os.path.expanduser(s), recursive=True) if Path(h).is_file())
+            if not found:
+                raise DataError(f"{s}: the pattern matches no file")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DataError(f"input not found: {p}")
+    return out
+
+
+@dataclass
+class Predictions:
+    """Calibrated probabilities [N, C] and the labels above each class's threshold, for N inputs."""
+
+    ids: list[str]
+    probs: np.ndarray
+    labels: np.ndarray  # bool [N, C]
+    class_names: list[str]
+    thresholds: np.ndarray
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (input, why) of unreadable inputs
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def records(self) -> list[dict[str, Any]]:
+        """One dict per input: ``{"input", "scores": {class: p}, "labels": [classes]}``."""
+        names = self.class_names
+        return [{"input": i, "scores": {n: float(p) for n, p in zip(names, row)},
+                 "labels": [n for n, on in zip(names, lab) if on]}
+                for i, row, lab in zip(self.ids, self.probs, self.labels)]
+
+
+def _is_image_like(x: Any) -> bool:
+    return hasattr(x, "convert") and hasattr(x, "size")  # a PIL image
+
+
+def _array_to_pils(a: np.ndarray) -> list:
+    """Raw images as arrays: [H, W], [H, W, 3], [3, H, W] or a batch of those; uint8 or floats in [0, 1]."""
+    from PIL import Image
+
+    a = np.asarray(a)
+    if a.ndim == 4 or (a.ndim == 3 and a.shape[0] not in (1, 3) and a.shape[-1] not in (1, 3)):
+        return [p for x in a for p in _array_to_pils(x)]
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+        a = np.moveaxis(a, 0, -1)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.dtype != np.uint8:
+        if a.size and (np.nanmin(a) < 0 or np.nanmax(a) > 1):
+            raise DataError(f"an image array must be uint8 or floats in [0, 1] (raw pixels, not preprocessed); "
+                            f"got {a.dtype} in [{np.nanmin(a):.3g}, {np.nanmax(a):.3g}]")
+        a = np.round(a * 255).astype(np.uint8)
+    if a.ndim not in (2, 3):
+        raise DataError(f"cannot read an image from an array of shape {a.shape}")
+    return [Image.fromarray(a).convert("RGB")]
+
+
+def predict(run: LoadedRun, inputs: Any, *, threshold: float | None = None, skip_bad_images: bool = False,
+            batch_size: int = 64) -> Predictions:
+    """Calibrated predictions for ``inputs`` (see :meth:`LoadedRun.predict`)."""
     task = run.built.task
-    if task.input_kind == "features" and task.extras.get("feature_encoder"):
-        split = _image_split(inputs, task.num_classes)
-        run.built.method.attach_features({"predict": split}, device=run.device, progress=False)
-        return split.ids, run_probabilities(run, run.scores(split))
-    if task.input_kind == "features":
-        x, ids = read_feature_inputs(inputs, int(task.feature_dim or 0))
-        split = Split(targets=np.zeros((len(x), task.num_classes), np.uint8), ids=ids, features=x)
+    takes_images = task.input_kind == "images" or bool(task.extras.get("feature_encoder"))
+    items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    skipped: list[tuple[str, str]] = []
+    if takes_images:
+        entries: list = []
+        ids: list[str] = []
+        for k, x in enumerate(items):
+            if isinstance(x, (str, Path)):
+                for p in expand_inputs([x]):
+                    entries.append(p)
+                    ids.append(str(p))
+            elif _is_image_like(x):
+                entries.append(x)
+                ids.append(f"image#{k}")
+            elif torch.is_tensor(x) or isinstance(x, np.ndarray):
+                arr = x.detach().cpu().numpy() if torch.is_tensor(x) else x
+                pils = _array_to_pils(arr)
+                entries += pils
+                ids += [f"array#{k}"] if len(pils) == 1 else [f"array#{k}[{j}]" for j in range(len(pils))]
+            else:
+                raise DataError(f"input #{k}: expected a path, a PIL image, an array or a tensor, got "
+                                f"{type(x).__name__}")
+        from mlrkit.data import ImageList, PathImageSource
+
+        paths = [i for i, e in enumerate(entries) if isinstance(e, Path)]
+        bad = set(paths[j] for j in PathImageSource([entries[i] for i in paths]).find_bad())
+        if bad and not skip_bad_images:
+            first = entries[min(bad)]
+            raise DataError(f"{len(bad)} unreadable image(s), first {first}; pass --skip-bad-images "
+                            "(skip_bad_images=True) to skip and report them")
+        for i in sorted(bad):
+            skipped.append((ids[i], "unreadable image"))
+        keep = [i for i in range(len(entries)) if i not in bad]
+        if not keep:
+            raise DataError("no readable input to predict on")
+        split = Split(targets=np.zeros((len(keep), task.num_classes), np.uint8), ids=[ids[i] for i in keep],
+                      images=ImageList([entries[i] for i in keep]))
+        if task.input_kind == "features":
+            run.built.method.attach_features({"predict": split}, device=run.device, progress=False)
     else:
-        split = _image_split(inputs, task.num_classes)
-    return split.ids, run_probabilities(run, run.scores(split))
+        rows, ids = [], []
+        dim = int(task.feature_dim or 0)
+        for k, x in enumerate(items):
+            if isinstance(x, (str, Path)):
+                feats, names = read_feature_inputs(expand_inputs([x], images=False), dim)
+                rows.append(feats)
+                ids += names
+            elif torch.is_tensor(x) or isinstance(x, np.ndarray):
+                a = np.atleast_2d(x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x))
+                if a.ndim != 2 or a.shape[1] != dim:
+                    raise DataError(f"input #{k}: this run takes feature rows [N, {dim}], got {a.shape}")
+                rows.append(a.astype(np.float32))
+                ids += [f"array#{k}"] if len(a) == 1 else [f"array#{k}[{j}]" for j in range(len(a))]
+            else:
+                raise DataError(f"input #{k}: this run takes feature rows (files, arrays or tensors), got "
+                                f"{type(x).__name__}")
+        x = np.concatenate(rows).astype(np.float32)
+        if not np.isfinite(x).all():
+            raise DataError(f"input row {int(np.argwhere(~np.isfinite(x))[0][0])} contains NaN/inf")
+        split = Split(targets=np.zeros((len(x), task.num_classes), np.uint8), ids=ids, features=x)
+    logits = run.scores(split, batch_size=batch_size)
+    cal = run.calibration
+    probs = run.calibrated(logits)
+    return Predictions(ids=list(split.ids), probs=probs, labels=cal.decide(probs, threshold),
+                       class_names=list(run.class_names), thresholds=cal.threshold_array(threshold), skipped=skipped)
 
 
 def _metric_scores(run: LoadedRun, logits: np.ndarray) -> np.ndarray:
@@ -200,13 +378,7 @@ def run_probabilities(run: LoadedRun, logits: np.ndarray) -> np.ndarray:
     return probabilities(run.cfg.loss.name, dict(run.cfg.loss.params), logits)
 
 
-def _image_split(inputs: list[str | Path], num_classes: int) -> Split:
-    from mlrkit.data import PathImageSource
-
-    for p in inputs:
-        if Path(p).is_dir():
-            raise DataError(f"input {p} is a directory; give image files (e.g. {Path(p) / '*.png'})")
-        if not Path(p).is_file():
-            raise DataError(f"input image not found: {p}")
-    return Split(targets=np.zeros((len(inputs), num_classes), np.uint8), ids=[str(p) for p in inputs],
-                 images=PathImageSource(inputs, skip_hint=False))
+def predict_inputs(run: LoadedRun, inputs: list[str | Path]) -> tuple[list[str], np.ndarray]:
+    """Calibrated probabilities [N, C] for input files (kept for callers of the earlier API)."""
+    p = predict(run, inputs)
+    return p.ids, p.probs

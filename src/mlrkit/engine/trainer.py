@@ -1,9 +1,17 @@
 """The Trainer: fit on train, select on validation mAP, test the best checkpoint once.
 
-Run directory (DESIGN.md): ``config.yaml``, ``run.json``, ``metrics.jsonl`` (one line per
-epoch), ``last.pt``/``best.pt`` (atomic), ``results.json`` and ``plots/``. Every epoch's
-randomness (shuffling, dropout, augmentation) is seeded from (seed, epoch), so a run killed
-at any point and resumed with ``--resume`` ends with the same ``results.json``.
+Run directory (DESIGN.md): ``config.yaml``, ``run.json`` (with ``warnings``), ``console.log``
+(everything the run printed), ``metrics.jsonl`` (one line per epoch), ``best.pt`` (the best
+epoch's weights only), ``last.pt`` (weights + optimizer state for ``--resume``; deleted when the
+run finishes unless ``train.keep_last``), ``calibration.json`` (temperature, shift and per-class
+thresholds fitted on validation, :mod:`mlrkit.engine.calibration`), ``results.json`` and ``plots/``.
+
+Conventions: epochs are counted from 1 everywhere (console, ``metrics.jsonl``, ``best_epoch``;
+0 = nothing trained, e.g. zero-shot); metrics in JSON files are fractions in [0, 1], the console
+shows them as percentages with a ``%`` sign.
+
+Every epoch's randomness (shuffling, dropout, augmentation) is seeded from (seed, epoch), so a
+run killed at any point and resumed with ``--resume`` ends with the same ``results.json``.
 """
 
 from __future__ import annotations
@@ -37,15 +45,17 @@ from mlrkit.engine.build import (  # noqa: F401 - re-exported: build_run_loss, p
 )
 from mlrkit.engine.checkpoint import load_checkpoint, load_trainable_state, save_checkpoint, trainable_state_dict
 from mlrkit.engine.checks import check_observed, check_training_plan
+from mlrkit.engine.console import ConsoleLog, console_write
 from mlrkit.engine.devices import autocast_dtype, resolve_device, wants_channels_last
 from mlrkit.engine.loaders import make_loader
 from mlrkit.engine.optim import EMA, build_optimizer, build_scheduler, param_groups
+from mlrkit.engine.progress import progress as progress_bar
 from mlrkit.engine.reports import grouped_report
 from mlrkit.engine.run_data import RunData, prepare_run_data, task_info
 from mlrkit.engine.rundir import RUN_FILES, RunLock, check_out_path, config_diff, saved_config
 from mlrkit.errors import MlrkitError
 from mlrkit.methods import build_method
-from mlrkit.metrics import MultiLabelMeter, map_report
+from mlrkit.metrics import MultiLabelMeter, f1_scores, hamming_loss, jaccard_index, map_report
 from mlrkit.utils import atomic_write, derive_seed, seed_everything, write_json
 
 log = logging.getLogger("mlrkit")
@@ -71,7 +81,8 @@ class Trainer:
         self.resume = resume
         self.extend = extend
         self.lock: RunLock | None = None
-        self.progress = cfg.train.progress and not quiet and sys.stderr.isatty()
+        # a bar on a terminal, periodic lines with rate and ETA elsewhere (batch logs): mlrkit.engine.progress
+        self.progress = cfg.train.progress and not quiet
         self.env = ddp.init_distributed(cfg.train.device)
         self.verbose = not quiet and self.env.is_main
         self.progress = self.progress and self.env.is_main
@@ -94,6 +105,7 @@ class Trainer:
         t0 = time.perf_counter()
         method.prepare_data(self.data, device=self.device, progress=self.progress)
         self.timings["prepare_data_s"] = time.perf_counter() - t0
+        self.checks = method.check_data(self.data.class_names)  # e.g. the VL-vocabulary check
         task = task_info(cfg, self.data, method.input_kind)
         self.built = build_for_task(cfg, task, method)
         self.method, self.model = self.built.method, self.built.model
@@ -179,17 +191,21 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
         """Claim ``cfg.out`` (lock, checks, ``config.yaml``), train, test; the lock is released at the end."""
+        finished = self._finished_results()
+        if finished is not None:
+            return finished
         threads_before = torch.get_num_threads()
         claimed = False
         try:
             ck = self._claim()
             claimed = True
-            return self._fit(ck)
+            with ConsoleLog(self.out / "console.log" if self.env.is_main else None):
+                return self._fit(ck)
         except MlrkitError:
             if claimed and not self.resume and self.env.is_main and not (self.out / "last.pt").exists():
                 # refused input found during setup: leave no half-made run behind (a killed setup keeps its
                 # config.yaml, so that --resume can continue it)
-                for name in ("config.yaml", "observed_labels.npz", "run.json"):
+                for name in ("config.yaml", "observed_labels.npz", "run.json", "console.log"):
                     (self.out / name).unlink(missing_ok=True)
             raise
         finally:
@@ -198,6 +214,29 @@ class Trainer:
                 self.lock = None
             if torch.get_num_threads() != threads_before:  # the thread policy applies to this run only
                 torch.set_num_threads(threads_before)
+
+    def _finished_results(self) -> dict[str, Any] | None:
+        """``--resume`` of a finished run whose ``last.pt`` was removed at the end: its results (nothing to do)."""
+        out = self.out
+        if not (self.resume and (out / "results.json").is_file() and (out / "config.yaml").is_file()
+                and not (out / "last.pt").exists()):
+            return None
+        saved = saved_config(out)
+        if saved.train.epochs != self.cfg.train.epochs and self.extend:
+            raise MlrkitError(f"--resume --epochs: {out} is finished and its last.pt (optimizer state) was removed at "
+                              "the end (train.keep_last: false); it cannot be extended. Train it with --set "
+                              "train.keep_last=true to extend it later")
+        diff = config_diff(saved.to_dict(), self.cfg.to_dict(), ("out",))
+        if diff:
+            raise MlrkitError(f"--resume: the configuration differs from {out / 'config.yaml'} ({'; '.join(diff[:4])})")
+        log.info("%s is finished (results.json; last.pt was removed at the end): nothing to resume", out)
+        return json.loads((out / "results.json").read_text())
+
+    def _say(self, message: str) -> None:
+        """A console line of the run (also kept in console.log, even when quiet)."""
+        if self.verbose:
+            tqdm.write(message)
+        console_write(message)
 
     def _claim(self) -> dict[str, Any] | None:
         """Check the run directory, lock it (rank 0) and save ``config.yaml`` before any long setup.
@@ -256,10 +295,13 @@ class Trainer:
         cfg = self.cfg
         main = self.env.is_main
         last = self.out / "last.pt"
+        from mlrkit.engine.tracking import Trackers
+
+        self.trackers = Trackers(cfg, self.out, enabled=main)
         self._setup()
         if main:
             self.data.observed.save(self.out / "observed_labels.npz")
-        start, best_map, best_epoch = 0, -1.0, -1
+        start, best_map, best_epoch = 0, -1.0, 0
         if self.resume and ddp.broadcast_object(ck is not None if main else None, self.env):
             # every rank restores rank 0's reading of last.pt (never two different files)
             ck = ddp.broadcast_object(ck if main else None, self.env)
@@ -269,6 +311,8 @@ class Trainer:
         if self.lock is not None and self.lock.stale:
             run_info["stale_lock"] = self.lock.stale
         run_info["method_info"] = self.method.run_info()
+        run_info["warnings"] = list(getattr(self.method, "warnings", []))
+        run_info.update(self.checks)
         if main:
             self._truncate_metrics(start)
             write_json(self.out / "run.json", run_info)
@@ -291,8 +335,8 @@ class Trainer:
                 epoch_times.append(time.perf_counter() - te)
                 improved = val_map > best_map
                 if improved:
-                    best_map, best_epoch = val_map, epoch
-                row = {"epoch": epoch, "train_loss": train_loss, "val_map": val_map, "best_val_map": best_map,
+                    best_map, best_epoch = val_map, epoch + 1  # epochs count from 1 everywhere
+                row = {"epoch": epoch + 1, "train_loss": train_loss, "val_map": val_map, "best_val_map": best_map,
                        "lr": self.optimizer.param_groups[0]["lr"], "epoch_s": round(epoch_times[-1], 4)}
                 if terms:  # the method's named extra terms (StepOutput.terms), epoch means
                     row["terms"] = terms
@@ -303,6 +347,7 @@ class Trainer:
                         fh.write(json.dumps(row) + "\n")
                         fh.flush()
                         os.fsync(fh.fileno())
+                    self.trackers.log_epoch(row)
                     due = epoch + 1 == cfg.train.epochs or interval <= 0 or time.monotonic() - last_write >= interval
                     ck = self._checkpoint(epoch + 1, best_map, best_epoch)
                     if not due:
@@ -315,19 +360,16 @@ class Trainer:
                         pending = pending_best = None
                         last_write = time.monotonic()
                 self.env.barrier()
-                if self.verbose:
-                    tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {train_loss:.4f}  val mAP "
-                               f"{100 * val_map:.2f}  best {100 * best_map:.2f} (epoch {best_epoch + 1})")
+                self._say(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {train_loss:.4f}  val mAP {100 * val_map:.2f}%"
+                          f"  best {100 * best_map:.2f}% (epoch {best_epoch})")
         except BaseException:
             if main and pending is not None:  # interrupted: keep what the finished epochs computed
                 self._write_checkpoints(pending, pending_best)
             raise
         if cfg.train.epochs == 0:
-            best_map, best_epoch = self._validate(), -1
+            best_map, best_epoch = self._validate(), 0
             if main:
-                ck = self._checkpoint(0, best_map, best_epoch)
-                save_checkpoint(self.out / "best.pt", {**ck, "kind": "best"})
-                save_checkpoint(last, {**ck, "kind": "last"})
+                self._write_checkpoints(None, self._checkpoint(0, best_map, best_epoch))
             self.env.barrier()
         self.timings["train_s"] = time.perf_counter() - t_train
         if epoch_times:
@@ -343,17 +385,25 @@ class Trainer:
         results = self._test_best(best_map, best_epoch, extra_results)
         run_info["timings"] = self.timings
         run_info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        run_info["warnings"] = list(getattr(self.method, "warnings", []))
         if main:
             write_json(self.out / "run.json", run_info)
+            self.trackers.log_results(results, run_info)
+            if not cfg.train.keep_last:
+                last.unlink(missing_ok=True)  # optimizer state is only for resuming an unfinished run
+        self.trackers.close()
         self.env.barrier()
         return results
 
-    def _write_checkpoints(self, last_ck: dict[str, Any], best_ck: dict[str, Any] | None) -> None:
+    def _write_checkpoints(self, last_ck: dict[str, Any] | None, best_ck: dict[str, Any] | None) -> None:
         """best.pt first (when a new best is unwritten), then last.pt: last.pt never names a best epoch
         whose best.pt is missing."""
         if best_ck is not None:
-            save_checkpoint(self.out / "best.pt", {**best_ck, "kind": "best"})
-        save_checkpoint(self.out / "last.pt", {**last_ck, "kind": "last"})
+            # weights only: the optimizer/scheduler/loss state lives in last.pt alone
+            weights = {k: v for k, v in best_ck.items() if k not in ("optimizer", "scheduler", "loss", "scaler")}
+            save_checkpoint(self.out / "best.pt", {**weights, "kind": "best"})
+        if last_ck is not None:
+            save_checkpoint(self.out / "last.pt", {**last_ck, "kind": "last"})
 
     def _train_epoch(self, epoch: int) -> tuple[float, dict[str, float]]:
         """One epoch; returns the mean training loss and the means of the method's extra terms."""
@@ -364,7 +414,7 @@ class Trainer:
         total = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device: no sync per step
         term_sums: dict[str, torch.Tensor] = {}
         n = 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False) if self.progress else loader
+        bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}") if self.progress else loader
         env = self.env
         device = self.device
         channels_last = getattr(self.model, "_mlrkit_channels_last", False)
@@ -456,7 +506,9 @@ class Trainer:
         if self.ema is not None and ck.get("ema"):
             self.ema.load_state_dict(ck["ema"])
         with self._eval_model():
+            val_scores = self.scores(self.data.val)
             scores = self.scores(self.data.test, progress=self.progress, desc="test")
+        cal = self._calibrate(val_scores, scores)
         test = self.data.test
         meter = MultiLabelMeter(self.data.class_names)
         metric_scores = scores
@@ -467,6 +519,16 @@ class Trainer:
         meter.update(metric_scores, test.targets, test.known)  # the scores are already gathered from every rank
         extra = meter.compute()
         per_class = extra.pop("per_class")
+        # thresholded metrics and ECE on the calibrated probabilities at the per-class thresholds
+        from mlrkit.engine.calibration import link_logits
+
+        probs = cal.probabilities(link_logits(self.cfg.loss.name, dict(self.cfg.loss.params), scores))
+        th = cal.threshold_array()
+        extra.update(f1_scores(probs, test.targets, th, test.known))
+        extra["ece"] = cal.ece["test_after"]
+        extra["hamming_loss"] = hamming_loss(probs, test.targets, th, test.known)
+        extra["jaccard"] = jaccard_index(probs, test.targets, th, test.known)
+        self.trackers.set_pr_data(probs, test.targets, test.known, self.data.class_names)
         results = {
             "val_map": best_map,
             "test_map": extra["map"],
@@ -475,6 +537,8 @@ class Trainer:
             "n_classes_scored": extra["n_classes_scored"],
             "n_classes_skipped": extra["n_classes_skipped"],
             "test_metrics": {k: v for k, v in extra.items() if k not in ("map", "unscored_classes")},
+            "calibration": {"temperature": cal.temperature, "bias": cal.bias, "thresholds": cal.policy,
+                            "ece": cal.ece},
             "test_per_class": per_class,
             "unscored_classes": extra["unscored_classes"],
             "test_known_fraction": 1.0 if test.known is None else float(test.known.mean()),
@@ -491,10 +555,39 @@ class Trainer:
         results.update(extra_results or {})  # e.g. the cft summary
         if self.env.is_main:
             write_json(self.out / "results.json", results)
-        if self.verbose:
-            tqdm.write(f"test mAP {100 * results['test_map']:.2f} "
-                       f"(best val mAP {100 * best_map:.2f}, epoch {best_epoch + 1})")
+        self._say(f"test mAP {100 * results['test_map']:.2f}% (best val mAP {100 * best_map:.2f}%, epoch {best_epoch})")
         return results
+
+    def _calibrate(self, val_scores: np.ndarray, test_scores: np.ndarray):
+        """Temperature, shift and per-class thresholds on validation (engine.calibration); ECE on val and test."""
+        from mlrkit.engine.calibration import SATURATED_SHARE, calibrate, link_logits, sigmoid
+        from mlrkit.metrics import expected_calibration_error
+
+        cc, d = self.cfg.calibration, self.data
+        link = dict(self.cfg.loss.params)
+        val_scores = link_logits(self.cfg.loss.name, link, val_scores)  # the loss's own link (spa), else logits
+        test_scores = link_logits(self.cfg.loss.name, link, test_scores)
+        cal = calibrate(val_scores, d.val_targets, d.val_mask, d.class_names, policy=cc.thresholds,
+                        temperature=cc.temperature, bias=cc.bias, global_threshold=cc.threshold, n_bins=cc.n_bins)
+        cal.ece["test_before"] = expected_calibration_error(sigmoid(test_scores), d.test.targets, d.test.known,
+                                                            cc.n_bins)
+        cal.ece["test_after"] = expected_calibration_error(cal.probabilities(test_scores), d.test.targets,
+                                                           d.test.known, cc.n_bins)
+        if cal.saturated_share > SATURATED_SHARE:
+            self.method.warn(f"raw scores saturate: {100 * cal.saturated_share:.0f}% of the validation scores are "
+                             f"above 0.99 or below 0.01; temperature scaling (T = {cal.temperature:.3g}, "
+                             f"b = {cal.bias:.3g}) and per-class thresholds fitted on validation are applied by "
+                             "evaluate and predict")
+        if cal.fallback_classes:
+            self.method.warn(f"{len(cal.fallback_classes)} classes have no validation positive and keep the global "
+                             f"threshold {cal.global_threshold}: {', '.join(cal.fallback_classes[:10])}")
+        if self.env.is_main:
+            cal.save(self.out)
+        self._say(f"calibration on validation: T = {cal.temperature:.3g}, b = {cal.bias:.3g}, "
+                  f"ECE {100 * cal.ece['val_before']:.2f}% -> {100 * cal.ece['val_after']:.2f}% "
+                  f"(test {100 * cal.ece['test_before']:.2f}% -> {100 * cal.ece['test_after']:.2f}%), "
+                  f"thresholds: {cal.policy}")
+        return cal
 
     def _truncate_metrics(self, start: int) -> None:
         path = self.out / "metrics.jsonl"
@@ -506,7 +599,7 @@ class Trainer:
                 row = json.loads(line)
             except ValueError:  # a row cut short by a kill: its epoch is recomputed
                 continue
-            if isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] < start:
+            if isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] <= start:  # counted from 1
                 keep.append(line)
         with atomic_write(path) as tmp:
             tmp.write_text("".join(r + "\n" for r in keep))

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mlrkit.data.base import ImageSource
 from mlrkit.data.transforms import describe
@@ -129,7 +128,9 @@ class FeatureStore:
         opts.pop("persistent_workers", None)  # one pass over the images
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, **opts)
         pos = 0
-        bar = tqdm(total=len(todo), desc=desc, disable=not progress, leave=False)
+        from mlrkit.engine.progress import progress as progress_bar
+
+        bar = progress_bar(total=len(todo), desc=desc, enabled=progress)
         with torch.no_grad():
             for x in loader:
                 feats = encode(x.to(device, non_blocking=True)).float().cpu().numpy()

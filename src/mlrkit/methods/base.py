@@ -59,6 +59,14 @@ class Method:
     """Base class of a method. Subclasses set ``input_kind`` and implement :meth:`build_model`."""
 
     input_kind: str = "features"
+    #: the loss this method is trained with unless the config names one (``{"name": ..., **params}``)
+    default_loss: ClassVar[dict[str, Any]] = {"name": "an"}
+    #: config values this method implies unless the user sets them (e.g. zeroshot: ``train.epochs: 0``)
+    config_defaults: ClassVar[dict[str, Any]] = {}
+    #: the input resolution defaults to the VL model's own (methods that feed images to ``vl.model``)
+    image_size_from_vl: ClassVar[bool] = False
+    #: the method builds on the VL model's class-name text embeddings (checked by :meth:`check_data`)
+    uses_vl_text: ClassVar[bool] = False
     #: extra config sections the method reads: name -> schema (a :class:`mlrkit.schema.Section`);
     #: the config loader rejects any other section, and a section of another method names this one.
     #: Every method also reads the trainer's optional steps ``mix`` and ``cft`` (added below).
@@ -79,6 +87,17 @@ class Method:
 
     def __init__(self) -> None:
         self.cfg = None  # the run's RunConfig, given by configure() when build_method builds the method
+        self.warnings: list[str] = []
+
+    def warn(self, message: str) -> None:
+        """A loud warning: logged now (console and ``console.log``) and recorded in ``run.json``."""
+        import logging
+
+        if "warnings" not in self.__dict__:  # a subclass that did not call Method.__init__
+            self.warnings = []
+        if message not in self.warnings:
+            self.warnings.append(message)
+            logging.getLogger("mlrkit").warning("WARNING: %s", message)
 
     def configure(self, cfg) -> None:
         """Receive the run's configuration, already checked by the loader (every section typed, only
@@ -101,6 +120,29 @@ class Method:
     def attach_features(self, splits: dict, *, device, progress: bool = True) -> None:
         """Set ``split.features`` for image splits (also used by ``predict`` on new images)."""
         raise NotImplementedError(f"{type(self).__name__} cannot make features from images")
+
+    def check_data(self, class_names: list[str]) -> dict[str, Any]:
+        """Checks before training, returned for ``run.json``; failures are loud warnings (:meth:`warn`).
+
+        Methods built on class-name text embeddings get the VL-vocabulary check
+        (:func:`mlrkit.vl.vocabulary.vocabulary_check`): can ``vl.model`` tell these classes apart?
+        """
+        if not self.uses_vl_text:
+            return {}
+        import logging
+
+        from mlrkit.vl import load
+        from mlrkit.vl.model import prompt_templates
+        from mlrkit.vl.vocabulary import vocabulary_check
+
+        get = getattr(self, "vl_model", None)
+        vl = get() if callable(get) else load(self.cfg.vl.model, seed=self.cfg.seed).freeze()
+        rep = vocabulary_check(vl, list(class_names), prompt_templates(self.cfg.vl.templates))
+        if rep.passed:
+            logging.getLogger("mlrkit").info("VL vocabulary check passed: %s", rep.message())
+        else:
+            self.warn(rep.message())
+        return {"vl_vocabulary": rep.as_dict()}
 
     def run_info(self) -> dict[str, Any]:
         """Extra facts for ``run.json`` (e.g. pseudo-label quality)."""

@@ -61,7 +61,7 @@ def boostlu_settings(cfg_or_section: Any) -> BoostLUSection:
     return BoostLUSection.parse(cfg_or_section, "boostlu")
 
 
-def cam_backbone(cfg) -> Backbone:
+def cam_backbone(cfg, warn=None) -> Backbone:
     """The backbone for a CAM head: ``model.name`` as for finetune, or ``clip:<vl spec>`` (a CLIP ResNet trunk)."""
     name = cfg.model.name or ""
     if name.startswith(CLIP_PREFIX):
@@ -72,7 +72,7 @@ def cam_backbone(cfg) -> Backbone:
             raise ConfigError(f"model {name!r} takes no parameters (got {sorted(cfg.model.params)}); weights go in "
                               "the spec: clip:openclip:RN50@/path/to/weights.pt")
         return ClipResNetTrunk(spec, seed=cfg.seed)
-    return backbone_from_config(cfg)
+    return backbone_from_config(cfg, warn)
 
 
 @METHODS.register("cam", "CAM classifier: 1x1 conv on the backbone map, logit = spatial mean; BoostLU "
@@ -80,6 +80,7 @@ def cam_backbone(cfg) -> Backbone:
 class CamMethod(ImageMethod):
     """CAM-as-classifier (Kim et al. 2023, eqs. 2-3) with BoostLU switched by the ``boostlu`` section."""
 
+    default_loss = {"name": "ll_r"}  # the paper pairs the CAM head with large-loss rejection
     config_sections = {"boostlu": BoostLUSection}
 
     def __init__(self, flip: bool = True, randaugment: bool = False, cutout: float = 0.0) -> None:
@@ -89,7 +90,7 @@ class CamMethod(ImageMethod):
         return boostlu_settings(self.cfg).groups
 
     def build_model(self, task: TaskInfo) -> nn.Module:
-        bb = cam_backbone(self.cfg)
+        bb = cam_backbone(self.cfg, self.warn)
         self.mean, self.std = bb.mean, bb.std
         s = boostlu_settings(self.cfg)
         return CAMClassifier(bb, task.num_classes, alpha=s.alpha, boost_train=s.train, boost_infer=s.infer)

@@ -37,7 +37,7 @@ class _FeatureMethod(Method):
         """Image datasets: features of the frozen backbone ``model.name`` (Cole's linear_fixed_features)."""
         from mlrkit.methods.image import frozen_features
 
-        frozen_features(self.cfg, splits, device=device, progress=progress)
+        frozen_features(self.cfg, splits, device=device, progress=progress, warn=self.warn)
 
 
 @METHODS.register("linear", "linear classifier on fixed features, standardised (Cole et al.'s linear probe)")

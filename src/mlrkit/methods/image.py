@@ -21,42 +21,74 @@ from torch import Tensor, nn
 
 from mlrkit.data.transforms import build_transform
 from mlrkit.engine.image_data import ImageBatches
-from mlrkit.errors import MlrkitError
+from mlrkit.errors import ConfigError, MlrkitError
 from mlrkit.methods.base import METHODS, Method, TaskInfo
 from mlrkit.models.backbones import Backbone, build_backbone
 from mlrkit.utils import derive_seed
 
 log = logging.getLogger("mlrkit")
+#: ``model.name: vl:<spec>`` makes a VL model's (frozen) image encoder the feature extractor of linear/mlp
+VL_PREFIX = "vl:"
 
 
-def backbone_from_config(cfg) -> Backbone:
-    """The backbone of ``cfg.model`` (name, weights, pretrained, and backbone kwargs)."""
+def backbone_from_config(cfg, warn=None, *, frozen: bool = False) -> Backbone:
+    """The backbone of ``cfg.model`` (name, weights, pretrained, and backbone kwargs).
+
+    Pretrained weights are the default (``model.pretrained: true``); random weights only on
+    explicit request (``model.pretrained: false``) or for ``smallcnn`` (which has none), and then
+    ``warn`` (e.g. :meth:`Method.warn`, recorded in ``run.json``) is told; louder when ``frozen``.
+    """
     m = dict(cfg.model.params)
     name = cfg.model.name or "resnet50"
     weights = m.pop("weights", None)
-    pretrained = bool(m.pop("pretrained", False))
+    pretrained = m.pop("pretrained", True)
+    if not isinstance(pretrained, bool):
+        raise ConfigError(f"model.pretrained must be true or false, got {pretrained!r} (weights files and tags go in "
+                          "model.weights)")
+    if not weights and (not pretrained or name == "smallcnn") and warn is not None:
+        why = "model.pretrained is false" if name != "smallcnn" else "smallcnn has no pretrained weights"
+        warn(f"backbone {name} has RANDOM weights ({why})" + (
+            ": frozen random features carry little information about the images" if frozen else
+            ": it is trained from scratch"))
     return build_backbone(name, weights=weights, pretrained=pretrained, image_size=cfg.data.image_size, **m)
 
 
 def encoder_key(cfg) -> str:
     """Identity of a frozen backbone for the FeatureStore: name, kwargs and a hash of the weights file."""
+    from mlrkit.models.backbones import is_weights_file
+
     m = dict(cfg.model.params)
     weights = m.pop("weights", None)
+    pretrained = m.pop("pretrained", True)
     wh = "random-init"
-    if weights:
+    if is_weights_file(weights):
         wh = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
-    elif m.get("pretrained"):
+    elif weights:
+        wh = f"pretrained:{weights}"
+    elif pretrained and (cfg.model.name or "resnet50") != "smallcnn":
         wh = "pretrained"
     seed = cfg.seed if wh == "random-init" else "-"
     return f"backbone:{cfg.model.name or 'resnet50'}|{sorted(m.items())}|weights:{wh}|seed:{seed}"
 
 
-def frozen_features(cfg, splits: dict, *, device, progress: bool = True) -> None:
+def frozen_features(cfg, splits: dict, *, device, progress: bool = True, warn=None) -> None:
     """Attach frozen-backbone features to every split in ``splits`` (name -> Split; computed once, cached)."""
     from mlrkit.features import FeatureStore
 
+    name = cfg.model.name or ""
+    if name.startswith(VL_PREFIX):  # a VL model's image encoder: a linear probe on CLIP features
+        from mlrkit.vl import load
+        from mlrkit.vl.features import attach_vl_features
+
+        spec = name[len(VL_PREFIX):]
+        if not spec or cfg.model.params:
+            raise ConfigError(f"model.name {name!r}: give a VL spec (vl:mosaic-clip, vl:openclip:ViT-B-16@FILE) and no "
+                              f"other model keys (got {sorted(cfg.model.params)})")
+        attach_vl_features(load(spec, seed=cfg.seed).freeze(), splits, cache_dir=cfg.section("features").cache_dir,
+                           device=device, progress=progress, seed=cfg.seed, batch_size=max(64, cfg.train.batch_size))
+        return
     torch.manual_seed(derive_seed(cfg.seed, 99))  # random-init backbones are reproducible
-    bb = backbone_from_config(cfg).to(device).eval()
+    bb = backbone_from_config(cfg, warn, frozen=True).to(device).eval()
     tf = build_transform(cfg.data.image_size, bb.mean, bb.std, train=False)
     store = FeatureStore(cfg.section("features").cache_dir)
     key = encoder_key(cfg)
@@ -124,7 +156,7 @@ class FinetuneMethod(ImageMethod):
         self.linear_init_batch_size = int(linear_init_batch_size)
 
     def build_model(self, task: TaskInfo) -> nn.Module:
-        bb = backbone_from_config(self.cfg)
+        bb = backbone_from_config(self.cfg, self.warn, frozen=self.freeze_backbone)
         self.mean, self.std = bb.mean, bb.std
         if self.freeze_backbone:
             for p in bb.parameters():

@@ -268,6 +268,10 @@ class RegionMethod(Method):
     config_sections = {"features": FeaturesSection}
 
     input_kind = "images"
+    #: DualCoOp's ASL (configs/prompting/*: gamma+ 1, gamma- 2, clip 0.05, unknown entries ignored)
+    default_loss = {"name": "asl", "gamma_pos": 1.0, "gamma_neg": 2.0, "clip": 0.05, "unknown": "ignore",
+                    "detach_focusing": True}
+    image_size_from_vl = True
 
     def __init__(self, *, loss_weight: float = 1.0, init_from: str | None = None) -> None:
         super().__init__()
@@ -394,6 +398,8 @@ class PromptMethod(RegionMethod):
         loss_weight: multiplies the loss (1.0); init_from: a run directory or checkpoint whose
         prompts/embeddings initialise this run (loaded by class name, see ``transfer_state``).
     """
+
+    uses_vl_text = True  # prompts are initialised from / compared with class-name text
 
     positive = "prompt"
     negative = "prompt"

@@ -9,8 +9,9 @@ the CLIP image encoder (ResNet or ViT tower) is fine-tuned. The text encoder run
 
 **Prior-enhanced self-supervised learning** (PESSL, eqs. 8-13). Every training image comes as a
 weak view :math:`x^w` (resize or random resized crop + horizontal flip) and a strong view
-:math:`x^s` (the same kind of geometric augmentation drawn independently, then RandAugment and
-Cutout). With :math:`p^w=\sigma(\text{logits}(x^w))` (no gradient) and
+:math:`x^s` (the same kind of geometric augmentation drawn independently, then torchvision's RandAugment
+and an erased square; with ``strong_augment: fixmatch``, the reference's FixMatch RandAugment with its
+always-on Cutout on the image, before the geometric ops). With :math:`p^w=\sigma(\text{logits}(x^w))` (no gradient) and
 :math:`p^s=\sigma(\text{logits}(x^s))`:
 
 .. math::
@@ -462,6 +463,9 @@ class SCPNetMethod(Method):
     ``vl.model``; the loss (``loss.name``) must be ``splc`` unless ``scpnet.require_splc: false``."""
 
     input_kind = "images"
+    default_loss = {"name": "splc"}
+    uses_vl_text = True
+    image_size_from_vl = True
     uses_vl = True
     config_sections = {"scpnet": SCPNetSection, "features": FeaturesSection}
 
@@ -596,6 +600,7 @@ class CLIPFinetuneMethod(Method):
     """
 
     input_kind = "images"
+    image_size_from_vl = True
     uses_vl = True
 
     def __init__(self, flip: bool = True, weak_scale: list[float] | None = None) -> None:

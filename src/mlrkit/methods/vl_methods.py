@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -36,17 +35,10 @@ def templates_of(cfg) -> tuple[str, ...]:
 
 def vl_features_for(cfg, model, splits: dict, *, device, progress: bool) -> None:
     """Attach the VL model's pooled image embeddings to every split (cached)."""
-    from mlrkit.features import FeatureStore
-    from mlrkit.vl.features import vl_image_features
+    from mlrkit.vl.features import attach_vl_features
 
-    store = FeatureStore(cfg.section("features").cache_dir)
-    for name, split in splits.items():
-        if split.images is None:
-            raise MlrkitError(f"method needs images, the {name} split has none")
-        feats = vl_image_features(model, split.images, store=store, device=device, progress=progress,
-                                  desc=f"{cfg.vl.model} features ({name})", seed=cfg.seed,
-                                  batch_size=max(64, cfg.train.batch_size))
-        split.features = np.array(feats, dtype=np.float32)
+    attach_vl_features(model, splits, cache_dir=cfg.section("features").cache_dir, device=device, progress=progress,
+                       seed=cfg.seed, batch_size=max(64, cfg.train.batch_size))
 
 
 class ZeroShotHead(nn.Module):
@@ -64,6 +56,10 @@ class ZeroShotHead(nn.Module):
 @METHODS.register("zeroshot", "CLIP zero-shot baseline: cos(image, class-name prompt), no training")
 class ZeroShotMethod(Method):
     input_kind = "features"
+    uses_vl_text = True
+    default_loss = {"name": "bce"}  # never optimised (nothing is trained); recorded for completeness
+    config_defaults = {"train": {"epochs": 0}}
+    image_size_from_vl = True
     uses_vl = True
     config_sections = {"features": FeaturesSection}
     trains = False
@@ -79,7 +75,8 @@ class ZeroShotMethod(Method):
 
     def prepare_data(self, data, *, device, progress: bool = True) -> None:
         if self.cfg.train.epochs != 0:
-            raise ConfigError("method zeroshot trains nothing: set --epochs 0")
+            raise ConfigError(f"method zeroshot trains nothing, but train.epochs is {self.cfg.train.epochs}: drop "
+                              "--epochs (zeroshot defaults to 0)")
         self.attach_features({"train": data.train, "val": data.val, "test": data.test}, device=device,
                              progress=progress)
 
@@ -106,6 +103,8 @@ class VLPLMethod(FinetuneMethod):
     pseudo-labels are recomputed from it; slower, a VL forward per step).
     """
 
+    default_loss = {"name": "vlpl"}
+    uses_vl_text = True
     uses_vl = True
     config_sections = {"features": FeaturesSection}
     makes_pseudo_labels = True

@@ -8,13 +8,23 @@
 * ``timm:<name>`` or a bare timm name (``resnet50``, ``convnext_xlarge``, ``vit_large_patch14_224``…).
 * ``tv:<name>``: a torchvision classification model (``tv:resnet50``).
 
-Weights: ``weights=PATH`` loads a local state dict (the classifier head is dropped; anything
-else that does not fit is an error). ``pretrained=True`` asks timm/torchvision to download —
-for users who are online; offline it fails with a message saying to pass ``weights=PATH``.
+Weights (``model.weights`` / ``model.pretrained`` in a run's config; pretrained is the default):
+
+* ``weights=PATH``: a local state dict (``torch.load(weights_only=True)`` or safetensors; the
+  classifier head is dropped, anything else that does not fit is an error);
+* ``weights=hf-hub:<repo>`` (timm) or a weights tag (``a1_in1k`` for timm, ``IMAGENET1K_V2`` for
+  torchvision): downloaded by timm/torchvision when online, taken from their caches offline;
+* ``pretrained=True`` (default): the library's default pretrained weights of that name.
+  Without network and cache it fails at once (no minute of retries) with a message saying how to
+  get the file and pass ``weights=PATH``, or to ask for random weights with ``pretrained=False``;
+* ``pretrained=False``: random initialisation, on explicit request only (the run records a
+  warning). ``smallcnn`` has no pretrained weights: it is always randomly initialised.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,12 +76,75 @@ class SmallCNN(Backbone):
         return self.body(x)
 
 
+HOW_TO_GET_WEIGHTS = ("download them where there is network access and pass the file with --set "
+                      "model.weights=PATH (a timm/torchvision state dict), or ask for random weights explicitly with "
+                      "--set model.pretrained=false (meaningless features for a frozen backbone)")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _unreachable(host: str | None) -> str | None:
+    """Why ``host`` cannot be reached (offline flag or no DNS), checked in well under a second; None if it may be."""
+    if _offline():
+        return "HF_HUB_OFFLINE is set"
+    if host is None:
+        return None
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as e:
+        return f"cannot resolve {host}: {e}"
+    return None
+
+
+def _timm_cached(hub_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    for fname in ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors"):
+        found = try_to_load_from_cache(hub_id, fname)
+        if isinstance(found, str) and Path(found).is_file():
+            return True
+    return False
+
+
+def check_timm_weights_reachable(name: str) -> None:
+    """Fail fast (clear error) when timm's pretrained weights for ``name`` are neither cached nor downloadable."""
+    from urllib.parse import urlparse
+
+    import timm
+
+    if name.startswith("hf-hub:"):
+        hub_id, host = name[len("hf-hub:"):], "huggingface.co"
+    else:
+        cfg = timm.models.get_pretrained_cfg(name)
+        if cfg is None:
+            raise MlrkitError(f"timm has no pretrained weights for {name!r}; {HOW_TO_GET_WEIGHTS}")
+        hub_id = cfg.hf_hub_id
+        host = "huggingface.co" if hub_id else (urlparse(cfg.url).hostname if cfg.url else None)
+        if not hub_id and cfg.url:
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
+            if cached.is_file():
+                return
+    if hub_id and _timm_cached(hub_id.split("@")[0]):
+        return
+    why = _unreachable(urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+                       if hub_id else host)
+    if why:
+        src = f"Hugging Face Hub repo {hub_id}" if hub_id else "timm's URL"
+        raise MlrkitError(f"pretrained weights for backbone {name!r} are not cached and cannot be downloaded ({why}; "
+                          f"source: {src}): {HOW_TO_GET_WEIGHTS}")
+
+
 class TimmBackbone(Backbone):
     def __init__(self, name: str, pretrained: bool, image_size: int | None) -> None:
         super().__init__()
         import timm
 
-        if name not in timm.list_models(pretrained=False) and name not in timm.list_models():
+        base = timm.models.split_model_name_tag(name)[0] if not name.startswith("hf-hub:") else None
+        if base is not None and base not in timm.list_models():
             import difflib
 
             close = difflib.get_close_matches(name, timm.list_models(), n=3)
@@ -80,13 +153,14 @@ class TimmBackbone(Backbone):
         kwargs = {}
         if image_size and ("vit" in name or "deit" in name or "swin" in name):
             kwargs["img_size"] = image_size
+        if pretrained:
+            check_timm_weights_reachable(name)
         try:
             self.model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
         except Exception as e:  # noqa: BLE001 - hub/network failures come in many types
             if pretrained:
                 raise MlrkitError(
-                    f"could not get pretrained weights for {name!r} ({type(e).__name__}: {e}); offline, download the "
-                    "weights elsewhere and pass --set model.weights=PATH"
+                    f"could not get pretrained weights for {name!r} ({type(e).__name__}: {e}); {HOW_TO_GET_WEIGHTS}"
                 ) from None
             raise
         cfg = timm.data.resolve_data_config({}, model=self.model)
@@ -107,12 +181,24 @@ class TimmBackbone(Backbone):
 
 
 class TorchvisionBackbone(Backbone):
-    def __init__(self, name: str, pretrained: bool) -> None:
+    def __init__(self, name: str, pretrained: bool | str) -> None:
+        """``pretrained``: False (random), True (torchvision's DEFAULT weights) or a weights tag (IMAGENET1K_V2)."""
         super().__init__()
         import torchvision
 
+        tag = ("DEFAULT" if pretrained is True else pretrained) or None
+        if tag is not None:
+            try:
+                w = torchvision.models.get_model_weights(name)[tag]
+            except (KeyError, ValueError) as e:
+                raise MlrkitError(f"tv:{name}: unknown weights {tag!r} ({e})") from None
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)
+            why = None if cached.is_file() else _unreachable(__import__("urllib.parse").parse.urlparse(w.url).hostname)
+            if why:
+                raise MlrkitError(f"pretrained weights for backbone tv:{name} ({w}) are not cached and cannot be "
+                                  f"downloaded ({why}; source: {w.url}): {HOW_TO_GET_WEIGHTS}")
         try:
-            m = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
+            m = torchvision.models.get_model(name, weights=tag)
         except ValueError as e:
             raise MlrkitError(f"unknown torchvision backbone {name!r}: {e}") from None
         except Exception as e:  # noqa: BLE001
@@ -138,16 +224,35 @@ class BackboneSpec:
     pretrained: bool = False
 
 
+def is_weights_file(weights: str | Path | None) -> bool:
+    """A local file (as opposed to a ``hf-hub:`` name or a weights tag)."""
+    if not weights:
+        return False
+    w = str(weights)
+    return not w.startswith("hf-hub:") and ("/" in w or os.sep in w or Path(w).suffix != "" or Path(w).is_file())
+
+
 def build_backbone(name: str, weights: str | Path | None = None, pretrained: bool = False,
                    image_size: int | None = None, **kwargs) -> Backbone:
-    """Build a backbone by name and load local ``weights`` if given (see module docstring)."""
+    """Build a backbone by name with the weights asked for (see module docstring).
+
+    ``weights``: a local file, ``hf-hub:<repo>`` (timm) or a weights tag; ``pretrained``: the library's
+    default pretrained weights (ignored when ``weights`` is given; ``smallcnn`` has none).
+    """
+    local = is_weights_file(weights)
     if name == "smallcnn":
+        if weights and not local:
+            raise MlrkitError(f"smallcnn has no pretrained weights named {weights!r}; give a local file")
         bb: Backbone = SmallCNN(**kwargs)
     elif name.startswith("tv:"):
-        bb = TorchvisionBackbone(name[3:], pretrained)
+        bb = TorchvisionBackbone(name[3:], False if local else (str(weights) if weights else pretrained))
     else:
-        bb = TimmBackbone(name.removeprefix("timm:"), pretrained, image_size)
-    if weights:
+        timm_name = name.removeprefix("timm:")
+        if weights and not local:
+            w = str(weights)
+            timm_name = w if w.startswith("hf-hub:") else f"{timm_name.split('.')[0]}.{w}"
+        bb = TimmBackbone(timm_name, bool(pretrained or (weights and not local)) and not local, image_size)
+    if local:
         load_backbone_weights(bb, weights)
     return bb
 
@@ -170,7 +275,12 @@ def load_backbone_weights(bb: Backbone, path: str | Path) -> None:
     if not path.is_file():
         raise MlrkitError(f"backbone weights not found: {path}")
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise MlrkitError(f"cannot read backbone weights {path}: {e}") from None
     for key in ("state_dict", "model"):

@@ -15,6 +15,7 @@ from mlrkit.vl.backends import (
     load_frozen,
     load_mosaic_clip,
     load_vl_checkpoint,
+    native_image_size,
     tiny_config,
 )
 from mlrkit.vl.checkpoint import read_weights, save_vl_checkpoint, sidecar_path, write_vl_config
@@ -32,6 +33,7 @@ __all__ = [
     "load_frozen",
     "load_mosaic_clip",
     "load_vl_checkpoint",
+    "native_image_size",
     "read_weights",
     "save_vl_checkpoint",
     "sidecar_path",

@@ -394,3 +394,26 @@ def _mosaic_heldout_backend(arg: str | None, spec: str, seed: int) -> VisionLang
     if arg:
         raise MlrkitError(f"{spec}: mosaic-clip-heldout takes no argument")
     return load_mosaic_clip(seed=seed, spec=spec)
+
+
+def native_image_size(spec: str) -> int:
+    """The input resolution a VL spec's model was built for, read cheaply (configs and sidecars; no weights)
+    where possible; anything else loads the model once. Used as ``data.image_size``'s default."""
+    import json
+
+    def side(s: str) -> int:
+        return int(s[0] if isinstance(s, (list, tuple)) else s)
+
+    name, _, arg = spec.strip().partition(":")
+    if name in BUILTIN_VL_WEIGHTS and not arg:
+        meta = sidecar_path(builtin_dir() / BUILTIN_VL_WEIGHTS[name])
+        if meta.is_file():
+            d = json.loads(meta.read_text())
+            return side(d.get("preprocess_cfg", {}).get("size") or d["model_cfg"]["vision_cfg"]["image_size"])
+    if name == "tiny":
+        return side(tiny_config(arg.strip() if arg else "vit")["vision_cfg"]["image_size"])
+    if name == "openclip" and arg and arg.split("@")[0].strip() != CUSTOM_ARCH:
+        model_cfg, _ = _builtin_config(arg.split("@")[0].strip())
+        return side(model_cfg["vision_cfg"].get("image_size", 224))
+    model = load(spec)
+    return side(model.image_size)

@@ -55,3 +55,18 @@ def vl_image_features(
     encode = model.encode_dense if dense else model.encode_image
     key = vl_encoder_key(model, dense=dense, seed=seed)
     return store.get(key, encode, images, tf, batch_size=batch_size, device=device, progress=progress, desc=desc)
+
+
+def attach_vl_features(model: VisionLanguageModel, splits: dict, *, cache_dir: str | None = None,
+                       device: torch.device | str = "cpu", progress: bool = True, seed: int = 0,
+                       batch_size: int = 64) -> None:
+    """Set ``split.features`` of every split (name -> Split with images) to the model's pooled embeddings (cached)."""
+    from mlrkit.errors import MlrkitError
+
+    store = FeatureStore(cache_dir)
+    for name, split in splits.items():
+        if split.images is None:
+            raise MlrkitError(f"method needs images, the {name} split has none")
+        feats = vl_image_features(model, split.images, store=store, device=device, progress=progress,
+                                  desc=f"{model.spec} features ({name})", seed=seed, batch_size=batch_size)
+        split.features = np.array(feats, dtype=np.float32)

@@ -20,6 +20,12 @@ A class present only through objects marked ``<difficult>1</difficult>`` is mapp
 
 An object without a ``<difficult>`` tag counts as not difficult (the devkit's default). All
 listed images are kept, including ones whose objects are all difficult.
+
+Your own data in the VOC layout (``Annotations/*.xml``, ``ImageSets/Main/*.txt``, ``JPEGImages``)
+with other classes: the option ``classes`` is a file with one class name per line (that order),
+or ``auto`` (the sorted names found in the annotations of both splits); an object whose name is
+outside the list is an error naming the file. Example:
+``mlrkit train --dataset voc2007 --root my_devkit --set data.options.classes=classes.txt``.
 """
 
 from __future__ import annotations
@@ -103,7 +109,7 @@ def read_id_list(path: Path) -> list[str]:
     return ids
 
 
-def parse_annotation(path: Path) -> tuple[set[int], set[int]]:
+def parse_annotation(path: Path, classes: tuple[str, ...] | list[str] = VOC_CLASSES) -> tuple[set[int], set[int]]:
     """Class indices of an annotation file: (with a non-difficult object, with only difficult ones)."""
     try:
         tree = ET.parse(path)
@@ -121,9 +127,12 @@ def parse_annotation(path: Path) -> tuple[set[int], set[int]]:
             raise DataError(f"{path}: object #{k} has no <name>")
         name = name.strip()
         try:
-            c = VOC_CLASSES.index(name)
+            c = classes.index(name)
         except ValueError:
-            raise DataError(f"{path}: object #{k} has name {name!r}, which is not a VOC class") from None
+            what = "a VOC class" if tuple(classes) == VOC_CLASSES else "in the class list"
+            hint = "" if tuple(classes) != VOC_CLASSES else \
+                " (for your own classes use the option classes=FILE or classes=auto)"
+            raise DataError(f"{path}: object #{k} has name {name!r}, which is not {what}{hint}") from None
         flag = obj.findtext("difficult")
         flag = "0" if flag is None else flag.strip()
         if flag not in ("0", "1"):
@@ -132,17 +141,18 @@ def parse_annotation(path: Path) -> tuple[set[int], set[int]]:
     return present, difficult - present
 
 
-def load_voc_split(year_dir: Path, list_name: str, difficult: str) -> Split:
+def load_voc_split(year_dir: Path, list_name: str, difficult: str,
+                   classes: tuple[str, ...] | list[str] = VOC_CLASSES) -> Split:
     """One split: the ids of ``ImageSets/Main/<list_name>.txt`` with labels from their XML files."""
     list_file = year_dir / "ImageSets" / "Main" / f"{list_name}.txt"
     ids = read_id_list(list_file)
-    targets = np.zeros((len(ids), len(VOC_CLASSES)), dtype=np.uint8)
+    targets = np.zeros((len(ids), len(classes)), dtype=np.uint8)
     known = np.ones(targets.shape, dtype=bool) if difficult == "unknown" else None
     for i, image_id in enumerate(ids):
         ann = year_dir / "Annotations" / f"{image_id}.xml"
         if not ann.is_file():
             raise DataError(f"{list_file}: image {image_id!r} has no annotation file {ann}")
-        present, difficult_only = parse_annotation(ann)
+        present, difficult_only = parse_annotation(ann, classes)
         targets[i, sorted(present)] = 1
         if difficult_only:
             cols = sorted(difficult_only)
@@ -160,7 +170,25 @@ def load_voc_split(year_dir: Path, list_name: str, difficult: str) -> Split:
     )
 
 
-def load_voc(year: str, root: Path | None = None, difficult: str = "negative") -> MultiLabelDataset:
+def annotation_class_names(year_dir: Path, list_names: tuple[str, ...]) -> list[str]:
+    """The sorted object names used by the annotations of the listed images (``classes=auto``)."""
+    names: set[str] = set()
+    for list_name in list_names:
+        list_file = year_dir / "ImageSets" / "Main" / f"{list_name}.txt"
+        for image_id in read_id_list(list_file):
+            ann = year_dir / "Annotations" / f"{image_id}.xml"
+            try:
+                root = ET.parse(ann).getroot()
+            except (ET.ParseError, OSError):
+                continue  # reported with file and line when the split is read
+            names |= {(o.findtext("name") or "").strip() for o in root.findall("object")} - {""}
+    if not names:
+        raise DataError(f"{year_dir}: classes=auto found no object names in the annotations")
+    return sorted(names)
+
+
+def load_voc(year: str, root: Path | None = None, difficult: str = "negative",
+             classes: str | None = None) -> MultiLabelDataset:
     """Build ``voc<year>`` from a devkit directory; see the module docstring for splits and options."""
     if difficult not in DIFFICULT_MODES:
         raise DataError(f"voc{year}: difficult must be one of {list(DIFFICULT_MODES)}, got {difficult!r}")
@@ -175,17 +203,24 @@ def load_voc(year: str, root: Path | None = None, difficult: str = "negative") -
             f"{test_file} not found: the VOC2007 test set is a separate download "
             "(VOCtest_06-Nov-2007.tar); extract it into the same directory as the trainval tar."
         )
+    names: tuple[str, ...] | list[str] = VOC_CLASSES
+    if classes == "auto":
+        names = annotation_class_names(year_dir, (trainval_list, test_list))
+    elif classes:
+        from mlrkit.data.datasets.manifest import read_class_list
+
+        names = read_class_list(Path(classes))
     return MultiLabelDataset(
         name=f"voc{year}",
-        class_names=list(VOC_CLASSES),
-        trainval=load_voc_split(year_dir, trainval_list, difficult),
-        test=load_voc_split(year_dir, test_list, difficult),
+        class_names=list(names),
+        trainval=load_voc_split(year_dir, trainval_list, difficult, names),
+        test=load_voc_split(year_dir, test_list, difficult, names),
         description=_DESCRIPTIONS[year],
         extras={"root": str(year_dir), "difficult": difficult},
     )
 
 
-OPTIONS = {"difficult": "negative"}
+OPTIONS = {"difficult": "negative", "classes": None}
 
 
 @DATASETS.register("voc2007", _DESCRIPTIONS["2007"])

@@ -1,0 +1,181 @@
+"""``mlrkit export RUN --format torchscript|onnx``: a self-contained model for serving.
+
+The exported model takes a **preprocessed batch** and returns **calibrated probabilities**
+:math:`p = \\sigma((f(x) - b) / T)` [B, C] (the run's calibration, ``calibration.json``):
+
+* runs on images (``finetune``, ``cam``, ``vlpl``, prompt methods, ``scpnet``, ...): a batch
+  [B, 3, S, S] resized to the run's ``image_size`` and normalised with the model's mean/std
+  (both recorded in ``export.json``);
+* linear probes on a frozen encoder (``linear``/``mlp`` with ``model.name`` a backbone or
+  ``vl:<spec>``, ``zeroshot``): the same image batch, the encoder included in the file;
+* runs on fixed features (``features:FILE``, built-in feature sets): a batch [B, D] of raw
+  features (the standardisation is inside the model).
+
+``export.json`` next to the file holds the class names, the per-class thresholds, the input
+shape, normalisation and the largest absolute difference to mlrkit's own prediction path on a
+check batch (the export fails above ``1e-5``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mlrkit.errors import ConfigError, MlrkitError
+
+TOLERANCE = 1e-5
+
+
+class ProbabilityModel(nn.Module):
+    """``sigmoid((head(encoder(x)) - b) / T)``; ``encoder`` is the identity for models that take their input as is."""
+
+    def __init__(self, model: nn.Module, calibration, encoder: nn.Module | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder if encoder is not None else nn.Identity()
+        self.model = model
+        self.register_buffer("inv_temperature", torch.tensor(1.0 / float(calibration.temperature)))
+        self.register_buffer("bias", torch.tensor(float(calibration.bias)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid((self.model(self.encoder(x)).float() - self.bias) * self.inv_temperature)
+
+
+class _VLImageEncoder(nn.Module):
+    def __init__(self, vl) -> None:
+        super().__init__()
+        self.vl = vl
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.vl.encode_image(x).float()
+
+
+def serving_model(run) -> tuple[ProbabilityModel, dict[str, Any]]:
+    """The exportable module of a loaded run and what its input is (``export.json``'s ``input``)."""
+    task = run.built.task
+    method = run.built.method
+    cfg = run.cfg
+    model = run.built.model.eval()
+    cal = run.calibration
+    enc_kind = task.extras.get("feature_encoder")
+    if task.input_kind == "images":
+        tf = method.transform(False) if hasattr(method, "transform") else None
+        return ProbabilityModel(model, cal), _image_input(cfg, tf, task)
+    if not enc_kind:
+        return ProbabilityModel(model, cal), {"kind": "features", "shape": ["B", task.feature_dim]}
+    name = cfg.model.name or ""
+    if enc_kind == "vl" or name.startswith("vl:"):
+        from mlrkit import vl as vlmod
+
+        spec = cfg.vl.model if enc_kind == "vl" else name[3:]
+        v = vlmod.load(spec, seed=cfg.seed).freeze().eval()
+        enc: nn.Module = _VLImageEncoder(v)
+        tf = v.transform(train=False)
+    else:
+        from mlrkit.data.transforms import build_transform
+        from mlrkit.methods.image import backbone_from_config
+        from mlrkit.utils import derive_seed
+
+        torch.manual_seed(derive_seed(cfg.seed, 99))  # as frozen_features builds it
+        enc = backbone_from_config(cfg).eval()
+        tf = build_transform(cfg.data.image_size, enc.mean, enc.std, train=False)
+    return ProbabilityModel(model, cal, enc.to(run.device)), _image_input(cfg, tf, task)
+
+
+def _image_input(cfg, tf, task) -> dict[str, Any]:
+    info: dict[str, Any] = {"kind": "images", "transform": repr(tf).replace("\n", " ") if tf is not None else None}
+    norm = [t for t in getattr(tf, "transforms", []) if type(t).__name__ == "Normalize"]
+    if norm:
+        info["mean"], info["std"] = list(map(float, norm[0].mean)), list(map(float, norm[0].std))
+    size = _transform_size(tf) or task.image_size or cfg.data.image_size
+    info["shape"] = ["B", 3, size, size]
+    return info
+
+
+def _transform_size(tf) -> int | None:
+    for t in getattr(tf, "transforms", []):
+        s = getattr(t, "size", None)
+        if s is not None:
+            return int(s if isinstance(s, int) else s[0])
+    return None
+
+
+def example_batch(run, info: dict[str, Any], n: int = 2) -> Tensor:
+    """A check batch: the run's preprocessing of real images when it has images, else feature rows."""
+    g = torch.Generator().manual_seed(0)
+    if info["kind"] == "features":
+        return torch.randn(n, int(info["shape"][1]), generator=g)
+    size = int(info["shape"][2])
+    return torch.randn(n, 3, size, size, generator=g)
+
+
+def export_run(run_dir: str | Path, fmt: str = "torchscript", out: str | Path | None = None,
+               inputs: Tensor | None = None) -> dict[str, Any]:
+    """Write the run's serving model; returns ``export.json``'s content (module docstring)."""
+    from mlrkit.engine.inference import load_run
+
+    if fmt not in ("torchscript", "onnx"):
+        raise ConfigError(f"--format must be torchscript or onnx, got {fmt!r}")
+    run = load_run(run_dir, device="cpu")
+    import mlrkit.losses.zoo  # noqa: F401 - registers every loss
+    from mlrkit.losses import LOSSES
+
+    if hasattr(LOSSES.get(run.cfg.loss.name), "probabilities"):
+        raise MlrkitError(f"export of runs trained with loss {run.cfg.loss.name!r} (its own inverse link) is not "
+                          "supported yet: the exported model applies the sigmoid; use mlrkit predict")
+    module, info = serving_model(run)
+    module = module.cpu().eval()
+    x = example_batch(run, info) if inputs is None else inputs
+    with torch.no_grad():
+        ref = module(x).numpy()
+    out = Path(out) if out else Path(run_dir) / ("model.ts" if fmt == "torchscript" else "model.onnx")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "torchscript":
+        import warnings
+
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer notes on shape checks that are constant for a fixed input size
+            traced = torch.jit.trace(module, (x,), check_trace=False)
+        traced.save(str(out))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            loaded = torch.jit.load(str(out), map_location="cpu")
+        with torch.no_grad():
+            got = loaded(x).numpy()
+    else:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise MlrkitError("--format onnx needs onnx and onnxruntime: pip install 'mlrkit[export]'") from None
+        import warnings
+
+        fast = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel has no ONNX form
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(module, (x,), str(out), input_names=["inputs"], output_names=["probabilities"],
+                                  dynamic_axes={"inputs": {0: "batch"}, "probabilities": {0: "batch"}}, dynamo=False)
+        except Exception as e:  # noqa: BLE001 - the exporter raises many types
+            raise MlrkitError(f"ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0][:300]}); "
+                              "--format torchscript covers every model") from None
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fast)
+        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"inputs": x.numpy()})[0]
+    diff = float(np.abs(got - ref).max()) if ref.size else 0.0
+    if diff > TOLERANCE:
+        raise MlrkitError(f"the exported {fmt} model differs from mlrkit's by {diff:.3g} (> {TOLERANCE}) on a check "
+                          f"batch; not written as valid ({out} left for inspection)")
+    meta = {"format": fmt, "file": out.name, "run": str(Path(run_dir).resolve()), "input": info,
+            "output": "probabilities [B, C] = sigmoid((logits - bias) / temperature)",
+            "temperature": run.calibration.temperature, "bias": run.calibration.bias,
+            "class_names": list(run.class_names),
+            "thresholds": dict(zip(run.class_names, map(float, run.calibration.threshold_array()))),
+            "max_abs_diff_vs_mlrkit": diff}
+    (out.parent / (out.stem + ".json")).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
