@@ -126,7 +126,8 @@ def register(sub) -> None:
     p.add_argument("--losses", default="", help="comma-separated losses (default: the demo's set)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--jobs", type=int, default=None,
-                   help="worker processes (default: the usable CPUs; 1 = all runs in this process)")
+                   help="worker processes (default: the usable CPUs, at most one per 4 runs; 1 = all runs in "
+                   "this process)")
 
     p = add_command(sub, "pseudo-label",
                     "VLPL pseudo-labels from a VL model's temperature softmax; precision/recall vs ground truth",

@@ -6,8 +6,9 @@ full labels and BCE, and once per loss of the zoo with single-positive labels, t
 test-mAP table and writes ``results.csv``, ``results.md`` and ``demo_map.png``.
 
 The runs are independent and seeded, so they are spread over ``jobs`` worker processes (default:
-the usable CPUs, :func:`mlrkit.engine.threads.usable_cpus`); each run is single-threaded by the
-thread policy (a tiny MLP), so the table is the same whatever the number of jobs.
+the usable CPUs, :func:`mlrkit.engine.threads.usable_cpus`, at most one per 4 runs: a worker costs an
+interpreter start); each run is single-threaded by the thread policy (a tiny MLP), so the table is
+the same whatever the number of jobs (a slow test compares a worker's run with the same run in-process).
 """
 
 from __future__ import annotations
@@ -61,16 +62,13 @@ def run_demo(
 ) -> list[dict]:
     """Train the grid, print the table, write CSV/Markdown and the bar plot; returns the rows.
 
-    ``jobs`` worker processes run the grid (None: the usable CPUs; 1: everything in this process).
+    ``jobs`` worker processes run the grid (None: the usable CPUs, at most one per 4 runs; 1: everything
+    in this process).
     """
     datasets = datasets or ["scene", "yeast"]
     losses = losses or default_losses()
     seeds = seeds or [0]
-    if jobs is None:
-        from mlrkit.engine.threads import usable_cpus
-
-        jobs = usable_cpus()
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         from mlrkit.errors import ConfigError
 
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
@@ -79,6 +77,10 @@ def run_demo(
     cells = [(ds, protocol, loss) for ds in datasets for protocol, loss in grid]
     tasks = [(str(out / "runs" / f"{ds}-{protocol}-{loss}-s{seed}"), ds, protocol, loss, seed)
              for ds, protocol, loss in cells for seed in seeds]
+    if jobs is None:  # a worker process costs an interpreter start (torch import): worth it from ~4 runs each
+        from mlrkit.engine.threads import usable_cpus
+
+        jobs = max(1, min(usable_cpus(), len(tasks) // 4))
     rows = []
     t0 = time.perf_counter()
     with _Runner(min(jobs, len(tasks))) as submit:
