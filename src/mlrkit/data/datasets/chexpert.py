@@ -27,7 +27,7 @@ from mlrkit.data.base import (
     require_root,
     three_state_matrices,
 )
-from mlrkit.data.datasets.manifest import UNCERTAIN, dense_values
+from mlrkit.data.datasets.manifest import UNCERTAIN, csv_rows, dense_values
 from mlrkit.errors import DataError
 
 OBSERVATIONS = (
@@ -61,12 +61,7 @@ def _read_csv(root: Path, path: Path, uncertain: str, frontal_only: bool) -> Spl
         iview = header.index("Frontal/Lateral") if "Frontal/Lateral" in header else None
         col = {name: j for j, name in enumerate(OBSERVATIONS)}
         ids, pos_rows, neg_rows = [], [], []
-        for row in reader:
-            lineno = reader.line_num
-            if not row or not any(f.strip() for f in row):
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{path}:{lineno}: {len(row)} fields, the header has {len(header)}")
+        for lineno, row in csv_rows(reader, path, len(header)):
             if frontal_only and iview is not None and row[iview].strip().lower() != "frontal":
                 continue
             cells = [row[j] for j in obs_cols]

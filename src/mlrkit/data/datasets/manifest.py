@@ -131,6 +131,18 @@ def _check_row(path: Path, row: Row) -> Row:
     return row
 
 
+def csv_rows(reader, path: Path, n_fields: int):
+    """(line number, fields) of the non-blank data rows of a CSV reader; a row with another number of
+    fields than the header is an error naming the line."""
+    for row in reader:
+        lineno = reader.line_num
+        if not row or not any(f.strip() for f in row):
+            continue
+        if len(row) != n_fields:
+            raise DataError(f"{path}:{lineno}: {len(row)} fields, the header has {n_fields}")
+        yield lineno, row
+
+
 def read_csv_rows(path: Path, text: str, uncertain: str = "unknown") -> tuple[list[Row], list[str] | None]:
     """Rows of a CSV manifest, and the class columns of the dense form (None otherwise)."""
     reader = csv.reader(text.splitlines())
@@ -159,12 +171,7 @@ def read_csv_rows(path: Path, text: str, uncertain: str = "unknown") -> tuple[li
                                 "'positives'/'negatives' columns, or one named column per class")
             if len(set(dense)) != len(dense):
                 raise DataError(f"{path}:{reader.line_num}: a class column appears twice in {header}")
-        for row in reader:
-            lineno = reader.line_num
-            if not row or not any(f.strip() for f in row):
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{path}:{lineno}: {len(row)} fields, the header has {len(header)}")
+        for lineno, row in csv_rows(reader, path, len(header)):
             where = str(lineno)
             if dense is not None:
                 pos, neg = dense_values(path, where, header, row, (ii, isp), uncertain)
