@@ -565,7 +565,9 @@ def test_manifest_jsonl_with_class_list(manifest_dir, tmp_path):
     ]
     path = _write(manifest_dir / "data.jsonl", "".join(json.dumps(x) + "\n" for x in lines) + "\n")
     classes = _write(tmp_path / "classes.txt", "dog\ncat\nbird\n")
-    ds = load_dataset(f"manifest:{path}", classes=str(classes))
+    with pytest.raises(DataError, match=r"data\.jsonl:2: image path .* is absolute.*outside_root=true"):
+        load_dataset(f"manifest:{path}", classes=str(classes))
+    ds = load_dataset(f"manifest:{path}", classes=str(classes), outside_root=True)  # absolute paths asked for
     assert ds.class_names == ["dog", "cat", "bird"]
     np.testing.assert_array_equal(ds.trainval.targets, [[1, 0, 0], [1, 1, 0]])
     np.testing.assert_array_equal(ds.test.targets, [[0, 1, 0]])
@@ -573,7 +575,7 @@ def test_manifest_jsonl_with_class_list(manifest_dir, tmp_path):
     lines.append({"image": "imgs/sub/c.jpg", "labels": ["fish"], "split": "test"})
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     with pytest.raises(DataError, match=r"data\.jsonl:4: label 'fish' is not in the class list .*classes\.txt"):
-        load_dataset(f"manifest:{path}", classes=str(classes))
+        load_dataset(f"manifest:{path}", classes=str(classes), outside_root=True)
 
 
 def test_manifest_errors(manifest_dir):

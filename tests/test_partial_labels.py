@@ -97,7 +97,7 @@ def test_prepare_observed_train_evaluate_predict_end_to_end(photo_manifest, tmp_
     ev = json.loads(capsys.readouterr().out)
     assert ev["test"]["map"] == pytest.approx(res["test_map"], abs=1e-9)
     images = [str(root / f"img/test_{i:03d}.png") for i in range(len(expected["test"]))]
-    assert main(["predict", str(run), *images, "--format", "json"]) == 0
+    assert main(["predict", str(run), *images, "--format", "jsonl"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     probs = np.array([[r["scores"][n] for n in names] for r in rows])
     truth = (expected["test"] == 1).astype(np.uint8)
@@ -208,7 +208,7 @@ def test_features_observed_train_end_to_end(yeast_partial, tmp_path, capsys):
     assert saved.dtype == np.int8 and np.array_equal(saved, obs)  # bit for bit
     res = json.loads((run / "results.json").read_text())
     np.save(tmp_path / "x_test.npy", ds.test.features)
-    assert main(["predict", str(run), str(tmp_path / "x_test.npy"), "--format", "json"]) == 0
+    assert main(["predict", str(run), str(tmp_path / "x_test.npy"), "--format", "jsonl"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     probs = np.array([[r["scores"][f"class{j}"] for j in range(14)] for r in rows])
     assert res["test_map"] == pytest.approx(_sk_map(probs, ds.test.targets, known_test), abs=1e-6)
