@@ -121,7 +121,7 @@ def method_flags(name: str, out: str) -> dict:
                          "options": {"limit_test": 16}}
         if cls.uses_vl:
             flags["vl"] = {"model": "tiny"}
-        elif cls.uses_model:
+        if cls.uses_model:  # vlpl uses both: a VL model for pseudo-labels and an image model to train
             flags["model"] = {"name": "smallcnn", "width": 4, "depth": 2}
     return flags
 

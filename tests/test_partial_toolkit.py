@@ -363,7 +363,14 @@ def test_train_with_csl_logicmix_and_cft_end_to_end_and_resume(tmp_path):
     np.save(tmp_path / "rows.npy", rows)
     _, probs = predict_inputs(run, [tmp_path / "rows.npy"])
     logits = run.built.model.eval()(torch.tensor(rows)).detach().double()
-    np.testing.assert_allclose(probs, build("spa").probabilities(logits).numpy(), rtol=1e-6, atol=1e-9)
+    from mlrkit.engine.calibration import link_logits
+
+    # calibration works on the logit of spa's own link (sigmoid of it = spa's probability) ...
+    z = link_logits("spa", dict(run.cfg.loss.params), logits.numpy())
+    np.testing.assert_allclose(1 / (1 + np.exp(-z)), build("spa").probabilities(logits).numpy(), rtol=1e-6,
+                               atol=1e-9)
+    # ... and predict returns the run's calibration applied to it, not a sigmoid of the raw logits
+    np.testing.assert_allclose(probs, run.calibrated(logits.numpy()), rtol=1e-6, atol=1e-9)
     assert not np.allclose(probs, torch.sigmoid(logits).numpy(), atol=1e-3)
     ev = evaluate_run(tmp_path / "run2", splits=("test",))
     assert ev["test"]["ece"] == pytest.approx(res2["test_metrics"]["ece"], abs=1e-9)
