@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import csv
 import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from mlrkit.data.datasets.features import open_npz
 from mlrkit.errors import DataError, MlrkitError
 from mlrkit.labels import NEGATIVE, POSITIVE, UNKNOWN, check_observed
 
@@ -257,7 +257,7 @@ def apply_answers(target: str | Path, answers_path: str | Path, out: str | Path,
         raise MlrkitError(f"--out {out} is the input file: write the merged labels to a new file")
     answers = read_answers(answers_path)
     if target.suffix == ".npz":
-        with _open_npz(target) as z:
+        with open_npz(target) as z:
             files = list(z.files)
         if "observed" in files and "meta" in files:
             report = _apply_to_observed_file(target, answers, out)
@@ -270,16 +270,6 @@ def apply_answers(target: str | Path, answers_path: str | Path, out: str | Path,
         report = _apply_to_manifest(target, answers, out, classes, uncertain)
     report.unanswered = answers.unanswered
     return report
-
-
-def _open_npz(path: Path):
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e})") from None
-    if not isinstance(z, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: a single array, not an .npz archive")
-    return z
 
 
 def _apply_to_observed_file(target: Path, answers: AnswerSet, out: Path) -> MergeReport:
@@ -304,7 +294,7 @@ def _apply_to_features(target: Path, answers: AnswerSet, out: Path) -> MergeRepo
     from mlrkit.data.datasets.features import load_features_npz
 
     ds = load_features_npz(target)  # the same validation as training on it
-    with _open_npz(target) as z:
+    with open_npz(target) as z:
         arrays = {k: z[k] for k in z.files}
     y = arrays.get("Y_train")
     if "observed_train" in arrays:

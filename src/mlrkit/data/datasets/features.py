@@ -27,17 +27,24 @@ REQUIRED = ("X_train", "X_test", "Y_test")
 OPTIONAL = ("Y_train", "observed_train", "known_test")
 
 
-def load_features_npz(path: str | Path, name: str | None = None, description: str = "") -> MultiLabelDataset:
-    """Read and validate a features file; every problem names the file and the array."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"features file not found: {path}")
+def open_npz(path: Path, wanted: str = "") -> np.lib.npyio.NpzFile:
+    """Open an ``.npz`` archive without pickles; an unreadable file or a lone array is a DataError naming it
+    (``wanted`` says what the archive should hold)."""
     try:
         z = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: not a readable .npz file ({e})") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: a single array, not an .npz archive with X_train, Y_train, X_test, Y_test")
+        raise DataError(f"{path}: a single array, not an .npz archive{' ' + wanted if wanted else ''}")
+    return z
+
+
+def load_features_npz(path: str | Path, name: str | None = None, description: str = "") -> MultiLabelDataset:
+    """Read and validate a features file; every problem names the file and the array."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"features file not found: {path}")
+    z = open_npz(path, "with X_train, Y_train, X_test, Y_test")
     with z:
         missing = [k for k in REQUIRED if k not in z.files]
         if "Y_train" not in z.files and "observed_train" not in z.files:
