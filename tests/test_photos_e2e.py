@@ -101,7 +101,7 @@ def test_photos_to_exported_model(tmp_path):
     for p in preds:
         assert p["labels"] == [c for c in CLASSES if p["scores"][c] >= cal["thresholds"][c]]
 
-    # export: preprocessed batch in, probabilities out, equal to predict's to 1e-5
+    # export: preprocessed batch in, probabilities out, equal to predict's to 1e-5 (TorchScript)
     from PIL import Image
 
     method = loaded.built.method
@@ -122,6 +122,10 @@ def test_photos_to_exported_model(tmp_path):
 
     export_run(run, "onnx")
     sess = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(sess.run(None, {"inputs": batch.numpy()})[0], want, atol=1e-5)
+    # ONNX Runtime's kernels depend on the CPU's instruction set: 9e-7 here, 3.7e-5 on the CI machine
+    # (temperature 0.028 multiplies the logits' float32 rounding by 36), hence export's 1e-4 for ONNX
+    from mlrkit.engine.export import TOLERANCE
+
+    np.testing.assert_allclose(sess.run(None, {"inputs": batch.numpy()})[0], want, atol=TOLERANCE["onnx"])
     side = json.loads((run / "model.json").read_text())
-    assert side["class_names"] == CLASSES and side["max_abs_diff_vs_mlrkit"] <= 1e-5
+    assert side["class_names"] == CLASSES and side["max_abs_diff_vs_mlrkit"] <= TOLERANCE["onnx"]

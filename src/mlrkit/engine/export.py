@@ -13,7 +13,10 @@ The exported model takes a **preprocessed batch** and returns **calibrated proba
 
 ``export.json`` next to the file holds the class names, the per-class thresholds, the input
 shape, normalisation and the largest absolute difference to mlrkit's own prediction path on a
-check batch (the export fails above ``1e-5``).
+check batch (the export fails above ``TOLERANCE[format]``: 1e-5 for TorchScript, which runs
+PyTorch's own kernels; 1e-4 for ONNX Runtime, whose CPU kernels differ by instruction set: the
+ResNet-18 run of ``tests/test_photos_e2e.py``, temperature 0.028, differs by 9e-7 on this project's
+machine and by 3.7e-5 on the CI machine's CPU, the temperature multiplying float32 rounding 36x).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from torch import Tensor, nn
 
 from mlrkit.errors import ConfigError, MlrkitError
 
-TOLERANCE = 1e-5
+TOLERANCE = {"torchscript": 1e-5, "onnx": 1e-4}
 
 
 class ProbabilityModel(nn.Module):
@@ -168,9 +171,9 @@ def export_run(run_dir: str | Path, fmt: str = "torchscript", out: str | Path | 
         sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         got = sess.run(None, {"inputs": x.numpy()})[0]
     diff = float(np.abs(got - ref).max()) if ref.size else 0.0
-    if diff > TOLERANCE:
-        raise MlrkitError(f"the exported {fmt} model differs from mlrkit's by {diff:.3g} (> {TOLERANCE}) on a check "
-                          f"batch; not written as valid ({out} left for inspection)")
+    if diff > TOLERANCE[fmt]:
+        raise MlrkitError(f"the exported {fmt} model differs from mlrkit's by {diff:.3g} (> {TOLERANCE[fmt]}) on a "
+                          f"check batch; not written as valid ({out} left for inspection)")
     meta = {"format": fmt, "file": out.name, "run": str(Path(run_dir).resolve()), "input": info,
             "output": "probabilities [B, C] = sigmoid((logits - bias) / temperature)",
             "temperature": run.calibration.temperature, "bias": run.calibration.bias,
