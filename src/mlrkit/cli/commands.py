@@ -160,12 +160,15 @@ def register(sub) -> None:
     enc.add_argument("--vl-model", help="a VL image encoder (mlrkit list vl-backends)")
     enc.add_argument("--backbone", help="an image backbone (mlrkit list backbones)")
     p.add_argument("--dense", action="store_true", help="VL region/patch features [N, HW, D] (cache only)")
+    p.add_argument("--l2-normalize", action="store_true",
+                   help="divide every feature row by its L2 norm (recorded in --out: predict does the same)")
     p.add_argument("--image-size", type=int, help="input resolution (default: the encoder's own / data.image_size)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--seed", type=int, default=0, help="seed of random-weight encoders")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="backbone config, e.g. --set model.weights=/models/r50.pth")
-    p.add_argument("--out", help="write X_train, Y_train, X_test, Y_test, class_names (pooled features)")
+    p.add_argument("--out", help="write X_train, Y_train, X_test, Y_test, class_names (pooled features) and "
+                   "feature_source (how they were made: encoder, weights hash, transform; docs/runs.md)")
     add_device_argument(p)
 
     vl = sub.add_parser("vl", help="vision-language model tools (pretrain, export, vocab)",
@@ -726,43 +729,55 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
 def cmd_extract_features(args: argparse.Namespace) -> int:
     from mlrkit.config import build_config
     from mlrkit.data import load_dataset
-    from mlrkit.errors import MlrkitError
+    from mlrkit.engine import feature_source
+    from mlrkit.errors import ConfigError, MlrkitError
     from mlrkit.features import FeatureStore
 
+    if args.dense and (args.out or args.l2_normalize or not args.vl_model):
+        raise ConfigError("--dense fills the feature cache with a VL model's region features only: it takes "
+                          "--vl-model, and no --out or --l2-normalize (features files hold pooled features)")
+    if args.vl_model and args.set:
+        raise ConfigError(f"--set {args.set[0]}: --set configures a --backbone; a VL model is named by its spec alone")
     ds = load_dataset(args.dataset, args.root)
     if not ds.has_images:
         raise MlrkitError(f"dataset {ds.name!r} has no images to encode")
     splits = {"train": ds.trainval, "test": ds.test}
-    store = FeatureStore()
-    out: dict = {}
-    if args.vl_model:
+    device = command_device(args)
+    if args.dense:
         from mlrkit.vl import load_frozen
         from mlrkit.vl.features import vl_image_features
 
-        device = command_device(args)
+        store = FeatureStore()
         model = load_frozen(args.vl_model, seed=args.seed, device=device)
-        for name, split in splits.items():
-            out[name] = vl_image_features(model, split.images, image_size=args.image_size, dense=args.dense,
-                                          store=store, batch_size=args.batch_size, seed=args.seed, device=device,
-                                          desc=f"{args.vl_model} ({name})")
+        out = {name: vl_image_features(model, split.images, image_size=args.image_size, dense=True, store=store,
+                                       batch_size=args.batch_size, seed=args.seed, device=device,
+                                       desc=f"{args.vl_model} ({name})")
+               for name, split in splits.items()}
     else:
-        from mlrkit.methods.image import frozen_features
-
-        flags = {"seed": args.seed, "model": {"name": args.backbone},
-                 "data": {"image_size": args.image_size} if args.image_size else {},
-                 "train": {"batch_size": args.batch_size}}
-        cfg = build_config(flags=flags, sets=args.set)
-        frozen_features(cfg, splits, device=command_device(args))
+        if args.vl_model:
+            source = feature_source.vl_source(args.vl_model, seed=args.seed, image_size=args.image_size,
+                                              l2_normalize=args.l2_normalize)
+            store = FeatureStore()
+        else:
+            flags = {"seed": args.seed, "model": {"name": args.backbone},
+                     "data": {"image_size": args.image_size} if args.image_size else {},
+                     "train": {"batch_size": args.batch_size}}
+            cfg = build_config(flags=flags, sets=args.set)
+            source = feature_source.backbone_source(cfg, l2_normalize=args.l2_normalize)
+            store = FeatureStore(cfg.section("features").cache_dir)
+        # the identity (weights hash, transform) is what predict/export check when they encode new images
+        source.update(feature_source.extract(source, splits, device=device, batch_size=args.batch_size,
+                                             cache_dir=str(store.root), check=False))
         out = {name: split.features for name, split in splits.items()}
+        source["dim"] = int(out["train"].shape[1])
     for name, arr in out.items():
         print(f"{name}: {tuple(arr.shape)} features cached under {store.root}")
     if args.out:
-        if args.dense:
-            raise MlrkitError("--out exports pooled features only (drop --dense)")
         np.savez(args.out, X_train=np.asarray(out["train"], np.float32), Y_train=ds.trainval.targets,
                  X_test=np.asarray(out["test"], np.float32), Y_test=ds.test.targets,
-                 class_names=np.array(ds.class_names))
-        print(f"wrote {args.out} (use it as --dataset features:{args.out})")
+                 class_names=np.array(ds.class_names), feature_source=np.array(json.dumps(source)))
+        print(f"wrote {args.out} (use it as --dataset features:{args.out}; it records its encoder, "
+              f"{feature_source.describe_source(source)}, so runs on it also predict from images)")
     return 0
 
 
