@@ -75,6 +75,7 @@ def test_probe_on_extracted_features_predicts_from_images(tmp_path, monkeypatch,
         "--quiet")
     ck = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert ck["task"]["extras"]["feature_source"] == source  # the run carries it
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["feature_source"] == source
 
     # the photos elsewhere (new paths) and an empty feature cache: predict encodes them again
     shutil.copytree(tmp_path / "photos", tmp_path / "new")

@@ -311,6 +311,8 @@ class Trainer:
         if self.lock is not None and self.lock.stale:
             run_info["stale_lock"] = self.lock.stale
         run_info["method_info"] = self.method.run_info()
+        if "feature_source" in self.built.task.extras:  # how the features file's rows were made (extract-features)
+            run_info["feature_source"] = self.built.task.extras["feature_source"]
         run_info["warnings"] = list(getattr(self.method, "warnings", []))
         run_info.update(self.checks)
         if main:
