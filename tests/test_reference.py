@@ -434,7 +434,8 @@ def test_dry_run_cli_prints_the_transforms():
 
 # ----------------------------------------------------------------------------- every reference recipe runs
 REFERENCE_RECIPES = sorted(p for p in CONFIGS.rglob("*reference.yaml") if p.name != "reference.yaml"
-                           and not p.name.startswith("reference-"))
+                           and not p.name.startswith("reference-")
+                           and p.parent.name != "negation")  # `mlrkit negation` recipes, not `mlrkit train` ones
 
 
 def test_every_method_has_reference_recipes():
@@ -500,3 +501,23 @@ def test_negation_reference_recipe_sets_the_reference_loader():
     args = apply_recipe(args)
     assert (args.rows_per_epoch, int(args.batch_size), float(args.p_negated), bool(args.train_logit_scale)) == \
         ("all", 512, 1.0, True)
+    assert (float(args.lr), int(args.epochs), bool(args.freeze_ln_final), bool(args.multi_positive)) == \
+        (1e-6, 15, True, False)
+    # the fashion-mosaic reference preset: the data of fashion-mosaic.yaml, every fine-tuning setting of reference.yaml
+    args = apply_recipe(build_parser().parse_args(
+        ["negation", "finetune", "--config", str(CONFIGS / "negation" / "fashion-mosaic-reference.yaml"),
+         "--captions", "x.jsonl", "--out", "y.pt"]))
+    assert (args.dataset, args.rows_per_epoch, int(args.batch_size), float(args.lr), bool(args.multi_positive),
+            bool(args.freeze_ln_final)) == ("fashion-mosaic", "all", 512, 1e-6, False, True)
+
+
+def test_negation_reference_freezes_the_final_text_layernorm():
+    from mlrkit.negation.finetune import trainable_parameters
+
+    model = vl.load("tiny")
+    names = {id(p): n for n, p in model.clip.named_parameters()}
+    default = {names[id(p)] for p in trainable_parameters(model, ("text",))}
+    reference = {names[id(p)] for p in trainable_parameters(model, ("text",), True, freeze_ln_final=True)}
+    assert {"ln_final.weight", "ln_final.bias"} <= default and not any(n.startswith("visual.") for n in default)
+    assert reference == (default - {"ln_final.weight", "ln_final.bias"}) | {"logit_scale"}
+    assert not model.clip.ln_final.weight.requires_grad and model.clip.logit_scale.requires_grad

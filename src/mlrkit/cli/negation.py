@@ -57,7 +57,7 @@ def register_negation(sub: Any) -> None:
         "annotations or a multimodal LLM) and P2 (VQA 'no' answers) -> JSONL",
         "mlrkit negation captions --dataset fashion-mosaic --proposer context --per-image 2 --out neg-context.jsonl\n  "
         "mlrkit negation captions --dataset fashion-mosaic --proposer random --out neg-random.jsonl\n  "
-        "mlrkit negation captions --vqa vqa_train.json --out neg-p2.jsonl\n  "
+        "mlrkit negation captions --vqa vqa_train.json --captions coco_caps.jsonl --out neg-p2.jsonl\n  "
         "mlrkit negation captions --dataset coco2014 --root /data/coco --captions coco_caps.jsonl --proposer llm "
         "--verify mllm --llm-base-url http://127.0.0.1:8000/v1 --llm-model llama-3-8b --mllm-model llava "
         "--out neg-llm.jsonl", cmd_captions, PlainFormatter)
@@ -66,8 +66,8 @@ def register_negation(sub: Any) -> None:
     f.add("--root", help="dataset directory")
     f.add("--split", choices=["trainval", "test"], default="trainval", help="images to caption")
     f.add("--limit", type=int, help="first N images of the split")
-    f.add("--captions", help="JSON/JSONL of {image_id, caption} (default: captions made from the labels, "
-                   "as mosaic-clip's training captions)")
+    f.add("--captions", help="JSON/JSONL of {image_id, caption} (P1 default: captions made from the labels, "
+                   "as mosaic-clip's training captions; P2 --p2-form caption: the captions it augments)")
     f.add("--proposer", choices=["context", "random", "llm", "llm-random"], default="context",
                    help="absent-object proposals: co-occurrence weighted (default), uniform (Rand-P1), LLM")
     f.add("--rewriter", choices=["template", "llm"], default="template", help="how the negation is written")
@@ -81,6 +81,9 @@ def register_negation(sub: Any) -> None:
                    help="images whose present classes co-occur with no absent class: skip (counted) or random")
     f.add("--vqa", action="append", default=[], help="VQA JSON list of {image, question, answer} for P2")
     f.add("--p2-rewriter", choices=["template", "llm"], default="template", help="how P2 captions are rewritten")
+    f.add("--p2-form", choices=["caption", "statement"], default="caption",
+          help="P2 output: caption = the image's caption (--captions) augmented with the negated answer (the "
+          "paper's P2); statement = the question rewritten into a standalone negated statement")
     f.add("--seed", type=int, default=0, help="seed of the caption sampling")
     f.add("--out", required=False, help="output JSONL (report: <out stem>.report.json)")
     _add_llm_flags(f)
@@ -114,6 +117,8 @@ def register_negation(sub: Any) -> None:
                    "caption rather than the original")
     f.add("--val-fraction", type=float, default=0.2, help="fraction of images held out (split by image)")
     f.add("--train-logit-scale", action="store_true", help="also train the temperature")
+    f.add("--freeze-ln-final", action="store_true", help="keep the text tower's final LayerNorm frozen (the "
+          "reference code's choice)")
     f.add("--multi-positive", action="store_true", help="a text's targets are all batch images it truly "
                    "describes (needs rows with 'mentioned' classes and a labelled dataset)")
     f.add("--max-steps", type=int, help="stop after N optimiser steps (smoke tests)")
@@ -245,9 +250,10 @@ def cmd_captions(args: argparse.Namespace) -> int:
     if args.vqa:
         llm, _ = _llm_clients(args, args.p2_rewriter == "llm", False)
         records = [r for path in args.vqa for r in read_vqa(path)]
-        p2, rep = generate_p2(records, captions=cap_map, rewriter=args.p2_rewriter, llm=llm)
+        p2, rep = generate_p2(records, captions=cap_map, rewriter=args.p2_rewriter, llm=llm, form=args.p2_form,
+                              seed=args.seed)
         rows += p2
-        reports.append({**rep.as_dict(), "files": list(args.vqa)})
+        reports.append({**rep.as_dict(), "files": list(args.vqa), "p2_form": args.p2_form})
     if not rows:
         raise MlrkitError(f"no negated captions were produced: {json.dumps([r['counts'] for r in reports])}")
     write_jsonl(args.out, rows)
@@ -284,7 +290,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = FinetuneConfig(train=towers, lr=float(args.lr), epochs=int(args.epochs), batch_size=int(args.batch_size),
                          weight_decay=float(args.weight_decay), p_negated=float(args.p_negated),
                          val_fraction=float(args.val_fraction), seed=int(args.seed),
-                         train_logit_scale=bool(args.train_logit_scale), multi_positive=bool(args.multi_positive),
+                         train_logit_scale=bool(args.train_logit_scale),
+                         freeze_ln_final=bool(args.freeze_ln_final), multi_positive=bool(args.multi_positive),
                          rows_per_epoch=str(getattr(args, "rows_per_epoch", "image")), max_steps=args.max_steps,
                          time_limit_s=None if args.time_limit is None else 60 * float(args.time_limit))
     model = load(args.vl_model, seed=args.seed, device=command_device(args))
