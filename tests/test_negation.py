@@ -217,10 +217,10 @@ def test_p2_llm_caption_augmentation_checks_the_reply(server):
 
 
 def test_reference_recipe_selects_p2_caption_augmentation(tmp_path):
+    from pathlib import Path
+
     from mlrkit.cli.main import build_parser
     from mlrkit.cli.negation import apply_recipe
-
-    from pathlib import Path
 
     recipe = str(Path(__file__).resolve().parents[1] / "configs" / "negation" / "reference.yaml")
     args = apply_recipe(build_parser().parse_args(["negation", "captions", "--config", recipe, "--out", "x.jsonl"]))
