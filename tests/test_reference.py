@@ -450,6 +450,35 @@ def test_every_method_has_reference_recipes():
         assert f"vlpl/{ds}-reference.yaml" in names
 
 
+@pytest.mark.parametrize("recipe", REFERENCE_RECIPES, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_dry_run_prints_the_transforms_of_every_reference_recipe(recipe):
+    """Every reference preset's --dry-run shows what images go through, also where the dataset is absent (CUB,
+    NUS-WIDE here: then without class-dependent parameter counts). The tiny CLIP stands in for the papers'
+    CLIPs, and VLPL's ResNet-50 is built without its ImageNet weights (not downloadable here; the
+    architecture and its normalisation, hence the transforms, are the same)."""
+    from mlrkit.methods.prompting import dry_run
+
+    over = {"vl": {"model": "tiny"}}
+    if "vlpl" in recipe.parts:
+        over["model"] = {"pretrained": False}
+    out = dry_run(build_config(recipe, over))
+    tf = out["transforms"]
+    size = out.get("image_size") or build_config(recipe, over).data.image_size
+    assert isinstance(tf["train"], str) and isinstance(tf["eval"], str) and f"{size}" in tf["eval"]
+    if "prompting" in recipe.parts:  # squash to S x S; online Cutout + RandAugment views
+        assert f"Resize(size=({size}, {size})" in tf["eval"] and "CenterCrop" not in tf["eval"]
+        assert tf["train"].startswith("online") and "CutoutPIL" in tf["train"] and "PolicyRandAugment" in tf["train"]
+    elif "scpnet" in recipe.parts:  # weak random crop + flip; FixMatch strong view; resize + centre crop eval
+        assert "RandomResizedCrop" in tf["train"] and "FixMatchRandAugment" in tf["train"]
+        assert "CenterCrop" in tf["eval"]
+    else:  # VLPL: Resize((448, 448)) + flip for training, pseudo-labels from that view every step
+        assert "vlpl" in recipe.parts and f"Resize(size=({size}, {size})" in tf["train"]
+        assert "RandomHorizontalFlip" in tf["train"] and "RandomHorizontalFlip" not in tf["eval"]
+        assert tf["pseudo_labels"].startswith("every step")
+    if recipe.name.startswith(("cub", "nuswide")):
+        assert out["classes"] is None and "unavailable" in out["class_names_from"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", REFERENCE_RECIPES, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_reference_recipe_trains_a_smoke_epoch_on_builtin_data(recipe, tmp_path):
