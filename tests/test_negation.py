@@ -224,18 +224,40 @@ def test_reference_recipe_selects_p2_caption_augmentation(tmp_path):
 
     recipe = str(Path(__file__).resolve().parents[1] / "configs" / "negation" / "reference.yaml")
     args = apply_recipe(build_parser().parse_args(["negation", "captions", "--config", recipe, "--out", "x.jsonl"]))
-    assert args.p2_form == "caption"
+    assert (args.p2_form, args.p2_rewriter, args.caption_rows, args.proposer, args.verify, args.rewriter) == \
+        ("caption", "llm", "all", "llm", "mllm", "llm")
     vqa, caps, out = tmp_path / "vqa.json", tmp_path / "caps.json", tmp_path / "neg.jsonl"
     vqa.write_text(json.dumps([{"image": "surf.jpg", "question": "Is there a boat in the water?", "answer": "no"}]))
     caps.write_text(json.dumps([{"image_id": "surf.jpg", "caption": SURF_CAPTION}]))
-    r = run_cli("negation", "captions", "--config", recipe, "--vqa", str(vqa),
-                "--captions", str(caps), "--out", str(out))
+    r = run_cli("negation", "captions", "--config", recipe, "--vqa", str(vqa), "--p2-rewriter", "template",
+                "--captions", str(caps), "--out", str(out))  # the preset's LLM rewriter needs a server
     assert r.returncode == 0, r.stderr
     (row,) = captions.read_jsonl(out)
     assert row["p2_form"] == "caption" and row["negated_caption"].startswith(SURF_CAPTION[:-1])
     assert "no boat in the water" in row["negated_caption"]
     r = run_cli("negation", "captions", "--vqa", str(vqa), "--out", str(out))  # no captions to augment
     assert r.returncode != 0 and "--captions" in r.stderr
+
+
+def test_caption_rows_all_takes_every_caption_of_every_image(tmp_path):
+    """--caption-rows all: one P1 attempt per caption of an image (the reference loops over COCO's caption rows)."""
+    from mlrkit.cli.main import main
+    from mlrkit.data import load_dataset
+
+    ids = load_dataset("fashion-mosaic").trainval.ids[:3]
+    caps = tmp_path / "caps.jsonl"
+    lines = [{"image_id": ids[0], "caption": "a bag."}, {"image_id": ids[0], "caption": "a photo of a bag."},
+             {"image_id": ids[1], "caption": "a coat."}, {"image_id": ids[2], "caption": "a shirt."},
+             {"image_id": ids[2], "caption": "two shirts."}, {"image_id": ids[2], "caption": "shirts."}]
+    caps.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    got = {}
+    for mode in ("first", "all"):
+        out = tmp_path / f"{mode}.jsonl"
+        assert main(["negation", "captions", "--dataset", "fashion-mosaic", "--limit", "3", "--captions", str(caps),
+                     "--caption-rows", mode, "--proposer", "random", "--out", str(out)]) == 0
+        got[mode] = [(row["image_id"], row["caption"]) for row in captions.read_jsonl(out)]
+    assert got["first"] == [(ids[0], "a bag."), (ids[1], "a coat."), (ids[2], "a shirt.")]
+    assert got["all"] == [(x["image_id"], x["caption"]) for x in lines]
 
 
 def test_jsonl_roundtrip_and_errors(tmp_path):

@@ -68,6 +68,9 @@ def register_negation(sub: Any) -> None:
     f.add("--limit", type=int, help="first N images of the split")
     f.add("--captions", help="JSON/JSONL of {image_id, caption} (P1 default: captions made from the labels, "
                    "as mosaic-clip's training captions; P2 --p2-form caption: the captions it augments)")
+    f.add("--caption-rows", choices=["first", "all"], default="first",
+          help="P1 with --captions: first = the first caption of each image (x --per-image); all = every caption "
+          "of every image, one P1 attempt each (the reference code's loop over COCO's caption rows)")
     f.add("--proposer", choices=["context", "random", "llm", "llm-random"], default="context",
                    help="absent-object proposals: co-occurrence weighted (default), uniform (Rand-P1), LLM")
     f.add("--rewriter", choices=["template", "llm"], default="template", help="how the negation is written")
@@ -190,7 +193,8 @@ def _llm_clients(args: argparse.Namespace, need_llm: bool, need_mllm: bool):
     return llm, mllm
 
 
-def _read_caption_map(path: str) -> dict[str, str]:
+def _read_caption_lists(path: str) -> dict[str, list[str]]:
+    """image_id -> its captions, in file order (JSON list / JSON lines of {image_id, caption}, or {id: caption})."""
     from mlrkit.errors import DataError
 
     text = Path(path).read_text()
@@ -199,11 +203,11 @@ def _read_caption_map(path: str) -> dict[str, str]:
         records = doc if isinstance(doc, list) else [{"image_id": k, "caption": v} for k, v in doc.items()]
     except json.JSONDecodeError:
         records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    out = {}
+    out: dict[str, list[str]] = {}
     for n, r in enumerate(records):
         if not isinstance(r, dict) or "image_id" not in r or not isinstance(r.get("caption"), str):
             raise DataError(f"{path}: entry {n} is not {{image_id, caption}}: {str(r)[:100]}")
-        out.setdefault(str(r["image_id"]), r["caption"])
+        out.setdefault(str(r["image_id"]), []).append(r["caption"])
     return out
 
 
@@ -223,30 +227,40 @@ def cmd_captions(args: argparse.Namespace) -> int:
         raise ConfigError("--out FILE.jsonl is required")
     rows: list[dict[str, Any]] = []
     reports: list[dict[str, Any]] = []
-    cap_map = _read_caption_map(args.captions) if args.captions else None
+    cap_lists = _read_caption_lists(args.captions) if args.captions else None
+    cap_map = {k: v[0] for k, v in cap_lists.items()} if cap_lists is not None else None
     if args.dataset:
         from mlrkit.data import load_dataset
 
         ds = load_dataset(args.dataset, args.root)
         sp = ds.trainval if args.split == "trainval" else ds.test
         n = len(sp) if args.limit is None else min(args.limit, len(sp))
+        pos = list(range(n))  # the image of each caption P1 starts from
         captions = None
-        if cap_map is not None:
-            missing = [i for i in sp.ids[:n] if i not in cap_map]
+        if cap_lists is not None:
+            missing = [i for i in sp.ids[:n] if i not in cap_lists]
             if missing:
                 raise MlrkitError(f"{args.captions}: no caption for {len(missing)} images, e.g. {missing[:3]}")
-            captions = [cap_map[i] for i in sp.ids[:n]]
+            if args.caption_rows == "all":  # every caption of every image, as the reference's COCO loop
+                pos = [i for i in range(n) for _ in cap_lists[sp.ids[i]]]
+                captions = [c for i in range(n) for c in cap_lists[sp.ids[i]]]
+            else:
+                captions = [cap_lists[sp.ids[i]][0] for i in range(n)]
+        elif args.caption_rows == "all":
+            raise ConfigError("--caption-rows all needs --captions FILE (the captions to take every one of)")
         llm, mllm = _llm_clients(args, args.proposer.startswith("llm") or args.rewriter == "llm",
                                  args.verify == "mllm")
-        known = sp.known[:n] if sp.known is not None else None
+        targets = sp.targets[:n][pos]
+        known = sp.known[:n][pos] if sp.known is not None else None
         p1, rep = generate_p1(
-            class_names=ds.class_names, targets=sp.targets[:n], ids=sp.ids[:n], captions=captions, known=known,
-            cooc_targets=ds.trainval.targets, proposer=args.proposer, rewriter=args.rewriter, verify=args.verify,
-            per_image=args.per_image, max_absent=args.max_absent, seed=args.seed, subset_prob=args.subset_prob,
-            context_fallback=None if args.context_fallback == "skip" else "random", llm=llm, mllm=mllm,
-            image_fn=(sp.images.load if sp.images is not None else None))
+            class_names=ds.class_names, targets=targets, ids=[sp.ids[i] for i in pos], captions=captions,
+            known=known, cooc_targets=ds.trainval.targets, proposer=args.proposer, rewriter=args.rewriter,
+            verify=args.verify, per_image=args.per_image, max_absent=args.max_absent, seed=args.seed,
+            subset_prob=args.subset_prob, context_fallback=None if args.context_fallback == "skip" else "random",
+            llm=llm, mllm=mllm, image_fn=(lambda j: sp.images.load(pos[j])) if sp.images is not None else None)
         rows += p1
-        reports.append({**rep.as_dict(), "dataset": ds.name, "split": args.split, "proposer": args.proposer})
+        reports.append({**rep.as_dict(), "dataset": ds.name, "split": args.split, "proposer": args.proposer,
+                        "caption_rows": args.caption_rows})
     if args.vqa:
         llm, _ = _llm_clients(args, args.p2_rewriter == "llm", False)
         records = [r for path in args.vqa for r in read_vqa(path)]
