@@ -276,13 +276,20 @@ def register(sub) -> None:
     p = add_command(asub, "prompts",
                     "cosine similarity of positive vs negative vs paraphrased class prompts in a VL text encoder "
                     "(PositiveCoOp's 'why negative prompts fail')",
-                    "mlrkit analyze prompts --vl-model mosaic-clip --dataset fashion-mosaic", cmd_analyze_prompts)
+                    "mlrkit analyze prompts --vl-model mosaic-clip --dataset fashion-mosaic\n  "
+                    "mlrkit analyze prompts --vl-model mosaic-clip --dataset coco2014 --protocol templates",
+                    cmd_analyze_prompts)
     p.add_argument("--vl-model", default="mosaic-clip", help="VL model spec")
     p.add_argument("--dataset", required=True, help="dataset whose class names are used (VOC/COCO work without files)")
     p.add_argument("--root", help="dataset directory")
     p.add_argument("--positive", default="a photo of a {}.", help="positive template")
     p.add_argument("--negative", default="a photo without a {}.", help="negative template")
     p.add_argument("--reference", default="a picture of a {}.", help="second positive template (paraphrase)")
+    p.add_argument("--protocol", choices=["single", "templates"], default="single",
+                   help="single: one positive/negative/paraphrase template per class; templates: many templates per "
+                   "class (the PositiveCoOp poster's protocol; CLIP's 80 ImageNet templates and their negations)")
+    p.add_argument("--templates", help="templates protocol: JSON of {positive, negative} pairs (default: the "
+                   "built-in CLIP ImageNet 80)")
     p.add_argument("--seed", type=int, default=0, help="seed of random-weight VL models")
     p.add_argument("--json", help="also write the report (with per-class values) as JSON here")
     add_device_argument(p)
@@ -821,15 +828,29 @@ def cmd_analyze_prompts(args: argparse.Namespace) -> int:
     from mlrkit.utils import write_json
     from mlrkit.vl import load
 
+    if args.templates and args.protocol != "templates":
+        from mlrkit.errors import ConfigError
+
+        raise ConfigError(f"--templates {args.templates} is read by --protocol templates only (got --protocol "
+                          f"{args.protocol})")
     names = builtin_class_names(args.dataset)
     if names is None or args.root:
         from mlrkit.data import load_dataset
 
         names = load_dataset(args.dataset, args.root).class_names
+    if args.protocol == "templates":
+        from mlrkit.analysis.prompts import format_template_report, load_template_pairs, template_similarity
+
+        list_name, pairs = load_template_pairs(args.templates)  # a bad file fails before the model is built
     vl = load(args.vl_model, seed=args.seed, device=command_device(args))
-    rep = prompt_similarity(vl, names, positive=args.positive, negative=args.negative, reference=args.reference)
+    if args.protocol == "templates":
+        rep = template_similarity(vl, names, pairs=pairs, name=list_name)
+        text = format_template_report(rep)
+    else:
+        rep = prompt_similarity(vl, names, positive=args.positive, negative=args.negative, reference=args.reference)
+        text = format_report(rep)
     rep["dataset"] = args.dataset
-    print(format_report(rep))
+    print(text)
     if args.json:
         write_json(args.json, rep)
     return 0
