@@ -90,7 +90,7 @@ def serving_model(run) -> tuple[ProbabilityModel, dict[str, Any]]:
     cal = run.calibration
     link = run_link(cfg)
     if task.input_kind == "images":
-        tf = method.transform(False) if hasattr(method, "transform") else None
+        tf = method.eval_transform()
         return ProbabilityModel(model, cal, link=link), _image_input(cfg, tf, task)
     enc_kind = task.extras.get("feature_encoder")
     source = task.extras.get("feature_source")  # features:FILE made by extract-features: its encoder is known
