@@ -126,8 +126,8 @@ def register(sub) -> None:
     p.add_argument("--losses", default="", help="comma-separated losses (default: the demo's set)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--jobs", type=int, default=None,
-                   help="worker processes (default: the usable CPUs, at most one per 4 runs; 1 = all runs in "
-                   "this process)")
+                   help="worker processes (default: one per usable CPU, plus one per CPU other work keeps busy "
+                   "at the start; 1 = all runs in this process)")
 
     p = add_command(sub, "pseudo-label",
                     "VLPL pseudo-labels from a VL model's temperature softmax; precision/recall vs ground truth",
@@ -230,10 +230,11 @@ def register(sub) -> None:
                     "mlrkit bench loop   # mlrkit's training loop vs a bare PyTorch loop (demo MLP, small CNN)\n  "
                     "mlrkit bench loader --image-size 448   # decode+resize img/s per worker vs the step rate\n  "
                     "mlrkit bench gpu --json gpu.json   # device machine: every method, AMP off/bf16, data wait\n  "
-                    "mlrkit bench gpu --smoke   # the same code with small models (CPU check, not a figure)",
+                    "mlrkit bench gpu --smoke   # the same code with small models (CPU check, not a figure)\n  "
+                    "mlrkit bench demo --busy   # mlrkit demo's wall time idle vs with a busy core (alternated)",
                     cmd_bench)
     p.add_argument("what", choices=["metrics", "losses", "features", "prompts", "boostlu", "boostlu-ablation",
-                                    "scpnet", "throughput", "classes", "allocator", "loop", "loader", "gpu"],
+                                    "scpnet", "throughput", "classes", "allocator", "loop", "loader", "gpu", "demo"],
                    help="which benchmark (see above)")
     p.add_argument("--json", help="also write the rows as JSON here")
     p.add_argument("--classes", type=int, default=None, help="number of classes (losses: 1000, boostlu: 80)")
@@ -246,14 +247,18 @@ def register(sub) -> None:
                    "allocator (dualcoop): methods; loop: workloads (mlp,cnn)")
     p.add_argument("--repeats", type=int, default=None,
                    help="prompts: alternating epochs per path, fastest kept (2); boostlu: interleaved forwards (10); "
-                   "allocator: alternating rounds (2); loop: alternated runs (3); loader: steps (3); gpu: steps (10)")
+                   "allocator: alternating rounds (2); loop: alternated runs (3); loader: steps (3); gpu: steps (10); "
+                   "demo: timed demos per condition (3)")
     p.add_argument("--out", default="runs/boostlu-ablation", help="boostlu-ablation: root of the run directories")
     p.add_argument("--seeds", default="0", help="boostlu-ablation: comma-separated seeds")
     p.add_argument("--epochs", type=int, default=None,
                    help="boostlu-ablation: epochs (recipe: 5); loop: epochs per run (mlp 30, cnn 2)")
     p.add_argument("--limit", type=int, default=None, help="loop: training mosaics of the cnn workload (1000)")
     p.add_argument("--model", default=None, help="loader: the model whose step rate is compared (resnet50)")
-    p.add_argument("--smoke", action="store_true", help="gpu: small models and few steps (a check, not a figure)")
+    p.add_argument("--smoke", action="store_true", help="gpu: small models and few steps; demo: the 2-run demo on "
+                   "emotions (a check, not a figure)")
+    p.add_argument("--busy", action="store_true", help="demo: also time it with one CPU-burning process pinned to "
+                   "another core, alternating with the idle runs")
     add_device_argument(p)
     p.add_argument("--threads", type=int, default=None, help="boostlu, boostlu-ablation: torch CPU threads")
     p.add_argument("--counts", default=None, help="classes: comma-separated class counts (20,80,312,1000,5000)")

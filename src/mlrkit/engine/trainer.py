@@ -48,7 +48,7 @@ from mlrkit.engine.checks import check_observed, check_training_plan
 from mlrkit.engine.console import ConsoleLog, console_write
 from mlrkit.engine.devices import autocast_dtype, resolve_device, wants_channels_last
 from mlrkit.engine.loaders import make_loader
-from mlrkit.engine.optim import EMA, build_optimizer, build_scheduler, param_groups
+from mlrkit.engine.optim import EMA, LeanStep, build_optimizer, build_scheduler, param_groups
 from mlrkit.engine.progress import progress as progress_bar
 from mlrkit.engine.reports import grouped_report
 from mlrkit.engine.run_data import RunData, prepare_run_data, task_info
@@ -142,6 +142,7 @@ class Trainer:
             groups = param_groups(self.model, self.method.classifier_parameters(self.model), tc, extra)
             self.optimizer = build_optimizer(groups, tc)
             self.scheduler = build_scheduler(self.optimizer, tc, len(self.train_loader))
+        self.lean = LeanStep(self.optimizer)
         self._synced_params = [p for p in self.model.parameters() if p.requires_grad] + \
             [p for p in self.loss.parameters() if p.requires_grad]
         self.ema = EMA(self.model, tc.ema) if tc.ema > 0 else None
@@ -342,13 +343,16 @@ class Trainer:
                     row["terms"] = terms
                 if main:
                     # the row first, then last.pt: a kill between them leaves a row ahead of last.pt, which the
-                    # resume drops and recomputes (_truncate_metrics); the other order would lose the row
+                    # resume drops and recomputes (_truncate_metrics); the other order would lose the row. The
+                    # row is synced to disk when last.pt follows; rows between checkpoints are lost with the
+                    # state they describe if the machine goes down (the resume recomputes both)
+                    due = epoch + 1 == cfg.train.epochs or interval <= 0 or time.monotonic() - last_write >= interval
                     with open(self.out / "metrics.jsonl", "a") as fh:
                         fh.write(json.dumps(row) + "\n")
                         fh.flush()
-                        os.fsync(fh.fileno())
+                        if due:
+                            os.fsync(fh.fileno())
                     self.trackers.log_epoch(row)
-                    due = epoch + 1 == cfg.train.epochs or interval <= 0 or time.monotonic() - last_write >= interval
                     ck = self._checkpoint(epoch + 1, best_map, best_epoch)
                     if not due:
                         ck = _cpu_copy(ck)  # the live optimizer/loss state moves on; keep this epoch's
@@ -418,6 +422,7 @@ class Trainer:
         env = self.env
         device = self.device
         channels_last = getattr(self.model, "_mlrkit_channels_last", False)
+        lean = self.lean  # optimizer.step / zero_grad without torch.optim's per-step Python (same kernel)
         for step, batch in enumerate(bar):
             n_global = int(batch.pop("n_global", len(batch["index"])))
             if device.type != "cpu":
@@ -430,12 +435,12 @@ class Trainer:
             with self.autocast():
                 out = self.method.training_step(self.model, batch, loss_fn, epoch)
             loss = out.loss
-            # the loss contract's input checks ran on the first batch; the loader serves the same tensors
-            self.loss.validate_inputs = False
+            if step == 0:  # the loss contract's input checks ran on the first batch; the loader serves the same tensors
+                self.loss.validate_inputs = False
             x = batch["inputs"]
             if step % FINITE_CHECK_EVERY == 0 and not torch.isfinite(loss):
                 raise MlrkitError(f"loss became {loss.item()} at epoch {epoch + 1}; lower train.lr?")
-            self.optimizer.zero_grad(set_to_none=True)
+            lean.zero_grad()
             # each rank's share of the global mean: averaged gradients then equal one process's
             objective = loss * (len(x) * env.world / n_global) if env.enabled else loss
             if self.scaler is not None:
@@ -451,7 +456,7 @@ class Trainer:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
             else:
-                self.optimizer.step()
+                lean.step()
             if self.scheduler is not None:
                 self.scheduler.step()
             if self.ema is not None:
