@@ -212,11 +212,18 @@ class RunConfig:
         must be claimed by the run itself or by its active method, loss and model."""
         if not isinstance(d, dict):
             raise ConfigError(f"a configuration must be a mapping, got {d!r}")
+        from mlrkit.config_versions import CONFIG_VERSION, VERSION_KEY, config_version
+
+        # a recipe records no version (it is read as the current schema); an older run's config.yaml is
+        # upgraded by mlrkit.engine.rundir.saved_config before it gets here
+        if VERSION_KEY in d and config_version(d) != CONFIG_VERSION:
+            raise ConfigError(f"a {VERSION_KEY} {d[VERSION_KEY]} configuration is read as a saved run "
+                              "(mlrkit evaluate/predict/train --resume upgrade it), not as a recipe")
         core = [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
         kwargs: dict[str, Any] = {}
         rest: dict[str, Any] = {}
         for k, v in d.items():
-            if k == "base":
+            if k in ("base", VERSION_KEY):
                 continue
             if k in core:
                 kwargs[k] = _parse_core(k, v)
@@ -228,10 +235,12 @@ class RunConfig:
         return cfg
 
     def save(self, path: str | Path) -> None:
+        """Write ``config.yaml``, recording its schema version (:mod:`mlrkit.config_versions`)."""
+        from mlrkit.config_versions import CONFIG_VERSION, VERSION_KEY
         from mlrkit.utils import atomic_write
 
         with atomic_write(path) as tmp:
-            tmp.write_text(self.to_yaml())
+            tmp.write_text(yaml.safe_dump({VERSION_KEY: CONFIG_VERSION, **self.to_dict()}, sort_keys=False))
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:

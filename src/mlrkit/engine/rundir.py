@@ -4,13 +4,15 @@
   records the holder (pid, host, start time, command); a second writer gets a clear error naming
   it. The kernel drops the lock when its process dies, so a lock file that still names a holder
   but can be locked again was left by a killed process: that stale lock is reported and taken over.
-* :func:`saved_config` reads ``RUN/config.yaml`` and refuses a missing, corrupt or incomplete one.
+* :func:`saved_config` reads ``RUN/config.yaml`` and refuses a missing, corrupt or incomplete one; a
+  run saved by an older mlrkit (an older ``config_version``) is upgraded (:mod:`mlrkit.config_versions`).
 * :func:`config_diff` lists the keys where two configurations differ (for resume and sweep errors).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sys
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from mlrkit.errors import ConfigError, MlrkitError
+
+log = logging.getLogger("mlrkit")
 
 LOCK_NAME = ".lock"
 RUN_FILES = ("config.yaml", "last.pt", "best.pt", "results.json", "metrics.jsonl", "run.json")
@@ -120,16 +124,25 @@ def saved_config(run_dir: Path, resuming: bool = True):
         raise MlrkitError(f"--resume: {run_dir} has no saved configuration (config.yaml); it holds "
                           f"{describe_contents(run_dir)}. To start afresh, run without --resume "
                           f"(after removing {run_dir} if it holds anything)")
+    from mlrkit.config_versions import CONFIG_VERSION, config_version, drop_removed, upgrade_message
+
     try:
         raw = yaml_load(path.read_text())
         if not isinstance(raw, dict):
             raise ConfigError("not a mapping")
+        version = config_version(raw, str(path))
+        raw, dropped = drop_removed(raw, version)  # an older version: the keys removed on purpose since
         cfg = RunConfig.from_dict(raw)
     except Exception as e:  # noqa: BLE001 - YAML and config errors alike: the file is not a saved config
         problem = f"{path} is not a readable saved configuration ({e})"
     else:
         missing = sorted(set(_flat(cfg.to_dict())) - set(_flat(raw)))
-        problem = f"{path} is incomplete (missing {', '.join(missing[:6])})" if missing else ""
+        problem = ""
+        if version < CONFIG_VERSION:  # filled from the defaults: the older code had no such setting
+            if dropped or missing:
+                log.warning("mlrkit: warning: %s", upgrade_message(str(path), version, dropped, missing))
+        elif missing:
+            problem = f"{path} is incomplete (missing {', '.join(missing[:6])})"
     if problem and resuming:
         raise MlrkitError(f"--resume: {problem}; restore it, or start afresh without --resume in another --out")
     if problem:
@@ -151,8 +164,14 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, ...] = ("out",)) -> list[str]:
-    """Keys where two configuration dicts differ, as ``key: A -> B`` (``ignore``: dotted keys left out)."""
-    fa, fb = _flat(a), _flat(b)
+    """Keys where two configuration dicts differ, as ``key: A -> B`` (``ignore``: dotted keys left out).
+
+    Keys removed on purpose from the schema (:data:`mlrkit.config_versions.REMOVED`, e.g. in a checkpoint
+    written by an older mlrkit) are not differences: nothing read them.
+    """
+    from mlrkit.config_versions import drop_removed
+
+    fa, fb = _flat(drop_removed(a, 1)[0]), _flat(drop_removed(b, 1)[0])
     out = []
     for k in sorted(set(fa) | set(fb)):
         if k in ignore:
