@@ -159,6 +159,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def _checkpoint(self, epoch: int, best_map: float, best_epoch: int) -> dict[str, Any]:
+        if getattr(self, "_ck_run", None) is None:  # the run's constant entries, built once per fit
+            self._ck_run = {"task": self.built.task.as_dict(), "config": self.cfg.to_dict()}
         return {
             "format": "mlrkit-checkpoint-1",
             "epoch": epoch,  # epochs completed
@@ -170,8 +172,8 @@ class Trainer:
             "loss": self.loss.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "task": self.built.task.as_dict(),
-            "config": self.cfg.to_dict(),
+            "task": self._ck_run["task"],
+            "config": self._ck_run["config"],
             "observed_sha256": self.data.observed.sha256,
         }
 
@@ -300,6 +302,7 @@ class Trainer:
 
         self.trackers = Trackers(cfg, self.out, enabled=main)
         self._setup()
+        self._ck_run = None  # built by the first _checkpoint of this fit
         if main:
             self.data.observed.save(self.out / "observed_labels.npz")
         start, best_map, best_epoch = 0, -1.0, 0
@@ -357,7 +360,9 @@ class Trainer:
                     self.trackers.log_epoch(row)
                     ck = self._checkpoint(epoch + 1, best_map, best_epoch)
                     if not due:
-                        ck = _cpu_copy(ck)  # the live optimizer/loss state moves on; keep this epoch's
+                        # the live optimizer/loss state moves on; keep this epoch's (the run's constant
+                        # entries are shared, not copied)
+                        ck = {**_cpu_copy({k: v for k, v in ck.items() if k not in self._ck_run}), **self._ck_run}
                     if improved:
                         pending_best = ck
                     pending = ck
