@@ -493,3 +493,13 @@ def test_bench_demo_times_idle_and_busy_alternately(tmp_path):
     text = format_demo(res)
     assert text.startswith("SMOKE RUN") and "busy median" in text
     assert not list(tmp_path.iterdir()), "the timed demos' directories are removed"
+
+
+def test_cheap_epoch_seed_gives_the_cpu_generator_torch_manual_seeds_state():
+    from mlrkit.utils import seed_torch_for
+
+    torch.manual_seed(123)
+    want = torch.rand(5)
+    torch.manual_seed(7)  # something else in between
+    seed_torch_for(123, torch.device("cpu"))
+    assert torch.equal(torch.rand(5), want)

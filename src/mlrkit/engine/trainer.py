@@ -56,7 +56,7 @@ from mlrkit.engine.rundir import RUN_FILES, RunLock, check_out_path, config_diff
 from mlrkit.errors import MlrkitError
 from mlrkit.methods import build_method
 from mlrkit.metrics import MultiLabelMeter, f1_scores, hamming_loss, jaccard_index, map_report
-from mlrkit.utils import atomic_write, derive_seed, seed_everything, write_json
+from mlrkit.utils import atomic_write, derive_seed, seed_everything, seed_torch_for, write_json
 
 log = logging.getLogger("mlrkit")
 
@@ -335,7 +335,7 @@ class Trainer:
         try:
             for epoch in range(start, cfg.train.epochs):
                 te = time.perf_counter()
-                torch.manual_seed(derive_seed(cfg.seed, epoch, 1))
+                seed_torch_for(derive_seed(cfg.seed, epoch, 1), self.device)
                 train_loss, terms = self._train_epoch(epoch)
                 val_map = self._validate()
                 epoch_times.append(time.perf_counter() - te)
