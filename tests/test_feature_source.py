@@ -82,8 +82,7 @@ def test_probe_on_extracted_features_predicts_from_images(tmp_path, monkeypatch,
     (tmp_path / "other").mkdir()
     monkeypatch.chdir(tmp_path / "other")
     monkeypatch.setenv("MLRKIT_CACHE", str(tmp_path / "cache2"))
-    preds = json.loads(cli(capsys, "predict", str(tmp_path / "run"), str(tmp_path / "new"), "--format", "json"))[
-        "predictions"]
+    preds = json.loads(cli(capsys, "predict", str(tmp_path / "run"), str(tmp_path / "new"), "--format", "json"))
     assert len(preds) == 54 and any((tmp_path / "cache2" / "features").iterdir())  # encoded again, not cached
     got = np.array([[p["scores"][c] for c in CLASSES] for p in preds])
     rows = stored_rows(tmp_path / "feats.npz", manifest)

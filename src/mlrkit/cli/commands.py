@@ -92,11 +92,12 @@ def register(sub) -> None:
                    "patterns (quote them); feature files (.npy/.npz/.csv) for runs on fixed features")
     p.add_argument("--format", choices=["jsonl", "csv", "json"], default="jsonl",
                    help="jsonl: one JSON object per input; csv: one row per input (probabilities, then the labels "
-                   "joined by |); json: one JSON document (predictions, skipped inputs, thresholds)")
+                   "joined by |); json: one JSON array of those objects (skipped inputs: on standard error; the "
+                   "thresholds: RUN/calibration.json)")
     p.add_argument("--threshold", type=float, default=None, help="one probability threshold for every class "
                    "(default: the run's per-class thresholds fitted on validation, calibration.json)")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable image files and report them "
-                   "(standard error; json: 'skipped') instead of failing")
+                   "(standard error) instead of failing")
     p.add_argument("--output", help="write here instead of standard output")
     add_device_argument(p)
 
@@ -593,9 +594,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.format == "jsonl":
             for rec in pred.records():
                 fh.write(json.dumps(rec) + "\n")
-        elif args.format == "json":
-            json.dump({"predictions": pred.records(), "skipped": [{"input": i, "reason": w} for i, w in pred.skipped],
-                       "thresholds": dict(zip(names, map(float, pred.thresholds)))}, fh, indent=1)
+        elif args.format == "json":  # one array of the jsonl objects
+            json.dump(pred.records(), fh, indent=1)
             fh.write("\n")
         else:
             w = csv.writer(fh)
