@@ -237,5 +237,10 @@ def test_finetune_two_processes_match_one_process(tmp_path, neg_data):
         for k in ("val_loss", "val_acc", "train_loss"):
             assert (ra[k] is None and rb[k] is None) or abs(ra[k] - rb[k]) <= 1e-5, (k, ra, rb)
     ma, mb = vl.load(f"openclip:custom@{tmp_path / 'two.pt'}"), vl.load(f"openclip:custom@{tmp_path / 'one.pt'}")
-    sa, sb = ma.clip.state_dict(), mb.clip.state_dict()
-    assert max(float((sa[k] - sb[k]).abs().max()) for k in sa) <= 1e-5
+    # the models agree as functions; single weights may not: float sums in another order give gradients
+    # that differ in the last bits, and Adam turns a ~0 gradient's noise into an update of up to ~lr
+    texts = [r["negated_caption"] for r in rows_[:16]] + [r["caption"] for r in rows_[:16]]
+    with torch.no_grad():
+        ta, tb, untouched = ma.encode_text(texts), mb.encode_text(texts), vl.load("tiny").encode_text(texts)
+    assert float((ta - tb).abs().max()) <= 1e-4 * float(tb.abs().max()), float((ta - tb).abs().max())
+    assert float((untouched - tb).abs().max()) > 100 * float((ta - tb).abs().max())  # training moved them far more
