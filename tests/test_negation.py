@@ -139,15 +139,125 @@ def test_generate_p2_counts_everything(tmp_path):
            {"image": "3.jpg", "question": "Is the bus red?", "answer": "No."}]
     path = tmp_path / "vqa.json"
     path.write_text(json.dumps(vqa))
-    rows, rep = captions.generate_p2(captions.read_vqa(path), captions={"1.jpg": "a living room."})
+    rows, rep = captions.generate_p2(captions.read_vqa(path), captions={"1.jpg": "a living room."},
+                                     form="statement")
     assert [r["negated_caption"] for r in rows] == ["there is no dog.", "the bus is not red."]
     assert rows[0]["caption"] == "a living room." and rows[1]["caption"] is None
-    assert all(r["kind"] == "P2" for r in rows)
+    assert all(r["kind"] == "P2" and r["p2_form"] == "statement" for r in rows)
     assert rep.counts == {"answer_yes": 1, "not_yes_no": 1, "unparsed_question": 1}
     assert rep.examples_skipped["unparsed_question"] == ["2.jpg: Why?"]
+    # the default (the paper's P2): the image's caption augmented; an image without a caption is counted
+    rows, rep = captions.generate_p2(captions.read_vqa(path), captions={"1.jpg": "a living room.",
+                                                                        "2.jpg": "a street."})
+    assert [(r["image_id"], r["p2_form"]) for r in rows] == [("1.jpg", "caption")]
+    assert rows[0]["negated_caption"].startswith("a living room") and "no dog" in rows[0]["negated_caption"]
+    assert rep.counts == {"answer_yes": 1, "not_yes_no": 1, "unparsed_question": 1, "no_caption": 1}
+    assert rep.examples_skipped["no_caption"] == ["3.jpg"]
+    with pytest.raises(MlrkitError, match="--captions"):
+        captions.generate_p2(captions.read_vqa(path))
     (tmp_path / "bad.json").write_text(json.dumps([{"image": "x", "question": "Is it?"}]))
     with pytest.raises(DataError, match="entry 0"):
         captions.read_vqa(tmp_path / "bad.json")
+
+
+# A COCO-style caption and VQA-v2-style yes/no questions about the same photo (a surfer on a wave).
+SURF_CAPTION = "A man riding a wave on top of a surfboard."
+SURF_QUESTIONS = {
+    "Is there a boat in the water?": ("there", ["boat"], "no boat in the water"),
+    "Is the man wearing a wetsuit?": ("subject", [], "the man is not wearing a wetsuit"),
+    "Does the surfboard have a leash?": ("subject", [], "the surfboard does not have a leash"),
+}
+
+
+@pytest.mark.parametrize("question", sorted(SURF_QUESTIONS))
+def test_p2_caption_augmentation_keeps_the_caption_and_adds_the_negation(question):
+    """The paper's P2: the image's own caption, augmented with the negated content of the 'no' answer."""
+    kind, objects, negation = SURF_QUESTIONS[question]
+    parsed = captions.parse_yes_no(question)
+    assert parsed is not None and parsed.kind == kind and parsed.objects() == objects
+    n_templates = len(captions.P2_THERE_TEMPLATES if kind == "there" else captions.P2_CLAUSE_TEMPLATES)
+    texts = {captions.augment_caption_with_answer(SURF_CAPTION, parsed, t) for t in range(n_templates)}
+    assert len(texts) == n_templates
+    for text in texts:
+        assert text.startswith("A man riding a wave on top of a surfboard")  # the caption's content, intact
+        assert negation in text and captions.NEGATION_WORDS.search(text)
+        assert text.endswith(".") and ".," not in text and ". " not in text  # one sentence
+    assert captions.augment_caption_with_answer(SURF_CAPTION, captions.parse_yes_no(
+        "Is there a boat in the water?"), 0) == "A man riding a wave on top of a surfboard with no boat in the water."
+    assert captions.augment_caption_with_answer(SURF_CAPTION, captions.parse_yes_no(
+        "Is the man wearing a wetsuit?"), 0) == "A man riding a wave on top of a surfboard, but the man is not " \
+        "wearing a wetsuit."
+
+
+def test_p2_caption_rows_are_seeded_and_keep_the_statement_form_apart():
+    vqa = [{"image": "surf.jpg", "question": q, "answer": "no"} for q in sorted(SURF_QUESTIONS)]
+    caps = {"surf.jpg": SURF_CAPTION}
+    a, rep = captions.generate_p2(vqa, captions=caps, seed=0)
+    b, _ = captions.generate_p2(vqa, captions=caps, seed=0)
+    assert a == b and rep.rows == 3 and rep.counts == {}
+    assert all(r["caption"] == SURF_CAPTION and r["negated_caption"].startswith(SURF_CAPTION[:-1]) for r in a)
+    assert a[0]["absent_objects"] == [] and [r["absent_objects"] for r in a if "boat" in r["question"]] == [["boat"]]
+    statements, _ = captions.generate_p2(vqa, captions=caps, form="statement")
+    assert [r["negated_caption"] for r in statements] == [captions.rewrite_yes_no(q)[0] for q in sorted(SURF_QUESTIONS)]
+    with pytest.raises(MlrkitError, match="P2 form"):
+        captions.generate_p2(vqa, captions=caps, form="sentence")
+
+
+def test_p2_llm_caption_augmentation_checks_the_reply(server):
+    llm, _ = _client(server)
+    vqa = [{"image": "surf.jpg", "question": "Is the man wearing a wetsuit?", "answer": "no"}] * 3
+    server.script += [("ok", "a man not wearing a wetsuit riding a wave on top of a surfboard"),
+                      ("ok", "there is no wetsuit"),  # the caption's content is lost: rejected
+                      ("ok", "a man riding a wave on top of a surfboard in a wetsuit")]  # no negation: rejected
+    rows, rep = captions.generate_p2(vqa, captions={"surf.jpg": SURF_CAPTION}, rewriter="llm", llm=llm)
+    assert [r["negated_caption"] for r in rows] == ["a man not wearing a wetsuit riding a wave on top of a surfboard"]
+    assert rep.counts == {"llm_rejected": 2}
+    prompt = server.requests[0]["messages"][-1]["content"]
+    assert SURF_CAPTION in prompt and "Is the man wearing a wetsuit?" in prompt
+
+
+def test_reference_recipe_selects_p2_caption_augmentation(tmp_path):
+    from pathlib import Path
+
+    from mlrkit.cli.main import build_parser
+    from mlrkit.cli.negation import apply_recipe
+
+    recipe = str(Path(__file__).resolve().parents[1] / "configs" / "negation" / "reference.yaml")
+    args = apply_recipe(build_parser().parse_args(["negation", "captions", "--config", recipe, "--out", "x.jsonl"]))
+    assert (args.p2_form, args.p2_rewriter, args.caption_rows, args.proposer, args.verify, args.rewriter) == \
+        ("caption", "llm", "all", "llm", "mllm", "llm")
+    vqa, caps, out = tmp_path / "vqa.json", tmp_path / "caps.json", tmp_path / "neg.jsonl"
+    vqa.write_text(json.dumps([{"image": "surf.jpg", "question": "Is there a boat in the water?", "answer": "no"}]))
+    caps.write_text(json.dumps([{"image_id": "surf.jpg", "caption": SURF_CAPTION}]))
+    r = run_cli("negation", "captions", "--config", recipe, "--vqa", str(vqa), "--p2-rewriter", "template",
+                "--captions", str(caps), "--out", str(out))  # the preset's LLM rewriter needs a server
+    assert r.returncode == 0, r.stderr
+    (row,) = captions.read_jsonl(out)
+    assert row["p2_form"] == "caption" and row["negated_caption"].startswith(SURF_CAPTION[:-1])
+    assert "no boat in the water" in row["negated_caption"]
+    r = run_cli("negation", "captions", "--vqa", str(vqa), "--out", str(out))  # no captions to augment
+    assert r.returncode != 0 and "--captions" in r.stderr
+
+
+def test_caption_rows_all_takes_every_caption_of_every_image(tmp_path):
+    """--caption-rows all: one P1 attempt per caption of an image (the reference loops over COCO's caption rows)."""
+    from mlrkit.cli.main import main
+    from mlrkit.data import load_dataset
+
+    ids = load_dataset("fashion-mosaic").trainval.ids[:3]
+    caps = tmp_path / "caps.jsonl"
+    lines = [{"image_id": ids[0], "caption": "a bag."}, {"image_id": ids[0], "caption": "a photo of a bag."},
+             {"image_id": ids[1], "caption": "a coat."}, {"image_id": ids[2], "caption": "a shirt."},
+             {"image_id": ids[2], "caption": "two shirts."}, {"image_id": ids[2], "caption": "shirts."}]
+    caps.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    got = {}
+    for mode in ("first", "all"):
+        out = tmp_path / f"{mode}.jsonl"
+        assert main(["negation", "captions", "--dataset", "fashion-mosaic", "--limit", "3", "--captions", str(caps),
+                     "--caption-rows", mode, "--proposer", "random", "--out", str(out)]) == 0
+        got[mode] = [(row["image_id"], row["caption"]) for row in captions.read_jsonl(out)]
+    assert got["first"] == [(ids[0], "a bag."), (ids[1], "a coat."), (ids[2], "a shirt.")]
+    assert got["all"] == [(x["image_id"], x["caption"]) for x in lines]
 
 
 def test_jsonl_roundtrip_and_errors(tmp_path):

@@ -427,6 +427,61 @@ def test_analyze_prompts_on_tiny(tmp_path, tiny):
     assert json.loads((tmp_path / "a.json").read_text())["classes"] == 20
 
 
+def test_builtin_template_pairs_are_clips_80_with_a_negation_each():
+    from mlrkit.analysis.prompts import load_template_pairs
+
+    name, pairs = load_template_pairs()
+    positives = [p for p, _ in pairs]
+    assert name == "clip-imagenet-80" and len(pairs) == 80 and len(set(positives)) == 80
+    assert {"a photo of a {}.", "a bad photo of a {}.", "itap of my {}.", "a {} in a video game."} <= set(positives)
+    for p, n in pairs:
+        assert p.count("{}") == n.count("{}") == 1 and p != n
+        assert (" without " in n and " of " in p) or (n.startswith("no ") and " of " not in p)
+    assert dict(pairs)["a photo of many {}."] == "a photo without any {}."
+
+
+def test_analyze_prompts_templates_protocol_on_tiny(tmp_path, tiny, capsys):
+    """Many templates per class: every value against a per-prompt re-computation on three classes x three pairs."""
+    from mlrkit.analysis.prompts import template_similarity
+
+    names, pairs = NAMES[:3], [("a photo of a {}.", "a photo without a {}."), ("art of the {}.", "art without the {}."),
+                               ("a toy {}.", "no toy {}.")]
+    rep = template_similarity(tiny, names, pairs=pairs, name="three")
+    enc = {}
+
+    def e(text):
+        if text not in enc:
+            enc[text] = tiny.encode_text([text], normalize=True)[0].float()
+        return enc[text]
+
+    pn = torch.tensor([[float(e(p.format(c)) @ e(q.format(c))) for p, q in pairs] for c in names])
+    pp = torch.tensor([[float(e(pairs[i][0].format(c)) @ e(pairs[j][0].format(c))) for i in range(3)
+                        for j in range(i + 1, 3)] for c in names])
+    para = torch.tensor([[float(sum(e(pairs[i][0].format(c)) @ e(pairs[j][0].format(c)) for j in range(3) if j != i))
+                          / 2 for i in range(3)] for c in names])
+    assert rep["classes"] == 3 and rep["template_pairs"] == 3 and rep["prompts_per_class"] == 6
+    assert rep["pos_vs_neg"]["mean"] == pytest.approx(float(pn.mean()), abs=1e-5)
+    assert rep["pos_vs_neg"]["min"] == pytest.approx(float(pn.min()), abs=1e-5)
+    assert rep["pos_vs_pos"]["mean"] == pytest.approx(float(pp.mean()), abs=1e-5)
+    assert rep["neg_closer_than_paraphrase"] == pytest.approx(float((pn > para).double().mean()))
+    assert [r["pos_vs_neg"] for r in rep["per_class"]] == pytest.approx(pn.mean(1).tolist(), abs=1e-5)
+    pj = tmp_path / "pairs.json"
+    pj.write_text(json.dumps({"name": "mine", "pairs": [{"positive": p, "negative": q} for p, q in pairs]}))
+    from mlrkit.cli.main import main
+
+    assert main(["analyze", "prompts", "--vl-model", "tiny", "--dataset", "fashion-mosaic", "--protocol", "templates",
+                 "--json", str(tmp_path / "t.json")]) == 0
+    stdout = capsys.readouterr().out
+    assert "10 classes x 160 prompts" in stdout and "positive vs its negation (10 x 80 pairs)" in stdout
+    out = json.loads((tmp_path / "t.json").read_text())
+    assert (out["protocol"], out["template_pairs"], len(out["per_template"])) == ("templates", 80, 80)
+    pj.write_text(json.dumps([{"positive": "a photo of a {}.", "negative": "a photo without a dog."}] * 2))
+    assert main(["analyze", "prompts", "--vl-model", "tiny", "--dataset", "voc2007", "--protocol", "templates",
+                 "--templates", str(pj)]) != 0
+    err = capsys.readouterr().err
+    assert "pair 0" in err and "pairs.json" in err
+
+
 def test_rn101_trainable_counts_match_the_papers():
     """DualCoOp / PositiveCoOp / NegativeCoOp / Baseline with CLIP RN101 (random weights), default config."""
     import warnings

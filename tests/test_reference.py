@@ -434,7 +434,8 @@ def test_dry_run_cli_prints_the_transforms():
 
 # ----------------------------------------------------------------------------- every reference recipe runs
 REFERENCE_RECIPES = sorted(p for p in CONFIGS.rglob("*reference.yaml") if p.name != "reference.yaml"
-                           and not p.name.startswith("reference-"))
+                           and not p.name.startswith("reference-")
+                           and p.parent.name != "negation")  # `mlrkit negation` recipes, not `mlrkit train` ones
 
 
 def test_every_method_has_reference_recipes():
@@ -447,6 +448,35 @@ def test_every_method_has_reference_recipes():
     assert "scpnet/fashion-mosaic-heldout/full-reference.yaml" in names
     for ds in ("coco2014", "voc2012", "nuswide", "cub", "fashion-mosaic"):
         assert f"vlpl/{ds}-reference.yaml" in names
+
+
+@pytest.mark.parametrize("recipe", REFERENCE_RECIPES, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_dry_run_prints_the_transforms_of_every_reference_recipe(recipe):
+    """Every reference preset's --dry-run shows what images go through, also where the dataset is absent (CUB,
+    NUS-WIDE here: then without class-dependent parameter counts). The tiny CLIP stands in for the papers'
+    CLIPs, and VLPL's ResNet-50 is built without its ImageNet weights (not downloadable here; the
+    architecture and its normalisation, hence the transforms, are the same)."""
+    from mlrkit.methods.prompting import dry_run
+
+    over = {"vl": {"model": "tiny"}}
+    if "vlpl" in recipe.parts:
+        over["model"] = {"pretrained": False}
+    out = dry_run(build_config(recipe, over))
+    tf = out["transforms"]
+    size = out.get("image_size") or build_config(recipe, over).data.image_size
+    assert isinstance(tf["train"], str) and isinstance(tf["eval"], str) and f"{size}" in tf["eval"]
+    if "prompting" in recipe.parts:  # squash to S x S; online Cutout + RandAugment views
+        assert f"Resize(size=({size}, {size})" in tf["eval"] and "CenterCrop" not in tf["eval"]
+        assert tf["train"].startswith("online") and "CutoutPIL" in tf["train"] and "PolicyRandAugment" in tf["train"]
+    elif "scpnet" in recipe.parts:  # weak random crop + flip; FixMatch strong view; resize + centre crop eval
+        assert "RandomResizedCrop" in tf["train"] and "FixMatchRandAugment" in tf["train"]
+        assert "CenterCrop" in tf["eval"]
+    else:  # VLPL: Resize((448, 448)) + flip for training, pseudo-labels from that view every step
+        assert "vlpl" in recipe.parts and f"Resize(size=({size}, {size})" in tf["train"]
+        assert "RandomHorizontalFlip" in tf["train"] and "RandomHorizontalFlip" not in tf["eval"]
+        assert tf["pseudo_labels"].startswith("every step")
+    if recipe.name.startswith(("cub", "nuswide")):
+        assert out["classes"] is None and "unavailable" in out["class_names_from"]
 
 
 @pytest.mark.slow
@@ -500,3 +530,23 @@ def test_negation_reference_recipe_sets_the_reference_loader():
     args = apply_recipe(args)
     assert (args.rows_per_epoch, int(args.batch_size), float(args.p_negated), bool(args.train_logit_scale)) == \
         ("all", 512, 1.0, True)
+    assert (float(args.lr), int(args.epochs), bool(args.freeze_ln_final), bool(args.multi_positive)) == \
+        (1e-6, 15, True, False)
+    # the fashion-mosaic reference preset: the data of fashion-mosaic.yaml, every fine-tuning setting of reference.yaml
+    args = apply_recipe(build_parser().parse_args(
+        ["negation", "finetune", "--config", str(CONFIGS / "negation" / "fashion-mosaic-reference.yaml"),
+         "--captions", "x.jsonl", "--out", "y.pt"]))
+    assert (args.dataset, args.rows_per_epoch, int(args.batch_size), float(args.lr), bool(args.multi_positive),
+            bool(args.freeze_ln_final)) == ("fashion-mosaic", "all", 512, 1e-6, False, True)
+
+
+def test_negation_reference_freezes_the_final_text_layernorm():
+    from mlrkit.negation.finetune import trainable_parameters
+
+    model = vl.load("tiny")
+    names = {id(p): n for n, p in model.clip.named_parameters()}
+    default = {names[id(p)] for p in trainable_parameters(model, ("text",))}
+    reference = {names[id(p)] for p in trainable_parameters(model, ("text",), True, freeze_ln_final=True)}
+    assert {"ln_final.weight", "ln_final.bias"} <= default and not any(n.startswith("visual.") for n in default)
+    assert reference == (default - {"ln_final.weight", "ln_final.bias"}) | {"logit_scale"}
+    assert not model.clip.ln_final.weight.requires_grad and model.clip.logit_scale.requires_grad

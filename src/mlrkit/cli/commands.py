@@ -92,11 +92,12 @@ def register(sub) -> None:
                    "patterns (quote them); feature files (.npy/.npz/.csv) for runs on fixed features")
     p.add_argument("--format", choices=["jsonl", "csv", "json"], default="jsonl",
                    help="jsonl: one JSON object per input; csv: one row per input (probabilities, then the labels "
-                   "joined by |); json: one JSON document (predictions, skipped inputs, thresholds)")
+                   "joined by |); json: one JSON array of those objects (skipped inputs: on standard error; the "
+                   "thresholds: RUN/calibration.json)")
     p.add_argument("--threshold", type=float, default=None, help="one probability threshold for every class "
                    "(default: the run's per-class thresholds fitted on validation, calibration.json)")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable image files and report them "
-                   "(standard error; json: 'skipped') instead of failing")
+                   "(standard error) instead of failing")
     p.add_argument("--output", help="write here instead of standard output")
     add_device_argument(p)
 
@@ -160,12 +161,15 @@ def register(sub) -> None:
     enc.add_argument("--vl-model", help="a VL image encoder (mlrkit list vl-backends)")
     enc.add_argument("--backbone", help="an image backbone (mlrkit list backbones)")
     p.add_argument("--dense", action="store_true", help="VL region/patch features [N, HW, D] (cache only)")
+    p.add_argument("--l2-normalize", action="store_true",
+                   help="divide every feature row by its L2 norm (recorded in --out: predict does the same)")
     p.add_argument("--image-size", type=int, help="input resolution (default: the encoder's own / data.image_size)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--seed", type=int, default=0, help="seed of random-weight encoders")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="backbone config, e.g. --set model.weights=/models/r50.pth")
-    p.add_argument("--out", help="write X_train, Y_train, X_test, Y_test, class_names (pooled features)")
+    p.add_argument("--out", help="write X_train, Y_train, X_test, Y_test, class_names (pooled features) and "
+                   "feature_source (how they were made: encoder, weights hash, transform; docs/runs.md)")
     add_device_argument(p)
 
     vl = sub.add_parser("vl", help="vision-language model tools (pretrain, export, vocab)",
@@ -276,13 +280,20 @@ def register(sub) -> None:
     p = add_command(asub, "prompts",
                     "cosine similarity of positive vs negative vs paraphrased class prompts in a VL text encoder "
                     "(PositiveCoOp's 'why negative prompts fail')",
-                    "mlrkit analyze prompts --vl-model mosaic-clip --dataset fashion-mosaic", cmd_analyze_prompts)
+                    "mlrkit analyze prompts --vl-model mosaic-clip --dataset fashion-mosaic\n  "
+                    "mlrkit analyze prompts --vl-model mosaic-clip --dataset coco2014 --protocol templates",
+                    cmd_analyze_prompts)
     p.add_argument("--vl-model", default="mosaic-clip", help="VL model spec")
     p.add_argument("--dataset", required=True, help="dataset whose class names are used (VOC/COCO work without files)")
     p.add_argument("--root", help="dataset directory")
     p.add_argument("--positive", default="a photo of a {}.", help="positive template")
     p.add_argument("--negative", default="a photo without a {}.", help="negative template")
     p.add_argument("--reference", default="a picture of a {}.", help="second positive template (paraphrase)")
+    p.add_argument("--protocol", choices=["single", "templates"], default="single",
+                   help="single: one positive/negative/paraphrase template per class; templates: many templates per "
+                   "class (the PositiveCoOp poster's protocol; CLIP's 80 ImageNet templates and their negations)")
+    p.add_argument("--templates", help="templates protocol: JSON of {positive, negative} pairs (default: the "
+                   "built-in CLIP ImageNet 80)")
     p.add_argument("--seed", type=int, default=0, help="seed of random-weight VL models")
     p.add_argument("--json", help="also write the report (with per-class values) as JSON here")
     add_device_argument(p)
@@ -581,9 +592,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.format == "jsonl":
             for rec in pred.records():
                 fh.write(json.dumps(rec) + "\n")
-        elif args.format == "json":
-            json.dump({"predictions": pred.records(), "skipped": [{"input": i, "reason": w} for i, w in pred.skipped],
-                       "thresholds": dict(zip(names, map(float, pred.thresholds)))}, fh, indent=1)
+        elif args.format == "json":  # one array of the jsonl objects
+            json.dump(pred.records(), fh, indent=1)
             fh.write("\n")
         else:
             w = csv.writer(fh)
@@ -752,43 +762,55 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
 def cmd_extract_features(args: argparse.Namespace) -> int:
     from mlrkit.config import build_config
     from mlrkit.data import load_dataset
-    from mlrkit.errors import MlrkitError
+    from mlrkit.engine import feature_source
+    from mlrkit.errors import ConfigError, MlrkitError
     from mlrkit.features import FeatureStore
 
+    if args.dense and (args.out or args.l2_normalize or not args.vl_model):
+        raise ConfigError("--dense fills the feature cache with a VL model's region features only: it takes "
+                          "--vl-model, and no --out or --l2-normalize (features files hold pooled features)")
+    if args.vl_model and args.set:
+        raise ConfigError(f"--set {args.set[0]}: --set configures a --backbone; a VL model is named by its spec alone")
     ds = load_dataset(args.dataset, args.root)
     if not ds.has_images:
         raise MlrkitError(f"dataset {ds.name!r} has no images to encode")
     splits = {"train": ds.trainval, "test": ds.test}
-    store = FeatureStore()
-    out: dict = {}
-    if args.vl_model:
+    device = command_device(args)
+    if args.dense:
         from mlrkit.vl import load_frozen
         from mlrkit.vl.features import vl_image_features
 
-        device = command_device(args)
+        store = FeatureStore()
         model = load_frozen(args.vl_model, seed=args.seed, device=device)
-        for name, split in splits.items():
-            out[name] = vl_image_features(model, split.images, image_size=args.image_size, dense=args.dense,
-                                          store=store, batch_size=args.batch_size, seed=args.seed, device=device,
-                                          desc=f"{args.vl_model} ({name})")
+        out = {name: vl_image_features(model, split.images, image_size=args.image_size, dense=True, store=store,
+                                       batch_size=args.batch_size, seed=args.seed, device=device,
+                                       desc=f"{args.vl_model} ({name})")
+               for name, split in splits.items()}
     else:
-        from mlrkit.methods.image import frozen_features
-
-        flags = {"seed": args.seed, "model": {"name": args.backbone},
-                 "data": {"image_size": args.image_size} if args.image_size else {},
-                 "train": {"batch_size": args.batch_size}}
-        cfg = build_config(flags=flags, sets=args.set)
-        frozen_features(cfg, splits, device=command_device(args))
+        if args.vl_model:
+            source = feature_source.vl_source(args.vl_model, seed=args.seed, image_size=args.image_size,
+                                              l2_normalize=args.l2_normalize)
+            store = FeatureStore()
+        else:
+            flags = {"seed": args.seed, "model": {"name": args.backbone},
+                     "data": {"image_size": args.image_size} if args.image_size else {},
+                     "train": {"batch_size": args.batch_size}}
+            cfg = build_config(flags=flags, sets=args.set)
+            source = feature_source.backbone_source(cfg, l2_normalize=args.l2_normalize)
+            store = FeatureStore(cfg.section("features").cache_dir)
+        # the identity (weights hash, transform) is what predict/export check when they encode new images
+        source.update(feature_source.extract(source, splits, device=device, batch_size=args.batch_size,
+                                             cache_dir=str(store.root), check=False))
         out = {name: split.features for name, split in splits.items()}
+        source["dim"] = int(out["train"].shape[1])
     for name, arr in out.items():
         print(f"{name}: {tuple(arr.shape)} features cached under {store.root}")
     if args.out:
-        if args.dense:
-            raise MlrkitError("--out exports pooled features only (drop --dense)")
         np.savez(args.out, X_train=np.asarray(out["train"], np.float32), Y_train=ds.trainval.targets,
                  X_test=np.asarray(out["test"], np.float32), Y_test=ds.test.targets,
-                 class_names=np.array(ds.class_names))
-        print(f"wrote {args.out} (use it as --dataset features:{args.out})")
+                 class_names=np.array(ds.class_names), feature_source=np.array(json.dumps(source)))
+        print(f"wrote {args.out} (use it as --dataset features:{args.out}; it records its encoder, "
+              f"{feature_source.describe_source(source)}, so runs on it also predict from images)")
     return 0
 
 
@@ -832,15 +854,29 @@ def cmd_analyze_prompts(args: argparse.Namespace) -> int:
     from mlrkit.utils import write_json
     from mlrkit.vl import load
 
+    if args.templates and args.protocol != "templates":
+        from mlrkit.errors import ConfigError
+
+        raise ConfigError(f"--templates {args.templates} is read by --protocol templates only (got --protocol "
+                          f"{args.protocol})")
     names = builtin_class_names(args.dataset)
     if names is None or args.root:
         from mlrkit.data import load_dataset
 
         names = load_dataset(args.dataset, args.root).class_names
+    if args.protocol == "templates":
+        from mlrkit.analysis.prompts import format_template_report, load_template_pairs, template_similarity
+
+        list_name, pairs = load_template_pairs(args.templates)  # a bad file fails before the model is built
     vl = load(args.vl_model, seed=args.seed, device=command_device(args))
-    rep = prompt_similarity(vl, names, positive=args.positive, negative=args.negative, reference=args.reference)
+    if args.protocol == "templates":
+        rep = template_similarity(vl, names, pairs=pairs, name=list_name)
+        text = format_template_report(rep)
+    else:
+        rep = prompt_similarity(vl, names, positive=args.positive, negative=args.negative, reference=args.reference)
+        text = format_report(rep)
     rep["dataset"] = args.dataset
-    print(format_report(rep))
+    print(text)
     if args.json:
         write_json(args.json, rep)
     return 0

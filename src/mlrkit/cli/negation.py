@@ -65,7 +65,7 @@ def register_negation(sub: Any) -> None:
         "annotations or a multimodal LLM) and P2 (VQA 'no' answers) -> JSONL",
         "mlrkit negation captions --dataset fashion-mosaic --proposer context --per-image 2 --out neg-context.jsonl\n  "
         "mlrkit negation captions --dataset fashion-mosaic --proposer random --out neg-random.jsonl\n  "
-        "mlrkit negation captions --vqa vqa_train.json --out neg-p2.jsonl\n  "
+        "mlrkit negation captions --vqa vqa_train.json --captions coco_caps.jsonl --out neg-p2.jsonl\n  "
         "mlrkit negation captions --dataset coco2014 --root /data/coco --captions coco_caps.jsonl --proposer llm "
         "--verify mllm --llm-base-url http://127.0.0.1:8000/v1 --llm-model llama-3-8b --mllm-model llava "
         "--out neg-llm.jsonl", cmd_captions, PlainFormatter)
@@ -74,8 +74,11 @@ def register_negation(sub: Any) -> None:
     f.add("--root", help="dataset directory")
     f.add("--split", choices=["trainval", "test"], default="trainval", help="images to caption")
     f.add("--limit", type=int, help="first N images of the split")
-    f.add("--captions", help="JSON/JSONL of {image_id, caption} (default: captions made from the labels, "
-                   "as mosaic-clip's training captions)")
+    f.add("--captions", help="JSON/JSONL of {image_id, caption} (P1 default: captions made from the labels, "
+                   "as mosaic-clip's training captions; P2 --p2-form caption: the captions it augments)")
+    f.add("--caption-rows", choices=["first", "all"], default="first",
+          help="P1 with --captions: first = the first caption of each image (x --per-image); all = every caption "
+          "of every image, one P1 attempt each (the reference code's loop over COCO's caption rows)")
     f.add("--proposer", choices=["context", "random", "llm", "llm-random"], default="context",
                    help="absent-object proposals: co-occurrence weighted (default), uniform (Rand-P1), LLM")
     f.add("--rewriter", choices=["template", "llm"], default="template", help="how the negation is written")
@@ -89,6 +92,9 @@ def register_negation(sub: Any) -> None:
                    help="images whose present classes co-occur with no absent class: skip (counted) or random")
     f.add("--vqa", action="append", default=[], help="VQA JSON list of {image, question, answer} for P2")
     f.add("--p2-rewriter", choices=["template", "llm"], default="template", help="how P2 captions are rewritten")
+    f.add("--p2-form", choices=["caption", "statement"], default="caption",
+          help="P2 output: caption = the image's caption (--captions) augmented with the negated answer (the "
+          "paper's P2); statement = the question rewritten into a standalone negated statement")
     f.add("--seed", type=int, default=0, help="seed of the caption sampling")
     f.add("--out", required=False, help="output JSONL (report: <out stem>.report.json)")
     _add_llm_flags(f)
@@ -122,6 +128,8 @@ def register_negation(sub: Any) -> None:
                    "caption rather than the original")
     f.add("--val-fraction", type=float, default=0.2, help="fraction of images held out (split by image)")
     f.add("--train-logit-scale", action="store_true", help="also train the temperature")
+    f.add("--freeze-ln-final", action="store_true", help="keep the text tower's final LayerNorm frozen (the "
+          "reference code's choice)")
     f.add("--multi-positive", action="store_true", help="a text's targets are all batch images it truly "
                    "describes (needs rows with 'mentioned' classes and a labelled dataset)")
     f.add("--max-steps", type=int, help="stop after N optimiser steps (smoke tests)")
@@ -194,7 +202,8 @@ def _llm_clients(args: argparse.Namespace, need_llm: bool, need_mllm: bool):
     return llm, mllm
 
 
-def _read_caption_map(path: str) -> dict[str, str]:
+def _read_caption_lists(path: str) -> dict[str, list[str]]:
+    """image_id -> its captions, in file order (JSON list / JSON lines of {image_id, caption}, or {id: caption})."""
     from mlrkit.errors import DataError
 
     text = Path(path).read_text()
@@ -203,11 +212,11 @@ def _read_caption_map(path: str) -> dict[str, str]:
         records = doc if isinstance(doc, list) else [{"image_id": k, "caption": v} for k, v in doc.items()]
     except json.JSONDecodeError:
         records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    out = {}
+    out: dict[str, list[str]] = {}
     for n, r in enumerate(records):
         if not isinstance(r, dict) or "image_id" not in r or not isinstance(r.get("caption"), str):
             raise DataError(f"{path}: entry {n} is not {{image_id, caption}}: {str(r)[:100]}")
-        out.setdefault(str(r["image_id"]), r["caption"])
+        out.setdefault(str(r["image_id"]), []).append(r["caption"])
     return out
 
 
@@ -227,36 +236,47 @@ def cmd_captions(args: argparse.Namespace) -> int:
         raise ConfigError("--out FILE.jsonl is required")
     rows: list[dict[str, Any]] = []
     reports: list[dict[str, Any]] = []
-    cap_map = _read_caption_map(args.captions) if args.captions else None
+    cap_lists = _read_caption_lists(args.captions) if args.captions else None
+    cap_map = {k: v[0] for k, v in cap_lists.items()} if cap_lists is not None else None
     if args.dataset:
         from mlrkit.data import load_dataset
 
         ds = load_dataset(args.dataset, args.root)
         sp = ds.trainval if args.split == "trainval" else ds.test
         n = len(sp) if args.limit is None else min(args.limit, len(sp))
+        pos = list(range(n))  # the image of each caption P1 starts from
         captions = None
-        if cap_map is not None:
-            missing = [i for i in sp.ids[:n] if i not in cap_map]
+        if cap_lists is not None:
+            missing = [i for i in sp.ids[:n] if i not in cap_lists]
             if missing:
                 raise MlrkitError(f"{args.captions}: no caption for {len(missing)} images, e.g. {missing[:3]}")
-            captions = [cap_map[i] for i in sp.ids[:n]]
+            if args.caption_rows == "all":  # every caption of every image, as the reference's COCO loop
+                pos = [i for i in range(n) for _ in cap_lists[sp.ids[i]]]
+                captions = [c for i in range(n) for c in cap_lists[sp.ids[i]]]
+            else:
+                captions = [cap_lists[sp.ids[i]][0] for i in range(n)]
+        elif args.caption_rows == "all":
+            raise ConfigError("--caption-rows all needs --captions FILE (the captions to take every one of)")
         llm, mllm = _llm_clients(args, args.proposer.startswith("llm") or args.rewriter == "llm",
                                  args.verify == "mllm")
-        known = sp.known[:n] if sp.known is not None else None
+        targets = sp.targets[:n][pos]
+        known = sp.known[:n][pos] if sp.known is not None else None
         p1, rep = generate_p1(
-            class_names=ds.class_names, targets=sp.targets[:n], ids=sp.ids[:n], captions=captions, known=known,
-            cooc_targets=ds.trainval.targets, proposer=args.proposer, rewriter=args.rewriter, verify=args.verify,
-            per_image=args.per_image, max_absent=args.max_absent, seed=args.seed, subset_prob=args.subset_prob,
-            context_fallback=None if args.context_fallback == "skip" else "random", llm=llm, mllm=mllm,
-            image_fn=(sp.images.load if sp.images is not None else None))
+            class_names=ds.class_names, targets=targets, ids=[sp.ids[i] for i in pos], captions=captions,
+            known=known, cooc_targets=ds.trainval.targets, proposer=args.proposer, rewriter=args.rewriter,
+            verify=args.verify, per_image=args.per_image, max_absent=args.max_absent, seed=args.seed,
+            subset_prob=args.subset_prob, context_fallback=None if args.context_fallback == "skip" else "random",
+            llm=llm, mllm=mllm, image_fn=(lambda j: sp.images.load(pos[j])) if sp.images is not None else None)
         rows += p1
-        reports.append({**rep.as_dict(), "dataset": ds.name, "split": args.split, "proposer": args.proposer})
+        reports.append({**rep.as_dict(), "dataset": ds.name, "split": args.split, "proposer": args.proposer,
+                        "caption_rows": args.caption_rows})
     if args.vqa:
         llm, _ = _llm_clients(args, args.p2_rewriter == "llm", False)
         records = [r for path in args.vqa for r in read_vqa(path)]
-        p2, rep = generate_p2(records, captions=cap_map, rewriter=args.p2_rewriter, llm=llm)
+        p2, rep = generate_p2(records, captions=cap_map, rewriter=args.p2_rewriter, llm=llm, form=args.p2_form,
+                              seed=args.seed)
         rows += p2
-        reports.append({**rep.as_dict(), "files": list(args.vqa)})
+        reports.append({**rep.as_dict(), "files": list(args.vqa), "p2_form": args.p2_form})
     if not rows:
         raise MlrkitError(f"no negated captions were produced: {json.dumps([r['counts'] for r in reports])}")
     write_jsonl(args.out, rows)
@@ -297,7 +317,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = FinetuneConfig(train=towers, lr=float(args.lr), epochs=int(args.epochs), batch_size=int(args.batch_size),
                          weight_decay=float(args.weight_decay), p_negated=float(args.p_negated),
                          val_fraction=float(args.val_fraction), seed=int(args.seed),
-                         train_logit_scale=bool(args.train_logit_scale), multi_positive=bool(args.multi_positive),
+                         train_logit_scale=bool(args.train_logit_scale),
+                         freeze_ln_final=bool(args.freeze_ln_final), multi_positive=bool(args.multi_positive),
                          rows_per_epoch=str(getattr(args, "rows_per_epoch", "image")), max_steps=args.max_steps,
                          time_limit_s=None if args.time_limit is None else 60 * float(args.time_limit),
                          amp=AMP_CHOICES[args.amp])

@@ -302,6 +302,8 @@ class Trainer:
         if self.lock is not None and self.lock.stale:
             run_info["stale_lock"] = self.lock.stale
         run_info["method_info"] = self.method.run_info()
+        if "feature_source" in self.built.task.extras:  # how the features file's rows were made (extract-features)
+            run_info["feature_source"] = self.built.task.extras["feature_source"]
         run_info["warnings"] = list(getattr(self.method, "warnings", []))
         run_info.update(self.checks)
         if main:
@@ -530,6 +532,11 @@ class Trainer:
                              f"above 0.99 or below 0.01; temperature scaling (T = {cal.temperature:.3g}, "
                              f"b = {cal.bias:.3g}) and per-class thresholds fitted on validation are applied by "
                              "evaluate and predict")
+        if cal.uninformative:
+            self.method.warn(f"calibration: the validation scores do not rank the validation labels (the fitted "
+                             f"temperature T = {cal.temperature:.3g} is at its bound, 100 standard deviations of the "
+                             "logits): calibrated probabilities are nearly constant; validate on more data or train "
+                             "a better model before trusting them")
         if cal.fallback_classes:
             self.method.warn(f"{len(cal.fallback_classes)} classes have no validation positive and keep the global "
                              f"threshold {cal.global_threshold}: {', '.join(cal.fallback_classes[:10])}")

@@ -524,12 +524,25 @@ def builtin_class_names(dataset: str) -> list[str] | None:
     return None
 
 
+def _transforms_without_classes(cfg, method) -> dict[str, str]:
+    """The method's transforms when the dataset (and so its classes) is unavailable. Methods whose transforms
+    follow the built model's normalisation (image backbones) build it for one stand-in class, only to read them."""
+    try:
+        return method.transform_summary()
+    except RuntimeError:  # "build_model() first"
+        method.build_model(TaskInfo(class_names=["(stand-in class)"], input_kind=method.input_kind,
+                                    image_size=cfg.data.image_size))
+        return method.transform_summary()
+
+
 def dry_run(cfg) -> dict[str, Any]:
     """Build the run's method and model without training or extracting anything; parameter counts and
     the resolved train/eval image transforms (``transforms``).
 
     Class names come from the dataset; when its files are absent, VOC and COCO fall back to their
-    known class lists (``class_names_from`` says which).
+    known class lists (``class_names_from`` says which). For any other dataset whose files are absent,
+    the transforms (which do not depend on the classes) are still printed, with ``classes: null`` and
+    no parameter counts (they do depend on the classes).
     """
     from mlrkit.engine.checkpoint import trainable_state_dict
     from mlrkit.engine.run_data import prepare_run_data, task_info
@@ -545,10 +558,14 @@ def dry_run(cfg) -> dict[str, Any]:
         source = "dataset"
     except (DataError, MlrkitError) as e:
         names = builtin_class_names(cfg.data.name)
+        reason = str(e).splitlines()[0][:160]
         if names is None:
-            raise
+            return {"method": cfg.method.name, "dataset": cfg.data.name, "classes": None,
+                    "class_names_from": f"unavailable (dataset not loaded: {reason})",
+                    "parameters": "not counted: they depend on the dataset's classes",
+                    "transforms": _transforms_without_classes(cfg, method)}
         task = TaskInfo(class_names=names, input_kind=method.input_kind, image_size=cfg.data.image_size)
-        source = f"built-in {cfg.data.name} class list (dataset not loaded: {str(e).splitlines()[0][:120]})"
+        source = f"built-in {cfg.data.name} class list (dataset not loaded: {reason})"
     built = build_for_task(cfg, task, method)
     counts = count_parameters(built.model)
     out: dict[str, Any] = {"method": cfg.method.name, "dataset": cfg.data.name, "classes": task.num_classes,

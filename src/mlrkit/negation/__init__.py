@@ -19,8 +19,8 @@ _EXPORTS = {
     "mlrkit.negation.bench": ("RefItem", "build_caption_pairs", "build_mosaic_benchmark", "build_referring",
                               "caption_points", "evaluate_caption_pairs", "evaluate_referring", "load_referring",
                               "parse_referring", "referring_points", "zeroshot_map"),
-    "mlrkit.negation.captions": ("cooccurrence", "generate_p1", "generate_p2", "read_jsonl", "rewrite_yes_no",
-                                 "write_jsonl"),
+    "mlrkit.negation.captions": ("augment_caption_with_answer", "cooccurrence", "generate_p1", "generate_p2",
+                                 "parse_yes_no", "read_jsonl", "rewrite_yes_no", "write_jsonl"),
     "mlrkit.negation.finetune": ("FinetuneConfig", "FinetuneResult", "finetune_negation", "split_by_image"),
     "mlrkit.negation.llm": ("ChatClient", "ChatStats", "LLMConfig"),
 }

@@ -19,14 +19,17 @@ absent, and written into the image's caption:
   an LLM rewrite (checked to mention the object and a negation word, else rejected and counted).
 
 **P2, negation beyond objects.** VQA-format records ``{"image", "question", "answer"}`` whose
-answer is "no" are turned into negated statements by rewriting the yes/no question
-(``"Is there a dog?"`` -> ``"there is no dog."``, ``"Is the man wearing a hat?"`` -> ``"the man
-is not wearing a hat."``), with templates or an LLM. Questions the templates cannot parse are
-counted and listed, never dropped silently.
+answer is "no" become negation-augmented captions of the image (``form="caption"``, the paper's
+P2): the image's own caption with the negated content of the answer added (``"a man riding a
+horse."`` + ``"Is the man wearing a hat?"`` -> ``"a man riding a horse, but the man is not wearing
+a hat."``; ``"Is there a dog on the beach?"`` -> ``"a man riding a horse with no dog on the
+beach."``), with templates or an LLM. ``form="statement"`` writes the rewritten question alone
+(``"there is no dog."``) for VQA files without captions. Questions the templates cannot parse,
+and images without a caption, are counted and listed, never dropped silently.
 
 Output rows (JSONL): ``{"image_id", "caption", "negated_caption", "absent_objects", "kind": "P1"|"P2",
 "proposer": "context"|"random"|"llm"|"vqa", "rewriter": "template"|"llm"}``, plus ``"mentioned"`` (the
-present classes a caption made from the labels names) and, for P2, ``"question"``.
+present classes a caption made from the labels names) and, for P2, ``"question"`` and ``"p2_form"``.
 """
 
 from __future__ import annotations
@@ -436,13 +439,34 @@ def _subject_split(words: list[str]) -> int | None:
     return 1  # a proper noun or a bare plural ("people", "John")
 
 
-def rewrite_yes_no(question: str) -> tuple[str, list[str]] | None:
-    """A yes/no question answered "no" -> (negated statement, absent objects); None if it does not parse.
+@dataclass(frozen=True)
+class YesNoParse:
+    """A yes/no question taken apart: ``there`` questions (``aux`` + ``phrase``: "is" + "dog on the bed") or
+    subject questions (``aux`` + ``subject`` + ``predicate``: "is" + "the man" + "wearing a hat")."""
 
-    ``"Is there a dog on the bed?"`` -> ``("there is no dog on the bed.", ["dog"])``;
-    ``"Is the man wearing a hat?"`` -> ``("the man is not wearing a hat.", [])``;
-    ``"Does the cat have a collar?"`` -> ``("the cat does not have a collar.", [])``.
-    """
+    aux: str
+    kind: str  # "there" | "subject"
+    phrase: str = ""
+    subject: str = ""
+    predicate: str = ""
+
+    def statement(self) -> str:
+        """The negated statement: "there is no dog on the bed." / "the man is not wearing a hat."."""
+        if self.kind == "there":
+            return f"there {self.aux} no {self.phrase}."
+        return f"{self.subject} {_NEGATED_AUX[self.aux]} {self.predicate}."
+
+    def objects(self) -> list[str]:
+        """The absent object of a ``there`` question (its words before the first preposition); [] otherwise."""
+        if self.kind != "there":
+            return []
+        words = self.phrase.split(" ")
+        cut = next((k for k, w in enumerate(words) if w in _PREPOSITIONS and k > 0), len(words))
+        return [" ".join(words[:cut])]
+
+
+def parse_yes_no(question: str) -> YesNoParse | None:
+    """Take a yes/no question apart (:class:`YesNoParse`); None if it does not parse."""
     q = re.sub(r"\s+", " ", question.strip().rstrip("?").strip())
     words = q.lower().split(" ")
     if len(words) < 2 or words[0] not in _NEGATED_AUX:
@@ -450,20 +474,100 @@ def rewrite_yes_no(question: str) -> tuple[str, list[str]] | None:
     aux, rest = words[0], words[1:]
     if aux in _BE and rest[0] == "there":
         body = rest[1:]
-        if not body:
-            return None
-        if body[0] in ("a", "an", "any", "some"):
+        if body and body[0] in ("a", "an", "any", "some"):
             body = body[1:]
         if not body:
             return None
-        cut = next((k for k, w in enumerate(body) if w in _PREPOSITIONS and k > 0), len(body))
-        obj = " ".join(body[:cut])
-        return f"there {aux} no {' '.join(body)}.", [obj]
+        return YesNoParse(aux=aux, kind="there", phrase=" ".join(body))
     k = _subject_split(rest)
     if k is None:
         return None
-    subject, predicate = " ".join(rest[:k]), " ".join(rest[k:])
-    return f"{subject} {_NEGATED_AUX[aux]} {predicate}.", []
+    return YesNoParse(aux=aux, kind="subject", subject=" ".join(rest[:k]), predicate=" ".join(rest[k:]))
+
+
+def rewrite_yes_no(question: str) -> tuple[str, list[str]] | None:
+    """A yes/no question answered "no" -> (negated statement, absent objects); None if it does not parse.
+
+    ``"Is there a dog on the bed?"`` -> ``("there is no dog on the bed.", ["dog"])``;
+    ``"Is the man wearing a hat?"`` -> ``("the man is not wearing a hat.", [])``;
+    ``"Does the cat have a collar?"`` -> ``("the cat does not have a collar.", [])``.
+    """
+    parsed = parse_yes_no(question)
+    return None if parsed is None else (parsed.statement(), parsed.objects())
+
+
+P2_THERE_TEMPLATES: tuple[str, ...] = (
+    "{caption} with no {phrase}.",
+    "{caption}, but there {aux} no {phrase}.",
+    "{caption}, and there {aux} no {phrase}.",
+)
+"""Caption augmentation for "Is there ...?" answered "no": ``{caption}`` (final period removed), ``{phrase}``
+("dog on the bed"), ``{aux}`` ("is"/"are"...)."""
+
+P2_CLAUSE_TEMPLATES: tuple[str, ...] = (
+    "{caption}, but {statement}",
+    "{caption}, and {statement}",
+    "{caption}; {statement}",
+)
+"""Caption augmentation for other yes/no questions answered "no": ``{statement}`` is the negated statement
+("the man is not wearing a hat.")."""
+
+P2_FORMS = ("caption", "statement")
+
+
+def augment_caption_with_answer(caption: str, parsed: YesNoParse, template: int = 0) -> str:
+    """The image's caption with the negated content of a "no" answer added (P2 as caption augmentation).
+
+    ``("a man riding a horse.", "Is there a dog on the beach?")`` -> ``"a man riding a horse with no dog on
+    the beach."``; ``("a man riding a horse.", "Is the man wearing a hat?")`` -> ``"a man riding a horse,
+    but the man is not wearing a hat."``. ``template`` indexes :data:`P2_THERE_TEMPLATES` /
+    :data:`P2_CLAUSE_TEMPLATES` (modulo their length).
+    """
+    base = caption.strip().rstrip(".").strip()
+    if not base:
+        raise MlrkitError(f"cannot augment an empty caption ({caption!r})")
+    if parsed.kind == "there":
+        t = P2_THERE_TEMPLATES[template % len(P2_THERE_TEMPLATES)]
+        return t.format(caption=base, phrase=parsed.phrase, aux=parsed.aux)
+    t = P2_CLAUSE_TEMPLATES[template % len(P2_CLAUSE_TEMPLATES)]
+    return t.format(caption=base, statement=parsed.statement())
+
+
+_CONTENT_STOP = _DETERMINERS | _PREPOSITIONS | {"and", "or", "but", "is", "are", "was", "were", "with", "there"}
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-case words of ``text`` other than determiners, prepositions and a few function words."""
+    return {w for w in re.findall(r"[a-z][a-z'-]*", text.lower()) if w not in _CONTENT_STOP and len(w) > 1}
+
+
+def keeps_caption(caption: str, text: str, min_fraction: float = 0.5) -> bool:
+    """Whether ``text`` keeps at least ``min_fraction`` of the caption's content words (LLM output check)."""
+    words = content_words(caption)
+    return not words or len(words & content_words(text)) >= min_fraction * len(words)
+
+
+def llm_caption_with_answer(client: ChatClient, caption: str, question: str) -> tuple[str | None, str]:
+    """LLM caption augmentation: ``caption`` edited to also state that the answer to ``question`` is "no".
+
+    A reply is accepted when it is one line, contains a negation word and keeps at least half of the
+    caption's content words (:func:`keeps_caption`); else (None, "llm_rejected").
+    """
+    messages = [
+        {"role": "system", "content": "You edit image captions. Reply with the edited caption only, on one line."},
+        {"role": "user", "content": "Caption: 'a woman riding a horse in a field'. The question 'Is she wearing "
+                                    "a hat?' was answered 'no' for this image. Edit the caption to also say this."},
+        {"role": "assistant", "content": "a woman not wearing a hat riding a horse in a field"},
+        {"role": "user", "content": f"Caption: '{caption.strip()}'. The question '{question.strip()}' was answered "
+                                    "'no' for this image. Edit the caption to also say this."},
+    ]
+    reply = client.complete(messages)
+    if reply is None:
+        return None, "llm_failed"
+    text = reply.strip().strip("'\"").strip()
+    if not text or "\n" in text or not NEGATION_WORDS.search(text) or not keeps_caption(caption, text):
+        return None, "llm_rejected"
+    return text, "ok"
 
 
 def is_no(answer: Any) -> bool | None:
@@ -515,13 +619,29 @@ def llm_statement(client: ChatClient, question: str) -> tuple[str | None, str]:
 
 def generate_p2(
     records: Iterable[dict[str, Any]], *, captions: dict[str, str] | None = None, rewriter: str = "template",
-    llm: ChatClient | None = None,
+    llm: ChatClient | None = None, form: str = "caption", seed: int = 0,
 ) -> tuple[list[dict[str, Any]], GenerationReport]:
-    """P2 rows from VQA records answered "no"; ``captions`` (image -> caption) fills the ``caption`` field."""
+    """P2 rows from VQA records answered "no".
+
+    Args:
+        captions: image -> its caption (the first one given for it).
+        form: ``"caption"`` (default, the paper's P2): the image's own caption augmented with the negated
+            content of the answer (:func:`augment_caption_with_answer`, or :func:`llm_caption_with_answer`
+            with ``rewriter="llm"``); records whose image has no caption are counted (``no_caption``) and
+            listed. ``"statement"``: the question rewritten into a standalone negated statement
+            (:func:`rewrite_yes_no` / :func:`llm_statement`), the caption kept alongside in ``caption``.
+        seed: seed of the template draw (``form="caption"``, ``rewriter="template"``).
+    """
     if rewriter not in REWRITERS:
         raise MlrkitError(f"unknown rewriter {rewriter!r} (known: {', '.join(REWRITERS)})")
+    if form not in P2_FORMS:
+        raise MlrkitError(f"unknown P2 form {form!r} (known: {', '.join(P2_FORMS)})")
     if rewriter == "llm" and llm is None:
         raise MlrkitError("rewriter 'llm' needs an LLM client (--llm-config)")
+    if form == "caption" and not captions:
+        raise MlrkitError("P2 as caption augmentation (--p2-form caption) needs the images' captions (--captions "
+                          "FILE of {image_id, caption}); --p2-form statement writes standalone statements instead")
+    rng = np.random.default_rng(seed)
     report = GenerationReport(kind="P2")
     rows: list[dict[str, Any]] = []
     for r in records:
@@ -534,23 +654,34 @@ def generate_p2(
         if not verdict:
             report.count("answer_yes")
             continue
-        objects: list[str] = []
+        caption = (captions or {}).get(image_id)
+        if form == "caption" and caption is None:
+            report.count("no_caption", image_id)
+            continue
+        parsed = parse_yes_no(r["question"])
+        objects = parsed.objects() if parsed is not None else []
         if rewriter == "llm":
             assert llm is not None
-            statement, outcome = llm_statement(llm, r["question"])
-            if statement is None:
+            if form == "caption":
+                assert caption is not None
+                text, outcome = llm_caption_with_answer(llm, caption, r["question"])
+            else:
+                text, outcome = llm_statement(llm, r["question"])
+            if text is None:
                 report.count(outcome, image_id)
                 continue
         else:
-            parsed = rewrite_yes_no(r["question"])
             if parsed is None:
                 report.count("unparsed_question", f"{image_id}: {r['question']}")
                 continue
-            statement, objects = parsed
-        caption = (captions or {}).get(image_id)
-        rows.append({"image_id": image_id, "caption": caption, "negated_caption": statement,
+            if form == "caption":
+                assert caption is not None
+                text = augment_caption_with_answer(caption, parsed, int(rng.integers(1 << 30)))
+            else:
+                text = parsed.statement()
+        rows.append({"image_id": image_id, "caption": caption, "negated_caption": text,
                      "absent_objects": objects, "kind": "P2", "proposer": "vqa", "rewriter": rewriter,
-                     "question": r["question"]})
+                     "p2_form": form, "question": r["question"]})
     report.rows = len(rows)
     report.llm = llm.stats.as_dict() if llm is not None else None
     return rows, report

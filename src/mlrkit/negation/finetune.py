@@ -13,7 +13,8 @@ what is absent, with the usual CLIP loss: for a batch of B images and their capt
 * ``train=("text",)`` (default) updates every text-tower parameter (token and positional embeddings,
   transformer, final norm, projection); the image tower is frozen, so its embeddings are computed
   once; ``("image", "text")`` trains both towers. ``logit_scale`` stays fixed unless
-  ``train_logit_scale``;
+  ``train_logit_scale``; ``freeze_ln_final`` keeps the text tower's final LayerNorm frozen (the
+  reference code's choice);
 * AdamW with the paper's defaults ``lr = 1e-6``, 15 epochs (PyTorch's default weight decay 0.01),
   constant learning rate;
 * ``multi_positive`` (mosaic captions that name a subset of the present classes): the target of
@@ -67,6 +68,7 @@ class FinetuneConfig:
     val_fraction: float = 0.2
     seed: int = 0
     train_logit_scale: bool = False
+    freeze_ln_final: bool = False  # the reference freezes the text tower's final LayerNorm
     multi_positive: bool = False
     rows_per_epoch: str = "image"  # image: one row per image per epoch | all: every row (the reference's loader)
     max_steps: int | None = None
@@ -130,13 +132,18 @@ def _tower(key: str) -> str:
     return "scale" if key in ("logit_scale", "logit_bias") else "text"
 
 
-def trainable_parameters(model: Any, towers: Sequence[str],
-                         train_logit_scale: bool = False) -> list[torch.nn.Parameter]:
-    """Set ``requires_grad`` on the chosen towers of ``model.clip`` (and logit_scale), return those parameters."""
+def trainable_parameters(model: Any, towers: Sequence[str], train_logit_scale: bool = False,
+                         freeze_ln_final: bool = False) -> list[torch.nn.Parameter]:
+    """Set ``requires_grad`` on the chosen towers of ``model.clip`` (and logit_scale), return those parameters.
+
+    ``freeze_ln_final``: the text tower's final LayerNorm (``ln_final.*``) stays frozen, as in the reference code.
+    """
     params = []
     for name, p in model.clip.named_parameters():
         if name in ("logit_scale", "logit_bias"):
             on = train_logit_scale
+        elif name.startswith("ln_final."):
+            on = "text" in towers and not freeze_ln_final
         elif name.startswith("visual."):
             on = "image" in towers
         else:
@@ -273,7 +280,7 @@ def finetune_negation(
     b = min(cfg.batch_size, len(train_ids))
 
     grad_flags = {n: p.requires_grad for n, p in model.clip.named_parameters()}
-    params = trainable_parameters(model, cfg.train, cfg.train_logit_scale)
+    params = trainable_parameters(model, cfg.train, cfg.train_logit_scale, cfg.freeze_ln_final)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     image_frozen = "image" not in cfg.train
     model.eval()
