@@ -355,7 +355,7 @@ def finetune_negation(
         v_loss, v_acc = validate()
         history.append({"epoch": 0, "train_loss": None, "val_loss": v_loss, "val_acc": v_acc, "seconds": 0.0})
     if run is not None:
-        run.truncate_metrics("epoch", start)
+        run.truncate_metrics("epoch", start if start else -1)  # from scratch: row 0 is written again below
         if start == 0:
             run.log_row(history[0])
     # rows_per_epoch "all": every (image, row) pair of the training images once per epoch, in batches of b
