@@ -151,6 +151,25 @@ def test_temperature_and_shift_recover_overconfident_and_saturated_logits():
                                atol=0.02)
 
 
+def test_scores_that_rank_validation_backwards_keep_a_positive_bounded_temperature():
+    """Validation scores anti-correlated with the labels (a small validation split, an untrained model) once
+    gave T = -9.9e10: a negative temperature reverses every ranking. The slope now stops at its floor
+    (T = 100 sd of the logits), and the calibration says so."""
+    from mlrkit.engine.calibration import SLOPE_MIN, calibrate, fit_platt, uninformative
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((40, 4)) < 0.3).astype(np.uint8)
+    z = -2.0 * y + rng.normal(0, 1, y.shape)
+    T, b = fit_platt(z, y)
+    assert T == pytest.approx(z.std() / SLOPE_MIN, rel=1e-3) and uninformative(T, z)
+    cal = calibrate(z, y, None, list("abcd"))
+    p = cal.probabilities(z)
+    assert cal.uninformative and (np.diff(p.ravel()[np.argsort(z, axis=None)]) >= 0).all()  # increasing in z
+    assert abs(p.mean() - y.mean()) < 0.02  # ~ the base rate, nearly constant
+    good = 2.0 * y + rng.normal(0, 1, y.shape)
+    assert not calibrate(good, y, None, list("abcd")).uninformative
+
+
 def test_per_class_threshold_maximises_validation_f1():
     from mlrkit.engine.calibration import best_f1_threshold
 
@@ -203,8 +222,7 @@ def test_predict_cli_formats_and_array_inputs(scene_runs, tmp_path):
     out = {f: subprocess.run(base + ["--format", f], capture_output=True, text=True, timeout=120).stdout
            for f in ("jsonl", "json", "csv")}
     lines = [json.loads(line) for line in out["jsonl"].splitlines()]
-    doc = json.loads(out["json"])
-    assert len(lines) == 5 and doc["predictions"] == lines and set(doc["thresholds"]) == set(run.class_names)
+    assert len(lines) == 5 and json.loads(out["json"]) == lines  # json: one array of the jsonl objects
     assert out["csv"].splitlines()[0].split(",") == ["input", *run.class_names, "labels"]
     for rec, labels in zip(lines, pred.labels):
         assert rec["labels"] == [c for c, on in zip(run.class_names, labels) if on]

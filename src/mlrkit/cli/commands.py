@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlrkit.cli.common import add_command, add_device_argument, command_device
+from mlrkit.cli.common import add_command, add_device_argument, add_loop_arguments, command_device, loop_run_dir
 
 
 def register(sub) -> None:
@@ -92,11 +92,12 @@ def register(sub) -> None:
                    "patterns (quote them); feature files (.npy/.npz/.csv) for runs on fixed features")
     p.add_argument("--format", choices=["jsonl", "csv", "json"], default="jsonl",
                    help="jsonl: one JSON object per input; csv: one row per input (probabilities, then the labels "
-                   "joined by |); json: one JSON document (predictions, skipped inputs, thresholds)")
+                   "joined by |); json: one JSON array of those objects (skipped inputs: on standard error; the "
+                   "thresholds: RUN/calibration.json)")
     p.add_argument("--threshold", type=float, default=None, help="one probability threshold for every class "
                    "(default: the run's per-class thresholds fitted on validation, calibration.json)")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable image files and report them "
-                   "(standard error; json: 'skipped') instead of failing")
+                   "(standard error) instead of failing")
     p.add_argument("--output", help="write here instead of standard output")
     add_device_argument(p)
 
@@ -160,12 +161,15 @@ def register(sub) -> None:
     enc.add_argument("--vl-model", help="a VL image encoder (mlrkit list vl-backends)")
     enc.add_argument("--backbone", help="an image backbone (mlrkit list backbones)")
     p.add_argument("--dense", action="store_true", help="VL region/patch features [N, HW, D] (cache only)")
+    p.add_argument("--l2-normalize", action="store_true",
+                   help="divide every feature row by its L2 norm (recorded in --out: predict does the same)")
     p.add_argument("--image-size", type=int, help="input resolution (default: the encoder's own / data.image_size)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--seed", type=int, default=0, help="seed of random-weight encoders")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="backbone config, e.g. --set model.weights=/models/r50.pth")
-    p.add_argument("--out", help="write X_train, Y_train, X_test, Y_test, class_names (pooled features)")
+    p.add_argument("--out", help="write X_train, Y_train, X_test, Y_test, class_names (pooled features) and "
+                   "feature_source (how they were made: encoder, weights hash, transform; docs/runs.md)")
     add_device_argument(p)
 
     vl = sub.add_parser("vl", help="vision-language model tools (pretrain, export, vocab)",
@@ -195,6 +199,9 @@ def register(sub) -> None:
                         "training split")
     p.add_argument("--heldout-mosaics", type=int, default=20000, help="number of held-out mosaics (--heldout-source)")
     p.add_argument("--out", default="mosaic_clip_raw.pt", help="raw checkpoint to write")
+    p.add_argument("--log-every", type=int, default=50, help="a metrics.jsonl row every N steps (and at each "
+                   "zero-shot evaluation)")
+    add_loop_arguments(p, "mosaic_clip_raw.run", "steps")
 
     p = add_command(vsub, "export", "write a raw `vl pretrain` checkpoint in the shipped format (fp16, sparse "
                     "token table, JSON sidecar)",
@@ -585,9 +592,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.format == "jsonl":
             for rec in pred.records():
                 fh.write(json.dumps(rec) + "\n")
-        elif args.format == "json":
-            json.dump({"predictions": pred.records(), "skipped": [{"input": i, "reason": w} for i, w in pred.skipped],
-                       "thresholds": dict(zip(names, map(float, pred.thresholds)))}, fh, indent=1)
+        elif args.format == "json":  # one array of the jsonl objects
+            json.dump(pred.records(), fh, indent=1)
             fh.write("\n")
         else:
             w = csv.writer(fh)
@@ -663,25 +669,48 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_vl_pretrain(args: argparse.Namespace) -> int:
-    from mlrkit.vl.pretraining import load_raw_checkpoint, pretrain_mosaic_clip, save_pretrained
+    from mlrkit.engine.loop import AMP_CHOICES, LoopRun, join_processes
+    from mlrkit.vl.pretraining import (
+        BUILTIN_TRAINED_ON,
+        HELDOUT_TRAINED_ON,
+        load_raw_checkpoint,
+        pretrain_mosaic_clip,
+        save_pretrained,
+    )
 
     init_payload = load_raw_checkpoint(args.init) if args.init else None  # read safely before any training
+    device, env = join_processes(args.device)
+    if device.type == "cpu":
+        command_device(args)  # the thread policy
+    options = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                   eval_every=args.eval_every, init=str(Path(args.init).resolve()) if args.init else None,
+                   subset_prob=args.subset_prob, multi_positive=args.multi_positive,
+                   heldout_source=str(Path(args.heldout_source).resolve()) if args.heldout_source else None,
+                   heldout_mosaics_count=args.heldout_mosaics, amp=AMP_CHOICES[args.amp], log_every=args.log_every)
+    run = LoopRun(loop_run_dir(args), {**options, "out": str(Path(args.out).resolve())}, resume=args.resume,
+                  command="mlrkit vl pretrain", resume_may_change=("time_limit_s",), env=env)
+    done = run.finished_results()
+    if done is not None:
+        print(json.dumps(done))
+        return 0
     model, config, result, history = pretrain_mosaic_clip(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        time_limit_s=None if args.time_limit is None else 60 * args.time_limit,
-        eval_every=args.eval_every, device=str(command_device(args)), init=args.init, subset_prob=args.subset_prob,
-        multi_positive=args.multi_positive, heldout_source=args.heldout_source,
-        heldout_mosaics_count=args.heldout_mosaics)
-    from mlrkit.vl.pretraining import BUILTIN_TRAINED_ON, HELDOUT_TRAINED_ON
-
+        **options, time_limit_s=None if args.time_limit is None else 60 * args.time_limit, device=str(device),
+        run=run, checkpoint_every_s=args.checkpoint_every)
     if args.heldout_source:
         trained_on = HELDOUT_TRAINED_ON.format(n=args.heldout_mosaics, seed=args.seed)
     else:
         trained_on = init_payload.get("trained_on", BUILTIN_TRAINED_ON) if init_payload else BUILTIN_TRAINED_ON
-    save_pretrained(model, config, args.out, result=result, history=history, command=sys.argv, seed=args.seed,
-                    init_payload=init_payload, trained_on=trained_on)
-    print(json.dumps({"out": args.out, "steps": result.steps, "seconds": round(result.seconds, 1),
-                      "zeroshot_test_map": result.zeroshot_map}))
+    summary = {"out": args.out, "steps": result.steps, "seconds": round(result.seconds, 1),
+               "zeroshot_test_map": result.zeroshot_map}
+    try:
+        if env.is_main:
+            save_pretrained(model, config, args.out, result=result, history=history, command=sys.argv,
+                            seed=args.seed, init_payload=init_payload, trained_on=trained_on)
+            print(json.dumps(summary))
+        if result.steps == args.steps:  # stopped by --time-limit: last.pt stays, --resume continues
+            run.finish(summary)
+    finally:
+        run.release()
     return 0
 
 
@@ -733,43 +762,55 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
 def cmd_extract_features(args: argparse.Namespace) -> int:
     from mlrkit.config import build_config
     from mlrkit.data import load_dataset
-    from mlrkit.errors import MlrkitError
+    from mlrkit.engine import feature_source
+    from mlrkit.errors import ConfigError, MlrkitError
     from mlrkit.features import FeatureStore
 
+    if args.dense and (args.out or args.l2_normalize or not args.vl_model):
+        raise ConfigError("--dense fills the feature cache with a VL model's region features only: it takes "
+                          "--vl-model, and no --out or --l2-normalize (features files hold pooled features)")
+    if args.vl_model and args.set:
+        raise ConfigError(f"--set {args.set[0]}: --set configures a --backbone; a VL model is named by its spec alone")
     ds = load_dataset(args.dataset, args.root)
     if not ds.has_images:
         raise MlrkitError(f"dataset {ds.name!r} has no images to encode")
     splits = {"train": ds.trainval, "test": ds.test}
-    store = FeatureStore()
-    out: dict = {}
-    if args.vl_model:
+    device = command_device(args)
+    if args.dense:
         from mlrkit.vl import load_frozen
         from mlrkit.vl.features import vl_image_features
 
-        device = command_device(args)
+        store = FeatureStore()
         model = load_frozen(args.vl_model, seed=args.seed, device=device)
-        for name, split in splits.items():
-            out[name] = vl_image_features(model, split.images, image_size=args.image_size, dense=args.dense,
-                                          store=store, batch_size=args.batch_size, seed=args.seed, device=device,
-                                          desc=f"{args.vl_model} ({name})")
+        out = {name: vl_image_features(model, split.images, image_size=args.image_size, dense=True, store=store,
+                                       batch_size=args.batch_size, seed=args.seed, device=device,
+                                       desc=f"{args.vl_model} ({name})")
+               for name, split in splits.items()}
     else:
-        from mlrkit.methods.image import frozen_features
-
-        flags = {"seed": args.seed, "model": {"name": args.backbone},
-                 "data": {"image_size": args.image_size} if args.image_size else {},
-                 "train": {"batch_size": args.batch_size}}
-        cfg = build_config(flags=flags, sets=args.set)
-        frozen_features(cfg, splits, device=command_device(args))
+        if args.vl_model:
+            source = feature_source.vl_source(args.vl_model, seed=args.seed, image_size=args.image_size,
+                                              l2_normalize=args.l2_normalize)
+            store = FeatureStore()
+        else:
+            flags = {"seed": args.seed, "model": {"name": args.backbone},
+                     "data": {"image_size": args.image_size} if args.image_size else {},
+                     "train": {"batch_size": args.batch_size}}
+            cfg = build_config(flags=flags, sets=args.set)
+            source = feature_source.backbone_source(cfg, l2_normalize=args.l2_normalize)
+            store = FeatureStore(cfg.section("features").cache_dir)
+        # the identity (weights hash, transform) is what predict/export check when they encode new images
+        source.update(feature_source.extract(source, splits, device=device, batch_size=args.batch_size,
+                                             cache_dir=str(store.root), check=False))
         out = {name: split.features for name, split in splits.items()}
+        source["dim"] = int(out["train"].shape[1])
     for name, arr in out.items():
         print(f"{name}: {tuple(arr.shape)} features cached under {store.root}")
     if args.out:
-        if args.dense:
-            raise MlrkitError("--out exports pooled features only (drop --dense)")
         np.savez(args.out, X_train=np.asarray(out["train"], np.float32), Y_train=ds.trainval.targets,
                  X_test=np.asarray(out["test"], np.float32), Y_test=ds.test.targets,
-                 class_names=np.array(ds.class_names))
-        print(f"wrote {args.out} (use it as --dataset features:{args.out})")
+                 class_names=np.array(ds.class_names), feature_source=np.array(json.dumps(source)))
+        print(f"wrote {args.out} (use it as --dataset features:{args.out}; it records its encoder, "
+              f"{feature_source.describe_source(source)}, so runs on it also predict from images)")
     return 0
 
 

@@ -318,3 +318,18 @@ def dualcoop_train_transform(size: int, mean: Sequence[float], std: Sequence[flo
 def describe(transform) -> str:
     """A stable text form of a transform (part of FeatureStore cache keys)."""
     return repr(transform).replace("\n", " ")
+
+
+def transform_identity(transform) -> dict:
+    """What a frozen encoder's input pipeline is: its text (:func:`describe`), the [H, W] it crops or
+    resizes to last (``input_size``; [S, S] for an int size, whose Resize keeps the aspect ratio; None
+    when it has none) and its Normalize mean/std (None when it has none); recorded in features files
+    (:mod:`mlrkit.engine.feature_source`)."""
+    ops = getattr(transform, "transforms", [])
+    norm = [t for t in ops if type(t).__name__ == "Normalize"]
+    mean = [float(v) for v in norm[0].mean] if norm else None
+    std = [float(v) for v in norm[0].std] if norm else None
+    sizes = [t.size for t in ops if type(t).__name__ in ("Resize", "CenterCrop") and getattr(t, "size", None)]
+    size = sizes[-1] if sizes else None
+    input_size = [int(size), int(size)] if isinstance(size, int) else (list(map(int, size)) if size else None)
+    return {"transform": describe(transform), "input_size": input_size, "mean": mean, "std": std}

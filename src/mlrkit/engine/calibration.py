@@ -36,6 +36,8 @@ FILE = "calibration.json"
 #: a validation score above 0.99 or below 0.01 counts as saturated; above this share of the known
 #: entries the run is warned that the raw scores saturate (temperature scaling then matters)
 SATURATED_SHARE = 0.5
+#: the smallest slope of the calibrated logit per standard deviation of the validation logits (T <= 100 sd)
+SLOPE_MIN = 0.01
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -52,17 +54,24 @@ def _known(logits: np.ndarray, targets: np.ndarray, mask: np.ndarray | None) -> 
     return z[keep], y[keep]
 
 
+#: calibration's scores of a loss with its own link are kept in [-27.63, 27.63]: probabilities in [1e-12, 1 - 1e-12]
+LINK_BOUND = float(np.log((1 - 1e-12) / 1e-12))
+
+
 def link_logits(loss_name: str, loss_params: dict, logits) -> np.ndarray:
     """The scores calibration works on: the logits, or for a loss with its own inverse link (``spa``) the
-    logit of that link's probability, so that ``sigmoid`` of them is the loss's probability."""
+    logit of that link's probability (``loss.link``, clipped to :data:`LINK_BOUND`), so that ``sigmoid``
+    of them is the loss's probability. ``mlrkit export`` puts the same map into the exported model."""
+    import torch
+
     import mlrkit.losses.zoo  # noqa: F401 - registers every loss
-    from mlrkit.losses import LOSSES, probabilities
+    from mlrkit.losses import LOSSES
 
     z = np.asarray(logits, np.float64)
-    if not hasattr(LOSSES.get(loss_name), "probabilities"):
+    cls = LOSSES.get(loss_name)
+    if not hasattr(cls, "link"):
         return z
-    p = np.clip(probabilities(loss_name, loss_params, z), 1e-12, 1 - 1e-12)
-    return np.log(p) - np.log1p(-p)
+    return np.clip(cls(**loss_params).link(torch.from_numpy(z)).numpy(), -LINK_BOUND, LINK_BOUND)
 
 
 def fit_temperature(logits, targets, mask=None, iters: int = 100) -> float:
@@ -99,7 +108,13 @@ def fit_temperature(logits, targets, mask=None, iters: int = 100) -> float:
 
 
 def fit_platt(logits, targets, mask=None, iters: int = 100) -> tuple[float, float]:
-    """:math:`(T^*, b^*)` of the module docstring; ``(1, 0)`` when there is nothing to fit."""
+    """:math:`(T^*, b^*)` of the module docstring; ``(1, 0)`` when there is nothing to fit.
+
+    The slope on standardised logits, :math:`\\mathrm{sd}(z)/T`, is kept at or above :data:`SLOPE_MIN`:
+    on validation scores that do not rank the labels (or rank them backwards) the unconstrained optimum
+    is :math:`T \\to \\infty` (or a negative T, which would reverse every ranking). :func:`uninformative`
+    says when the bound was reached.
+    """
     z, y = _known(logits, targets, mask)
     if z.size == 0 or y.min() == y.max():
         return 1.0, 0.0
@@ -120,15 +135,27 @@ def fit_platt(logits, targets, mask=None, iters: int = 100) -> tuple[float, floa
         g = np.array([np.mean(r * u), np.mean(r)])
         h = np.array([[np.mean(w * u * u), np.mean(w * u)], [np.mean(w * u), np.mean(w)]]) + 1e-9 * np.eye(2)
         step = np.linalg.solve(h, g)
+        if a - step[0] < SLOPE_MIN:  # the bound binds: the slope to its floor, the shift by its own Newton step
+            step = np.array([a - SLOPE_MIN, g[1] / h[1, 1]])
         f0, t = nll(a, c), 1.0
-        while (a - t * step[0] <= 0 or nll(a - t * step[0], c - t * step[1]) > f0 + 1e-15) and t > 1e-10:
+        while nll(a - t * step[0], c - t * step[1]) > f0 + 1e-15 and t > 1e-10:
             t /= 2
+        if t <= 1e-10:
+            break
         a, c = a - t * step[0], c - t * step[1]
         if np.abs(t * step).max() < 1e-10:
             break
     # sigma(a (z - mu) / sd + c) = sigma((z - b) / T)
     T = sd / a
     return float(T), float(mu - c * T)
+
+
+def uninformative(T: float, logits, mask=None) -> bool:
+    """Whether a fitted ``T`` sits at :func:`fit_platt`'s slope floor: the validation scores carry (almost) no
+    ranking of the validation labels, and the calibrated probabilities are nearly constant."""
+    z = np.asarray(logits, np.float64)
+    z = z if mask is None else z[np.asarray(mask, bool)]
+    return bool(z.size) and float(z.std()) / T <= SLOPE_MIN * (1 + 1e-6)
 
 
 def best_f1_threshold(probs: np.ndarray, targets: np.ndarray) -> float | None:
@@ -166,6 +193,7 @@ class Calibration:
     fallback_classes: list[str] = field(default_factory=list)  # no validation positive: global threshold
     ece: dict[str, float] = field(default_factory=dict)  # val_before, val_after, test_before, test_after
     saturated_share: float = 0.0  # known validation entries with a raw probability > 0.99 or < 0.01
+    uninformative: bool = False  # the temperature hit its bound: validation scores do not rank the labels
     n_bins: int = 15
 
     def probabilities(self, logits) -> np.ndarray:
@@ -227,6 +255,7 @@ def calibrate(val_logits, val_targets, val_mask, class_names: list[str], *, poli
         T, b = fit_platt(z, y, mask)
     elif temperature:
         T = fit_temperature(z, y, mask)
+    flat = temperature and bias and uninformative(T, z, mask)
     raw, cal = sigmoid(z), sigmoid((z - b) / T)
     known = np.ones(z.shape, bool) if mask is None else mask
     sat = float(((raw > 0.99) | (raw < 0.01))[known].mean()) if known.any() else 0.0
@@ -243,4 +272,4 @@ def calibrate(val_logits, val_targets, val_mask, class_names: list[str], *, poli
            "val_after": expected_calibration_error(cal, y, mask, n_bins)}
     return Calibration(temperature=T, bias=b, thresholds=thresholds, class_names=list(class_names), policy=policy,
                        global_threshold=global_threshold, fallback_classes=fallback, ece=ece,
-                       saturated_share=sat, n_bins=n_bins)
+                       saturated_share=sat, n_bins=n_bins, uninformative=flat)

@@ -1,15 +1,19 @@
 """``mlrkit export RUN --format torchscript|onnx``: a self-contained model for serving.
 
 The exported model takes a **preprocessed batch** and returns **calibrated probabilities**
-:math:`p = \\sigma((f(x) - b) / T)` [B, C] (the run's calibration, ``calibration.json``):
+:math:`p = \\sigma((f(x) - b) / T)` [B, C] (the run's calibration, ``calibration.json``); for a loss
+with its own inverse link (``spa``), :math:`p = \\sigma((\\mathrm{link}(f(x)) - b) / T)`, the link
+clamped as :func:`mlrkit.engine.calibration.link_logits` does, i.e. what ``predict`` computes:
 
 * runs on images (``finetune``, ``cam``, ``vlpl``, prompt methods, ``scpnet``, ...): a batch
   [B, 3, S, S] resized to the run's ``image_size`` and normalised with the model's mean/std
   (both recorded in ``export.json``);
 * linear probes on a frozen encoder (``linear``/``mlp`` with ``model.name`` a backbone or
-  ``vl:<spec>``, ``zeroshot``): the same image batch, the encoder included in the file;
-* runs on fixed features (``features:FILE``, built-in feature sets): a batch [B, D] of raw
-  features (the standardisation is inside the model).
+  ``vl:<spec>``, ``zeroshot``) and runs on a features file that records its encoder
+  (``mlrkit extract-features --out``; :mod:`mlrkit.engine.feature_source`): the same image batch,
+  the encoder (and the file's L2 normalisation, if any) included in the file;
+* runs on other fixed features (built-in feature sets, files without that record): a batch [B, D]
+  of raw features (the standardisation is inside the model).
 
 ``export.json`` next to the file holds the class names, the per-class thresholds, the input
 shape, normalisation and the largest absolute difference to mlrkit's own prediction path on a
@@ -35,76 +39,81 @@ TOLERANCE = {"torchscript": 1e-5, "onnx": 1e-4}
 
 
 class ProbabilityModel(nn.Module):
-    """``sigmoid((head(encoder(x)) - b) / T)``; ``encoder`` is the identity for models that take their input as is."""
+    """``sigmoid((link(head(encoder(x))) - b) / T)``: ``encoder`` is the identity for models that take their input
+    as is, ``link`` for losses without an inverse link of their own (all but ``spa``)."""
 
-    def __init__(self, model: nn.Module, calibration, encoder: nn.Module | None = None) -> None:
+    def __init__(self, model: nn.Module, calibration, encoder: nn.Module | None = None,
+                 link: nn.Module | None = None) -> None:
         super().__init__()
         self.encoder = encoder if encoder is not None else nn.Identity()
         self.model = model
+        self.link = link if link is not None else nn.Identity()
         self.register_buffer("inv_temperature", torch.tensor(1.0 / float(calibration.temperature)))
         self.register_buffer("bias", torch.tensor(float(calibration.bias)))
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.sigmoid((self.model(self.encoder(x)).float() - self.bias) * self.inv_temperature)
+        return torch.sigmoid((self.link(self.model(self.encoder(x)).float()) - self.bias) * self.inv_temperature)
 
 
-class _VLImageEncoder(nn.Module):
-    def __init__(self, vl) -> None:
+class LossLink(nn.Module):
+    """A loss's own inverse link as the logits calibration works on: ``clamp(loss.link(z), ±LINK_BOUND)``
+    (:func:`mlrkit.engine.calibration.link_logits`, here in float32)."""
+
+    def __init__(self, loss: nn.Module) -> None:
         super().__init__()
-        self.vl = vl
+        from mlrkit.engine.calibration import LINK_BOUND
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.vl.encode_image(x).float()
+        self.loss, self.bound = loss, LINK_BOUND
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.loss.link(z).clamp(-self.bound, self.bound)
+
+
+def run_link(cfg) -> LossLink | None:
+    """The run's loss's inverse link (``spa``), or None for the sigmoid of the logits."""
+    import mlrkit.losses.zoo  # noqa: F401 - registers every loss
+    from mlrkit.losses import LOSSES, build
+
+    if not hasattr(LOSSES.get(cfg.loss.name), "link"):
+        return None
+    return LossLink(build(cfg.loss.name, **dict(cfg.loss.params)))
 
 
 def serving_model(run) -> tuple[ProbabilityModel, dict[str, Any]]:
     """The exportable module of a loaded run and what its input is (``export.json``'s ``input``)."""
+    from mlrkit.engine import feature_source
+
     task = run.built.task
     method = run.built.method
     cfg = run.cfg
     model = run.built.model.eval()
     cal = run.calibration
-    enc_kind = task.extras.get("feature_encoder")
+    link = run_link(cfg)
     if task.input_kind == "images":
         tf = method.transform(False) if hasattr(method, "transform") else None
-        return ProbabilityModel(model, cal), _image_input(cfg, tf, task)
-    if not enc_kind:
-        return ProbabilityModel(model, cal), {"kind": "features", "shape": ["B", task.feature_dim]}
-    name = cfg.model.name or ""
-    if enc_kind == "vl" or name.startswith("vl:"):
-        from mlrkit import vl as vlmod
-
-        spec = cfg.vl.model if enc_kind == "vl" else name[3:]
-        v = vlmod.load(spec, seed=cfg.seed).freeze().eval()
-        enc: nn.Module = _VLImageEncoder(v)
-        tf = v.transform(train=False)
-    else:
-        from mlrkit.data.transforms import build_transform
-        from mlrkit.methods.image import backbone_from_config
-        from mlrkit.utils import derive_seed
-
-        torch.manual_seed(derive_seed(cfg.seed, 99))  # as frozen_features builds it
-        enc = backbone_from_config(cfg).eval()
-        tf = build_transform(cfg.data.image_size, enc.mean, enc.std, train=False)
-    return ProbabilityModel(model, cal, enc.to(run.device)), _image_input(cfg, tf, task)
+        return ProbabilityModel(model, cal, link=link), _image_input(cfg, tf, task)
+    enc_kind = task.extras.get("feature_encoder")
+    source = task.extras.get("feature_source")  # features:FILE made by extract-features: its encoder is known
+    if not enc_kind and source is None:
+        return ProbabilityModel(model, cal, link=link), {"kind": "features", "shape": ["B", task.feature_dim]}
+    if source is None:
+        source = feature_source.source_of_frozen_run(cfg, enc_kind)
+    enc, tf = feature_source.encoder_module(source, run.device)
+    info = _image_input(cfg, tf, task)
+    info["encoder"] = feature_source.describe_source(source)
+    return ProbabilityModel(model, cal, enc, link=link), info
 
 
 def _image_input(cfg, tf, task) -> dict[str, Any]:
-    info: dict[str, Any] = {"kind": "images", "transform": repr(tf).replace("\n", " ") if tf is not None else None}
-    norm = [t for t in getattr(tf, "transforms", []) if type(t).__name__ == "Normalize"]
-    if norm:
-        info["mean"], info["std"] = list(map(float, norm[0].mean)), list(map(float, norm[0].std))
-    size = _transform_size(tf) or task.image_size or cfg.data.image_size
-    info["shape"] = ["B", 3, size, size]
+    from mlrkit.data.transforms import transform_identity
+
+    ident = transform_identity(tf) if tf is not None else {"transform": None, "input_size": None, "mean": None}
+    info: dict[str, Any] = {"kind": "images", "transform": ident["transform"]}
+    if ident["mean"] is not None:
+        info["mean"], info["std"] = ident["mean"], ident["std"]
+    size = ident["input_size"] or [task.image_size or cfg.data.image_size] * 2
+    info["shape"] = ["B", 3, *size]
     return info
-
-
-def _transform_size(tf) -> int | None:
-    for t in getattr(tf, "transforms", []):
-        s = getattr(t, "size", None)
-        if s is not None:
-            return int(s if isinstance(s, int) else s[0])
-    return None
 
 
 def example_batch(run, info: dict[str, Any], n: int = 2) -> Tensor:
@@ -112,8 +121,7 @@ def example_batch(run, info: dict[str, Any], n: int = 2) -> Tensor:
     g = torch.Generator().manual_seed(0)
     if info["kind"] == "features":
         return torch.randn(n, int(info["shape"][1]), generator=g)
-    size = int(info["shape"][2])
-    return torch.randn(n, 3, size, size, generator=g)
+    return torch.randn(n, 3, int(info["shape"][2]), int(info["shape"][3]), generator=g)
 
 
 def export_run(run_dir: str | Path, fmt: str = "torchscript", out: str | Path | None = None,
@@ -124,12 +132,6 @@ def export_run(run_dir: str | Path, fmt: str = "torchscript", out: str | Path | 
     if fmt not in ("torchscript", "onnx"):
         raise ConfigError(f"--format must be torchscript or onnx, got {fmt!r}")
     run = load_run(run_dir, device="cpu")
-    import mlrkit.losses.zoo  # noqa: F401 - registers every loss
-    from mlrkit.losses import LOSSES
-
-    if hasattr(LOSSES.get(run.cfg.loss.name), "probabilities"):
-        raise MlrkitError(f"export of runs trained with loss {run.cfg.loss.name!r} (its own inverse link) is not "
-                          "supported yet: the exported model applies the sigmoid; use mlrkit predict")
     module, info = serving_model(run)
     module = module.cpu().eval()
     x = example_batch(run, info) if inputs is None else inputs
@@ -161,6 +163,7 @@ def export_run(run_dir: str | Path, fmt: str = "torchscript", out: str | Path | 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks constant for a fixed input size
                 torch.onnx.export(module, (x,), str(out), input_names=["inputs"], output_names=["probabilities"],
                                   dynamic_axes={"inputs": {0: "batch"}, "probabilities": {0: "batch"}}, dynamo=False)
         except Exception as e:  # noqa: BLE001 - the exporter raises many types
@@ -175,7 +178,9 @@ def export_run(run_dir: str | Path, fmt: str = "torchscript", out: str | Path | 
         raise MlrkitError(f"the exported {fmt} model differs from mlrkit's by {diff:.3g} (> {TOLERANCE[fmt]}) on a "
                           f"check batch; not written as valid ({out} left for inspection)")
     meta = {"format": fmt, "file": out.name, "run": str(Path(run_dir).resolve()), "input": info,
-            "output": "probabilities [B, C] = sigmoid((logits - bias) / temperature)",
+            "output": "probabilities [B, C] = sigmoid((" + ("clamp(link(logits), +-27.63)" if run_link(run.cfg)
+                                                          else "logits") + " - bias) / temperature)",
+            "loss_link": run.cfg.loss.name if run_link(run.cfg) else None,
             "temperature": run.calibration.temperature, "bias": run.calibration.bias,
             "class_names": list(run.class_names),
             "thresholds": dict(zip(run.class_names, map(float, run.calibration.threshold_array()))),

@@ -57,7 +57,9 @@ class LoadedRun:
         ``inputs``: one input or a list of them; each is a file, a folder (its images, recursively)
         or a glob pattern, a PIL image, or a raw image as a numpy array / torch tensor ([H, W, 3],
         [3, H, W] or a batch [N, ...]; uint8 or floats in [0, 1]; the run's own preprocessing is
-        applied). Runs on fixed features take feature rows ([D] or [N, D]) or feature files instead.
+        applied). Runs on fixed features take feature rows ([D] or [N, D]) or feature files (.npy, .npz,
+        .csv); those trained on a features file that records its encoder (``mlrkit extract-features``)
+        also take images, encoded as the file's rows were (:mod:`mlrkit.engine.feature_source`).
         ``threshold``: one global threshold instead of the run's per-class thresholds.
         ``skip_bad_images``: report unreadable files in ``Predictions.skipped`` instead of failing.
         """
@@ -296,71 +298,147 @@ def predict(run: LoadedRun, inputs: Any, *, threshold: float | None = None, skip
             batch_size: int = 64) -> Predictions:
     """Calibrated predictions for ``inputs`` (see :meth:`LoadedRun.predict`)."""
     task = run.built.task
-    takes_images = task.input_kind == "images" or bool(task.extras.get("feature_encoder"))
     items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    source = task.extras.get("feature_source")  # a features file that records its encoder (extract-features)
+    takes_images = task.input_kind == "images" or bool(task.extras.get("feature_encoder"))
+    if not takes_images:
+        kinds = [_input_kind(x) for x in items]
+        if "images" in kinds:
+            if source is None:
+                raise _no_encoder_error(run, items[kinds.index("images")])
+            if "features" in kinds:
+                raise DataError("give images or feature rows in one call, not both (this run takes either)")
+            takes_images = True
     skipped: list[tuple[str, str]] = []
     if takes_images:
-        entries: list = []
-        ids: list[str] = []
-        for k, x in enumerate(items):
-            if isinstance(x, (str, Path)):
-                for p in expand_inputs([x]):
-                    entries.append(p)
-                    ids.append(str(p))
-            elif _is_image_like(x):
-                entries.append(x)
-                ids.append(f"image#{k}")
-            elif torch.is_tensor(x) or isinstance(x, np.ndarray):
-                arr = x.detach().cpu().numpy() if torch.is_tensor(x) else x
-                pils = _array_to_pils(arr)
-                entries += pils
-                ids += [f"array#{k}"] if len(pils) == 1 else [f"array#{k}[{j}]" for j in range(len(pils))]
-            else:
-                raise DataError(f"input #{k}: expected a path, a PIL image, an array or a tensor, got "
-                                f"{type(x).__name__}")
-        from mlrkit.data import ImageList, PathImageSource
+        split, skipped = _image_split(items, task.num_classes, skip_bad_images)
+        if source is not None:
+            from mlrkit.engine.feature_source import extract
 
-        paths = [i for i, e in enumerate(entries) if isinstance(e, Path)]
-        bad = set(paths[j] for j in PathImageSource([entries[i] for i in paths]).find_bad())
-        if bad and not skip_bad_images:
-            first = entries[min(bad)]
-            raise DataError(f"{len(bad)} unreadable image(s), first {first}; pass --skip-bad-images "
-                            "(skip_bad_images=True) to skip and report them")
-        for i in sorted(bad):
-            skipped.append((ids[i], "unreadable image"))
-        keep = [i for i in range(len(entries)) if i not in bad]
-        if not keep:
-            raise DataError("no readable input to predict on")
-        split = Split(targets=np.zeros((len(keep), task.num_classes), np.uint8), ids=[ids[i] for i in keep],
-                      images=ImageList([entries[i] for i in keep]))
-        if task.input_kind == "features":
+            extract(source, {"predict": split}, device=run.device, progress=False, batch_size=batch_size,
+                    cache_dir=_cache_dir(run.cfg))
+        elif task.input_kind == "features":
             run.built.method.attach_features({"predict": split}, device=run.device, progress=False)
     else:
-        rows, ids = [], []
-        dim = int(task.feature_dim or 0)
-        for k, x in enumerate(items):
-            if isinstance(x, (str, Path)):
-                feats, names = read_feature_inputs(expand_inputs([x], images=False), dim)
-                rows.append(feats)
-                ids += names
-            elif torch.is_tensor(x) or isinstance(x, np.ndarray):
-                a = np.atleast_2d(x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x))
-                if a.ndim != 2 or a.shape[1] != dim:
-                    raise DataError(f"input #{k}: this run takes feature rows [N, {dim}], got {a.shape}")
-                rows.append(a.astype(np.float32))
-                ids += [f"array#{k}"] if len(a) == 1 else [f"array#{k}[{j}]" for j in range(len(a))]
-            else:
-                raise DataError(f"input #{k}: this run takes feature rows (files, arrays or tensors), got "
-                                f"{type(x).__name__}")
-        x = np.concatenate(rows).astype(np.float32)
-        if not np.isfinite(x).all():
-            raise DataError(f"input row {int(np.argwhere(~np.isfinite(x))[0][0])} contains NaN/inf")
-        split = Split(targets=np.zeros((len(x), task.num_classes), np.uint8), ids=ids, features=x)
+        split = _feature_split(items, task.num_classes, int(task.feature_dim or 0))
     logits = run.scores(split, batch_size=batch_size)
     cal = run.calibration
     probs = run.calibrated(logits)
     return Predictions(ids=list(split.ids), probs=probs, labels=cal.decide(probs, threshold),
                        class_names=list(run.class_names), thresholds=cal.threshold_array(threshold), skipped=skipped)
+
+
+FEATURE_SUFFIXES = (".npy", ".npz", ".csv")
+
+
+def _input_kind(x: Any) -> str:
+    """``images`` or ``features``: what an input of a run on fixed features is (arrays of 1 or 2 dimensions
+    are feature rows, of 3 or 4 raw images; files by their extension; folders hold images)."""
+    if _is_image_like(x):
+        return "images"
+    if torch.is_tensor(x) or isinstance(x, np.ndarray):
+        return "images" if x.ndim >= 3 else "features"
+    if isinstance(x, (str, Path)):
+        p = Path(str(x)).expanduser()
+        if p.is_dir():
+            return "images"
+        if not p.exists() and any(ch in str(x) for ch in "*?["):
+            found = glob.glob(os.path.expanduser(str(x)), recursive=True)
+            return "images" if any(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in found) else "features"
+        return "images" if p.suffix.lower() in IMAGE_EXTENSIONS else "features"
+    return "features"  # reported by _feature_split
+
+
+def _no_encoder_error(run: LoadedRun, item: Any) -> DataError:
+    """Images given to a run on features that no recorded encoder made: say why and what to do."""
+    dim = run.built.task.feature_dim
+    if isinstance(item, (str, Path)):
+        what = f"{item} is a directory" if Path(item).is_dir() else f"{item} is an image"
+    else:
+        what = f"a {type(item).__name__} is an image"
+    head = f"{what}; give feature files (.npy, .npz, .csv) or arrays [N, {dim}]: run {run.run_dir} "
+    name = run.cfg.data.name
+    if name.startswith("features:"):
+        return DataError(
+            head + f"cannot predict from images: it was trained on {name[len('features:'):]}, and its checkpoint holds "
+            "no record of how those features were made (the file has no feature_source: written by an older mlrkit "
+            "or another tool, or the run predates such records), so new images cannot be encoded the same way. To "
+            "predict from images, re-make the file with `mlrkit extract-features --dataset DATASET --vl-model SPEC "
+            "(or --backbone NAME) --out FILE.npz` (which records its encoder), train on features:FILE.npz again and "
+            "predict with that run")
+    return DataError(head + f"was trained on the precomputed features of dataset {name!r}, made by no encoder "
+                     "mlrkit has, so it cannot predict from images")
+
+
+def _cache_dir(cfg: RunConfig) -> str | None:
+    """The run's ``features.cache_dir`` (None: the default FeatureStore) when its method owns that section."""
+    from mlrkit.errors import ConfigError
+
+    try:
+        return cfg.section("features").cache_dir
+    except ConfigError:  # a method without the section
+        return None
+
+
+def _image_split(items: list, num_classes: int, skip_bad_images: bool) -> tuple[Split, list[tuple[str, str]]]:
+    """A Split of the images among ``items`` (paths, folders, globs, PIL images, arrays, tensors) and the
+    unreadable files skipped (an error unless ``skip_bad_images``)."""
+    from mlrkit.data import ImageList, PathImageSource
+
+    entries: list = []
+    ids: list[str] = []
+    for k, x in enumerate(items):
+        if isinstance(x, (str, Path)):
+            for p in expand_inputs([x]):
+                entries.append(p)
+                ids.append(str(p))
+        elif _is_image_like(x):
+            entries.append(x)
+            ids.append(f"image#{k}")
+        elif torch.is_tensor(x) or isinstance(x, np.ndarray):
+            arr = x.detach().cpu().numpy() if torch.is_tensor(x) else x
+            pils = _array_to_pils(arr)
+            entries += pils
+            ids += [f"array#{k}"] if len(pils) == 1 else [f"array#{k}[{j}]" for j in range(len(pils))]
+        else:
+            raise DataError(f"input #{k}: expected a path, a PIL image, an array or a tensor, got "
+                            f"{type(x).__name__}")
+    paths = [i for i, e in enumerate(entries) if isinstance(e, Path)]
+    bad = set(paths[j] for j in PathImageSource([entries[i] for i in paths]).find_bad())
+    if bad and not skip_bad_images:
+        first = entries[min(bad)]
+        raise DataError(f"{len(bad)} unreadable image(s), first {first}; pass --skip-bad-images "
+                        "(skip_bad_images=True) to skip and report them")
+    skipped = [(ids[i], "unreadable image") for i in sorted(bad)]
+    keep = [i for i in range(len(entries)) if i not in bad]
+    if not keep:
+        raise DataError("no readable input to predict on")
+    split = Split(targets=np.zeros((len(keep), num_classes), np.uint8), ids=[ids[i] for i in keep],
+                  images=ImageList([entries[i] for i in keep]))
+    return split, skipped
+
+
+def _feature_split(items: list, num_classes: int, dim: int) -> Split:
+    """A Split of the feature rows among ``items`` (feature files, arrays, tensors)."""
+    rows, ids = [], []
+    for k, x in enumerate(items):
+        if isinstance(x, (str, Path)):
+            feats, names = read_feature_inputs(expand_inputs([x], images=False), dim)
+            rows.append(feats)
+            ids += names
+        elif torch.is_tensor(x) or isinstance(x, np.ndarray):
+            a = np.atleast_2d(x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x))
+            if a.ndim != 2 or a.shape[1] != dim:
+                raise DataError(f"input #{k}: this run takes feature rows [N, {dim}], got {a.shape}")
+            rows.append(a.astype(np.float32))
+            ids += [f"array#{k}"] if len(a) == 1 else [f"array#{k}[{j}]" for j in range(len(a))]
+        else:
+            raise DataError(f"input #{k}: this run takes feature rows (files, arrays or tensors), got "
+                            f"{type(x).__name__}")
+    x = np.concatenate(rows).astype(np.float32)
+    if not np.isfinite(x).all():
+        raise DataError(f"input row {int(np.argwhere(~np.isfinite(x))[0][0])} contains NaN/inf")
+    return Split(targets=np.zeros((len(x), num_classes), np.uint8), ids=ids, features=x)
 
 
 def _metric_scores(run: LoadedRun, logits: np.ndarray) -> np.ndarray:

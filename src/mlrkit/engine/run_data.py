@@ -107,6 +107,9 @@ def task_info(cfg: RunConfig, data: RunData, input_kind: str) -> TaskInfo:
     extras = {}
     if data.dataset.trainval.features is None and feature_dim is not None:
         extras["feature_encoder"] = "frozen"  # features made from images by a frozen encoder
+    elif input_kind == "features" and "feature_source" in data.dataset.extras:
+        # a features file that records its encoder (extract-features): the run can encode new images the same way
+        extras["feature_source"] = dict(data.dataset.extras["feature_source"])
     return TaskInfo(
         extras=extras,
         class_names=list(data.class_names),

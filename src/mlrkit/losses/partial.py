@@ -212,12 +212,17 @@ class StrictlyProperAsymmetricLoss(MultiLabelLoss):
             out = torch.where(observed == 0, torch.zeros_like(out), out)
         return out, None
 
-    def probabilities(self, logits: Tensor) -> Tensor:
-        r"""The calibrated probability :math:`\hat\eta(x)` (the inverse link), finite for every logit."""
-        x = torch.as_tensor(logits)
+    def link(self, logits: Tensor) -> Tensor:
+        r"""The logit of :math:`\hat\eta(x)`: :math:`\log\tfrac{k_-\zeta_+}{k_+\zeta_-}+\log\sigma(k_-(x-b_-))
+        -\log\sigma(-k_+(x-b_+))`, finite for every finite logit (float64 stays float64, else float32)."""
+        x = logits if torch.is_tensor(logits) else torch.as_tensor(logits)  # (as_tensor would be a trace constant)
         x = x if x.dtype == torch.float64 else x.float()
         c = math.log(self.k_neg * self.zeta_pos / (self.k_pos * self.zeta_neg))
-        return torch.sigmoid(c + log_p(self.k_neg * (x - self.b_neg)) - log_1mp(self.k_pos * (x - self.b_pos)))
+        return c + log_p(self.k_neg * (x - self.b_neg)) - log_1mp(self.k_pos * (x - self.b_pos))
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        r"""The calibrated probability :math:`\hat\eta(x)=\sigma(\mathrm{link}(x))` (the inverse link)."""
+        return torch.sigmoid(self.link(logits))
 
 
 # --------------------------------------------------------------------------- Durand et al.

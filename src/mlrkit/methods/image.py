@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mlrkit.data.transforms import build_transform
+from mlrkit.data.transforms import build_transform, transform_identity
 from mlrkit.engine.image_data import ImageBatches
 from mlrkit.errors import ConfigError, MlrkitError
 from mlrkit.methods.base import METHODS, Method, TaskInfo
@@ -71,8 +72,14 @@ def encoder_key(cfg) -> str:
     return f"backbone:{cfg.model.name or 'resnet50'}|{sorted(m.items())}|weights:{wh}|seed:{seed}"
 
 
-def frozen_features(cfg, splits: dict, *, device, progress: bool = True, warn=None) -> None:
-    """Attach frozen-backbone features to every split in ``splits`` (name -> Split; computed once, cached)."""
+def frozen_features(cfg, splits: dict, *, device, progress: bool = True, warn=None,
+                    check=None) -> dict[str, Any] | None:
+    """Attach frozen-backbone features to every split in ``splits`` (name -> Split; computed once, cached).
+
+    Returns the backbone's identity (``encoder_key``, the evaluation ``transform``'s text, its ``mean``/``std``;
+    what ``extract-features`` records in a features file), after ``check(identity)`` (if given) accepted it
+    before any image is encoded; None for ``vl:`` encoders.
+    """
     from mlrkit.features import FeatureStore
 
     name = cfg.model.name or ""
@@ -86,18 +93,22 @@ def frozen_features(cfg, splits: dict, *, device, progress: bool = True, warn=No
                               f"other model keys (got {sorted(cfg.model.params)})")
         attach_vl_features(load(spec, seed=cfg.seed).freeze(), splits, cache_dir=cfg.section("features").cache_dir,
                            device=device, progress=progress, seed=cfg.seed, batch_size=max(64, cfg.train.batch_size))
-        return
+        return None
     torch.manual_seed(derive_seed(cfg.seed, 99))  # random-init backbones are reproducible
     bb = backbone_from_config(cfg, warn, frozen=True).to(device).eval()
     tf = build_transform(cfg.data.image_size, bb.mean, bb.std, train=False)
     store = FeatureStore(cfg.section("features").cache_dir)
     key = encoder_key(cfg)
+    identity = {"encoder_key": key, **transform_identity(tf)}
+    if check is not None:
+        check(identity)
     for name, split in splits.items():
         if split.images is None:
             raise MlrkitError(f"the {name} split has neither features nor images")
         feats = store.get(key, bb, split.images, tf, batch_size=max(cfg.train.batch_size, 64), device=device,
                           num_workers=cfg.train.num_workers, progress=progress, desc=f"features ({name})")
         split.features = np.array(feats, dtype=np.float32)  # in memory: heads index it every step
+    return identity
 
 
 class BackboneClassifier(nn.Module):
@@ -170,7 +181,15 @@ class FinetuneMethod(ImageMethod):
 
 
 def linear_init(model: BackboneClassifier, data, loss, method: FinetuneMethod, *, device) -> None:
-    """Cole et al.'s linear_init: train the classifier alone on frozen features, with the run's loss."""
+    """Cole et al.'s linear_init: train the classifier alone on frozen features, with the run's loss.
+
+    The features are computed once; the classifier's steps run on the shared loop
+    (:class:`mlrkit.engine.loop.TrainLoop`: AMP as ``train.amp``, NaN checks, progress). Every rank
+    takes the same seeded batches of the whole training split, so the phase ends with the same
+    classifier on every process (nothing to average).
+    """
+    from mlrkit.engine.loop import StepResult, TrainLoop
+
     cfg = method.cfg
     model.eval()
     loader = method.make_loader(data.train, None, max(64, cfg.train.batch_size), train=False, seed=cfg.seed)
@@ -181,14 +200,21 @@ def linear_init(model: BackboneClassifier, data, loss, method: FinetuneMethod, *
     x = torch.cat(feats)
     obs = torch.from_numpy(data.observed_train).to(device)
     opt = torch.optim.Adam(model.classifier.parameters(), lr=method.linear_init_lr)
+    loop = TrainLoop(model.classifier, opt, device=device, amp=cfg.train.amp, env=_single_process())
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, 7))
     bs = method.linear_init_batch_size
     for epoch in range(method.linear_init_epochs):
         order = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), bs):
-            idx = order[i : i + bs]
-            l = loss(model.classifier(x[idx.to(device)]), obs[idx.to(device)], index=idx.to(device), epoch=epoch)
-            opt.zero_grad()
-            l.backward()
-            opt.step()
+
+        def compute(i: int, order=order, epoch=epoch) -> StepResult:
+            idx = order[i : i + bs].to(device)
+            return StepResult(loss(model.classifier(x[idx]), obs[idx], index=idx, epoch=epoch), n=len(idx))
+
+        loop.run_epoch(range(0, len(x), bs), compute, where=f"in linear_init epoch {epoch + 1}")
     log.info("linear_init: classifier trained %d epochs on frozen features", method.linear_init_epochs)
+
+
+def _single_process():
+    from mlrkit.engine.distributed import DistEnv
+
+    return DistEnv()  # every rank runs the same full-batch phase: no gradient averaging

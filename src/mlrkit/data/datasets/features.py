@@ -11,6 +11,11 @@ Real incomplete labels:
   simulating protocols and validation use the complete ``Y_train``.
 * ``known_test`` (bool ``[N_test, C]``): the entries of ``Y_test`` that are real ground truth;
   test metrics score only those.
+
+How the features were made: ``feature_source`` (a 0-d string array holding a JSON object; written by
+``mlrkit extract-features --out``): the encoder, its weights' hash, the transform, any L2
+normalisation (:mod:`mlrkit.engine.feature_source`). It ends up in ``dataset.extras["feature_source"]``
+and in the checkpoint of every run on the file, so those runs can predict from images too.
 """
 
 from __future__ import annotations
@@ -25,6 +30,12 @@ from mlrkit.errors import DataError
 
 REQUIRED = ("X_train", "X_test", "Y_test")
 OPTIONAL = ("Y_train", "observed_train", "known_test")
+SOURCE = "feature_source"
+#: feature_source: the format this version writes and reads, the encoder kinds, the fields that identify
+#: the encoder (they must match when features are made again; mlrkit.engine.feature_source)
+FORMAT = 1
+KINDS = ("vl", "backbone")
+IDENTITY = ("encoder_key", "transform")
 
 
 def open_npz(path: Path, wanted: str = "") -> np.lib.npyio.NpzFile:
@@ -55,6 +66,7 @@ def load_features_npz(path: str | Path, name: str | None = None, description: st
         try:
             arrays = {k: z[k] for k in (*REQUIRED, *OPTIONAL) if k in z.files}
             names = [str(s) for s in z["class_names"]] if "class_names" in z.files else None
+            source = str(z[SOURCE]) if SOURCE in z.files else None
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
             raise DataError(f"{path}: cannot read arrays ({e}); class_names must be a string array, "
                             "not an object array") from None
@@ -103,13 +115,47 @@ def load_features_npz(path: str | Path, name: str | None = None, description: st
         features=arrays["X_test"].astype(np.float32),
         known=None if known_test is None else _mask_or_none(known_test),
     )
+    extras = {} if source is None else {SOURCE: _read_source(path, source, arrays["X_train"].shape[1])}
     return MultiLabelDataset(
         name=name or f"features:{path}",
         class_names=names,
         trainval=train,
         test=test,
         description=description,
+        extras=extras,
     )
+
+
+def _read_source(path: Path, text: str, dim: int) -> dict:
+    """The file's ``feature_source`` JSON object, checked against its features."""
+    import json
+
+    try:
+        source = json.loads(text)
+    except ValueError as e:
+        raise DataError(f"{path}: {SOURCE} is not valid JSON ({e})") from None
+    source = check_source(source, str(path))
+    if source.get("dim") is not None and int(source["dim"]) != dim:
+        raise DataError(f"{path}: {SOURCE} says the encoder makes {source['dim']} features per row, X_train has {dim}")
+    return source
+
+
+def check_source(source, where: str) -> dict:
+    """``source`` as read from ``where`` (a features file, a checkpoint), or a DataError saying what is wrong."""
+    if not isinstance(source, dict):
+        raise DataError(f"{where}: {SOURCE} must be a JSON object, got {type(source).__name__}")
+    fmt = source.get("format")
+    if fmt != FORMAT:
+        raise DataError(f"{where}: {SOURCE} format {fmt!r} is not one this mlrkit reads ({FORMAT}); re-make the "
+                        "file with this version's `mlrkit extract-features`")
+    kind = source.get("kind")
+    if kind not in KINDS:
+        raise DataError(f"{where}: {SOURCE} kind {kind!r} is none of {list(KINDS)}")
+    need = ["seed", "image_size", "l2_normalize", *IDENTITY] + (["vl_model"] if kind == "vl" else ["model"])
+    missing = [k for k in need if k not in source]
+    if missing:
+        raise DataError(f"{where}: {SOURCE} lacks {missing}")
+    return dict(source)
 
 
 def _mask_or_none(mask: np.ndarray) -> np.ndarray | None:
@@ -152,6 +198,8 @@ def _check_known_test(path: Path, known: np.ndarray, shape: tuple[int, ...]) -> 
 def save_partial_features(ds: MultiLabelDataset, observed_train: np.ndarray, path: str | Path) -> Path:
     """Write ``ds`` as a features file whose training labels are ``observed_train`` alone (no ``Y_train``):
     what a user with real incomplete labels has. The test split keeps its ground truth (and mask)."""
+    import json
+
     from mlrkit.utils import atomic_write
 
     if ds.trainval.features is None or ds.test.features is None:
@@ -160,6 +208,8 @@ def save_partial_features(ds: MultiLabelDataset, observed_train: np.ndarray, pat
               "X_test": ds.test.features, "Y_test": ds.test.targets, "class_names": np.array(ds.class_names)}
     if ds.test.known is not None:
         arrays["known_test"] = ds.test.known
+    if SOURCE in ds.extras:  # the features still come from the same encoder
+        arrays[SOURCE] = np.array(json.dumps(ds.extras[SOURCE]))
     path = Path(path)
     if path.suffix != ".npz":
         raise DataError(f"--export-features {path}: the file name must end in .npz")
