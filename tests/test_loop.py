@@ -98,6 +98,24 @@ def test_pretraining_resumed_equals_uninterrupted_bitwise(tmp_path, fast_zerosho
 
 
 @pytest.mark.slow
+def test_pretraining_ema_is_evaluated_returned_and_resumed(tmp_path, fast_zeroshot, monkeypatch):
+    pt = fast_zeroshot
+    kw = dict(PRETRAIN, ema=0.5, eval_every=2)
+    plain, _, _, _ = pt.pretrain_mosaic_clip(**{k: v for k, v in PRETRAIN.items()
+                                                if k not in ("log_every", "checkpoint_every_s")})
+    straight, _, _, _ = pretrain_run(pt, tmp_path / "straight", **{k: kw[k] for k in ("ema", "eval_every")})
+    w = "text_projection"
+    assert not torch.equal(straight.state_dict()[w], plain.state_dict()[w])  # the average, not the last weights
+    with monkeypatch.context() as m:
+        interrupt_after(m, pt, "contrastive_loss", 1)
+        with pytest.raises(Interrupt):
+            pretrain_run(pt, tmp_path / "killed", ema=0.5, eval_every=2)
+    assert torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["loop"]["ema"]["decay"] == 0.5
+    resumed, _, _, _ = pretrain_run(pt, tmp_path / "killed", resume=True, ema=0.5, eval_every=2)
+    assert same_state(resumed.state_dict(), straight.state_dict())
+
+
+@pytest.mark.slow
 def test_pretraining_amp_switch_and_nan_check(tmp_path, fast_zeroshot, monkeypatch):
     pt = fast_zeroshot
     fp32, _, r32, _ = pt.pretrain_mosaic_clip(steps=1, batch_size=4, limit_train=16, progress=False, seed=0)

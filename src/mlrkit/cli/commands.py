@@ -201,6 +201,8 @@ def register(sub) -> None:
     p.add_argument("--out", default="mosaic_clip_raw.pt", help="raw checkpoint to write")
     p.add_argument("--log-every", type=int, default=50, help="a metrics.jsonl row every N steps (and at each "
                    "zero-shot evaluation)")
+    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0 = off); the zero-shot "
+                   "evaluations and the written checkpoint use the averaged weights")
     add_loop_arguments(p, "mosaic_clip_raw.run", "steps")
 
     p = add_command(vsub, "export", "write a raw `vl pretrain` checkpoint in the shipped format (fp16, sparse "
@@ -686,7 +688,8 @@ def cmd_vl_pretrain(args: argparse.Namespace) -> int:
                    eval_every=args.eval_every, init=str(Path(args.init).resolve()) if args.init else None,
                    subset_prob=args.subset_prob, multi_positive=args.multi_positive,
                    heldout_source=str(Path(args.heldout_source).resolve()) if args.heldout_source else None,
-                   heldout_mosaics_count=args.heldout_mosaics, amp=AMP_CHOICES[args.amp], log_every=args.log_every)
+                   heldout_mosaics_count=args.heldout_mosaics, amp=AMP_CHOICES[args.amp], ema=args.ema,
+                   log_every=args.log_every)
     run = LoopRun(loop_run_dir(args), {**options, "out": str(Path(args.out).resolve())}, resume=args.resume,
                   command="mlrkit vl pretrain", resume_may_change=("time_limit_s",), env=env)
     done = run.finished_results()

@@ -107,6 +107,7 @@ OPTION_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "eval_every": (0, None, False, False),
     "log_every": (1, None, False, False),
     "checkpoint_every": (0, None, False, False),
+    "ema": (0, 1, False, True),
     "heldout_mosaics": (1, None, False, False),
     "repeats": (1, None, False, False),
     "threads": (1, None, False, False),

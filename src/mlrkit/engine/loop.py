@@ -32,8 +32,8 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,6 +171,18 @@ class TrainLoop:
             sums = t.tolist()
         count = max(int(sums[1]), 1)
         return EpochStats(sums[0] / count, {k: sums[2 + i] / count for i, k in enumerate(names)}, steps, int(sums[1]))
+
+    @contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """Evaluate with the EMA weights (when EMA is on): swapped into the model, then the trained ones back."""
+        if self.ema is None:
+            yield
+            return
+        backup = self.ema.swap_into(self.model)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict({**self.model.state_dict(), **backup})
 
     # ------------------------------------------------------------------ state (for last.pt)
     def state_dict(self) -> dict[str, Any]:

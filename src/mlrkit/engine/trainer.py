@@ -22,13 +22,11 @@ import os
 import platform
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 import mlrkit
@@ -48,7 +46,7 @@ from mlrkit.engine.console import ConsoleLog, console_write
 from mlrkit.engine.devices import resolve_device, wants_channels_last
 from mlrkit.engine.loaders import make_loader
 from mlrkit.engine.loop import StepResult, TrainLoop, cpu_copy, join_processes
-from mlrkit.engine.optim import EMA, build_optimizer, build_scheduler, param_groups
+from mlrkit.engine.optim import build_optimizer, build_scheduler, param_groups
 from mlrkit.engine.reports import grouped_report
 from mlrkit.engine.run_data import RunData, prepare_run_data, task_info
 from mlrkit.engine.rundir import RUN_FILES, RunLock, check_out_path, config_diff, saved_config
@@ -443,9 +441,7 @@ class Trainer:
                            device=self.device, cfg=self.cfg, progress=progress, desc=desc, loaders=self._eval_loaders)
 
     def _eval_model(self):
-        if self.ema is None:
-            return nullcontext()
-        return _EMASwap(self.ema, self.model)
+        return self.loop.ema_weights()
 
     def _validate(self) -> float:
         with self._eval_model():
@@ -604,17 +600,6 @@ class _NoOptimizer:
 
     def load_state_dict(self, d: dict) -> None:
         pass
-
-
-class _EMASwap:
-    def __init__(self, ema: EMA, model: nn.Module) -> None:
-        self.ema, self.model = ema, model
-
-    def __enter__(self):
-        self.backup = self.ema.swap_into(self.model)
-
-    def __exit__(self, *exc):
-        self.model.load_state_dict({**self.model.state_dict(), **self.backup})
 
 
 def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False, extend: bool = False) -> dict[str, Any]:

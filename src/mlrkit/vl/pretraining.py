@@ -195,6 +195,7 @@ def pretrain_mosaic_clip(
     heldout_source: str | Path | None = None,
     heldout_mosaics_count: int = 20000,
     amp: bool | None = False,
+    ema: float = 0.0,
     run: LoopRun | None = None,
     log_every: int = 50,
     checkpoint_every_s: float = 60.0,
@@ -212,7 +213,9 @@ def pretrain_mosaic_clip(
     every ``log_every`` steps and at each zero-shot evaluation, ``last.pt`` (weights, optimizer, the
     caption/batch generator's state) at most every ``checkpoint_every_s`` seconds (0: at every row), so
     that ``--resume`` continues exactly where the run stopped. ``amp``: autocast as ``train.amp``
-    (False by default: the shipped checkpoints were trained in fp32). Under ``torchrun`` each rank
+    (False by default: the shipped checkpoints were trained in fp32). ``ema`` > 0: an exponential
+    moving average of the weights (decay ``ema``) is kept; the zero-shot evaluations use it and the
+    returned model holds it (off by default, as for the shipped checkpoints). Under ``torchrun`` each rank
     encodes its slice of every global batch (:func:`mlrkit.data.sampler.rank_slice`) and the loss is
     taken over the gathered batch (:func:`mlrkit.engine.loop.gather_batch`).
     """
@@ -251,7 +254,7 @@ def pretrain_mosaic_clip(
              or "class_embedding" in n or "logit_scale" in n else decay).append(p)
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6)
-        loop = TrainLoop(model, opt, device=device, amp=amp, env=env)
+        loop = TrainLoop(model, opt, device=device, amp=amp, ema=ema, env=env)
 
         def lr_at(step: int) -> float:
             if step < warmup:
@@ -314,7 +317,8 @@ def pretrain_mosaic_clip(
                 seconds = elapsed_before + time.perf_counter() - t0
                 row = None
                 if eval_every and (step + 1) % eval_every == 0:
-                    zs = zeroshot_map(model, tokenizer, mean, std, device=device)
+                    with loop.ema_weights():
+                        zs = zeroshot_map(model, tokenizer, mean, std, device=device)
                     history.append({"step": step + 1, "loss": loss_ema, "zeroshot_test_map": zs, "seconds": seconds})
                     log.info("step %d loss %.3f zero-shot test mAP %.4f", step + 1, loss_ema, zs)
                     row = dict(history[-1])
@@ -340,6 +344,8 @@ def pretrain_mosaic_clip(
             raise
         finally:
             bar.close()
+        if loop.ema is not None:  # the averaged weights are the result
+            loop.ema.swap_into(model)
         model.eval()
         zs = zeroshot_map(model, tokenizer, mean, std, device=device)
         result = PretrainResult(steps=step + 1, seconds=elapsed_before + time.perf_counter() - t0,
