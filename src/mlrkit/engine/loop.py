@@ -2,8 +2,9 @@
 
 :class:`TrainLoop` is the optimisation step and the epoch over a batch source; the Trainer
 (``mlrkit train``), the mosaic-clip contrastive pre-training (``mlrkit vl pretrain``), the
-NegationCLIP fine-tuning (``mlrkit negation finetune``) and the linear-init phase of
-``finetune`` all run their steps through it, so each gets the same:
+NegationCLIP fine-tuning (``mlrkit negation finetune``), the linear-init phase of
+``finetune`` and the backprop variant of category-wise fine-tuning (``cft``) all run their steps
+through it, so each gets the same:
 
 * **AMP**: autocast in the dtype :func:`mlrkit.engine.devices.autocast_dtype` picks for the device
   (``amp`` null = bf16 on CUDA devices that support it, off on the CPU; ``true`` forces it, with a
