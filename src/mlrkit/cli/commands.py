@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlrkit.cli.common import add_command, add_device_argument, command_device
+from mlrkit.cli.common import add_command, add_device_argument, add_loop_arguments, command_device, loop_run_dir
 
 
 def register(sub) -> None:
@@ -199,6 +199,11 @@ def register(sub) -> None:
                         "training split")
     p.add_argument("--heldout-mosaics", type=int, default=20000, help="number of held-out mosaics (--heldout-source)")
     p.add_argument("--out", default="mosaic_clip_raw.pt", help="raw checkpoint to write")
+    p.add_argument("--log-every", type=int, default=50, help="a metrics.jsonl row every N steps (and at each "
+                   "zero-shot evaluation)")
+    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0 = off); the zero-shot "
+                   "evaluations and the written checkpoint use the averaged weights")
+    add_loop_arguments(p, "mosaic_clip_raw.run", "steps")
 
     p = add_command(vsub, "export", "write a raw `vl pretrain` checkpoint in the shipped format (fp16, sparse "
                     "token table, JSON sidecar)",
@@ -671,25 +676,49 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_vl_pretrain(args: argparse.Namespace) -> int:
-    from mlrkit.vl.pretraining import load_raw_checkpoint, pretrain_mosaic_clip, save_pretrained
+    from mlrkit.engine.loop import AMP_CHOICES, LoopRun, join_processes
+    from mlrkit.vl.pretraining import (
+        BUILTIN_TRAINED_ON,
+        HELDOUT_TRAINED_ON,
+        load_raw_checkpoint,
+        pretrain_mosaic_clip,
+        save_pretrained,
+    )
 
     init_payload = load_raw_checkpoint(args.init) if args.init else None  # read safely before any training
+    device, env = join_processes(args.device)
+    if device.type == "cpu":
+        command_device(args)  # the thread policy
+    options = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                   eval_every=args.eval_every, init=str(Path(args.init).resolve()) if args.init else None,
+                   subset_prob=args.subset_prob, multi_positive=args.multi_positive,
+                   heldout_source=str(Path(args.heldout_source).resolve()) if args.heldout_source else None,
+                   heldout_mosaics_count=args.heldout_mosaics, amp=AMP_CHOICES[args.amp], ema=args.ema,
+                   log_every=args.log_every)
+    run = LoopRun(loop_run_dir(args), {**options, "out": str(Path(args.out).resolve())}, resume=args.resume,
+                  command="mlrkit vl pretrain", resume_may_change=("time_limit_s",), env=env)
+    done = run.finished_results()
+    if done is not None:
+        print(json.dumps(done))
+        return 0
     model, config, result, history = pretrain_mosaic_clip(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        time_limit_s=None if args.time_limit is None else 60 * args.time_limit,
-        eval_every=args.eval_every, device=str(command_device(args)), init=args.init, subset_prob=args.subset_prob,
-        multi_positive=args.multi_positive, heldout_source=args.heldout_source,
-        heldout_mosaics_count=args.heldout_mosaics)
-    from mlrkit.vl.pretraining import BUILTIN_TRAINED_ON, HELDOUT_TRAINED_ON
-
+        **options, time_limit_s=None if args.time_limit is None else 60 * args.time_limit, device=str(device),
+        run=run, checkpoint_every_s=args.checkpoint_every)
     if args.heldout_source:
         trained_on = HELDOUT_TRAINED_ON.format(n=args.heldout_mosaics, seed=args.seed)
     else:
         trained_on = init_payload.get("trained_on", BUILTIN_TRAINED_ON) if init_payload else BUILTIN_TRAINED_ON
-    save_pretrained(model, config, args.out, result=result, history=history, command=sys.argv, seed=args.seed,
-                    init_payload=init_payload, trained_on=trained_on)
-    print(json.dumps({"out": args.out, "steps": result.steps, "seconds": round(result.seconds, 1),
-                      "zeroshot_test_map": result.zeroshot_map}))
+    summary = {"out": args.out, "steps": result.steps, "seconds": round(result.seconds, 1),
+               "zeroshot_test_map": result.zeroshot_map}
+    try:
+        if env.is_main:
+            save_pretrained(model, config, args.out, result=result, history=history, command=sys.argv,
+                            seed=args.seed, init_payload=init_payload, trained_on=trained_on)
+            print(json.dumps(summary))
+        if result.steps == args.steps:  # stopped by --time-limit: last.pt stays, --resume continues
+            run.finish(summary)
+    finally:
+        run.release()
     return 0
 
 

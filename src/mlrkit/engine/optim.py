@@ -90,16 +90,25 @@ class LeanStep:
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.opt = optimizer
-        self.params = [p for g in optimizer.param_groups for p in g.get("params", ())]
-        self.kernels = [_fused_kernel(optimizer, g) for g in optimizer.param_groups]
+        self._scan()
+
+    def _scan(self) -> None:
+        groups = getattr(self.opt, "param_groups", [])
+        self.n_groups = len(groups)
+        self.params = [p for g in groups for p in g.get("params", ())]
+        self.kernels = [_fused_kernel(self.opt, g) for g in groups]
         self.lean = all(k is not None for k in self.kernels)
 
     def zero_grad(self) -> None:
+        if len(getattr(self.opt, "param_groups", ())) != self.n_groups:  # a group was added since
+            self._scan()
         for p in self.params:
             p.grad = None
 
     def step(self) -> None:
         opt = self.opt
+        if len(getattr(opt, "param_groups", ())) != self.n_groups:
+            self._scan()
         if not self.lean or _has_step_hooks(opt):
             opt.step()
             return
