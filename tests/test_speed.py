@@ -503,3 +503,25 @@ def test_cheap_epoch_seed_gives_the_cpu_generator_torch_manual_seeds_state():
     torch.manual_seed(7)  # something else in between
     seed_torch_for(123, torch.device("cpu"))
     assert torch.equal(torch.rand(5), want)
+
+
+def test_bench_demo_cli_passes_its_flags_and_writes_the_json(tmp_path, monkeypatch, capsys):
+    from mlrkit.bench import demo_time
+    from mlrkit.cli.main import main
+
+    seen = {}
+
+    def fake(repeats, busy, smoke):
+        seen.update(repeats=repeats, busy=busy, smoke=smoke)
+        runs = [{"condition": c, "repeat": 0, "wall_s": w, "load_1min_before": 0.1, "jobs": j, "jobs_reason": "x"}
+                for c, w, j in (("idle", 10.0, 2), ("busy", 12.0, 3))]
+        return {"smoke": smoke, "runs": runs, "idle_median_s": 10.0, "busy_median_s": 12.0, "busy_over_idle": 1.2,
+                "busy_cpu": 1}
+
+    monkeypatch.setattr(demo_time, "bench_demo", fake)
+    out = tmp_path / "b.json"
+    assert main(["bench", "demo", "--busy", "--smoke", "--repeats", "2", "--json", str(out)]) == 0
+    assert seen == {"repeats": 2, "busy": True, "smoke": True}
+    assert json.loads(out.read_text())["busy_over_idle"] == 1.2
+    text = capsys.readouterr().out
+    assert "SMOKE RUN" in text and "1.20x idle" in text and "| busy | 1 | 12.0 | 3 |" in text
