@@ -98,3 +98,6 @@ def test_evaluate_and_predict_a_pre_schema_run(old_run, tmp_path, capsys, caplog
     lines = [json.loads(x) for x in out.out.splitlines()]
     assert len(lines) == 4 and set(lines[0]["scores"]) == set(old_results["per_class_ap"])
     assert "config_version 1" in caplog.text  # said, on each load
+    # --resume of the finished old run: nothing to do, its results back
+    assert main(["train", "--out", str(old_run), "--resume", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["test_map"] == old_results["test_map"]

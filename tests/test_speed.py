@@ -322,3 +322,206 @@ def test_bench_loader_and_gpu_smoke_on_the_cpu():
     assert all("error" not in x for x in res["rows"]), res["rows"]
     assert 0.0 <= res["data_wait"]["data_wait_share"] <= 1.0 and "finetune" in res["bf16_speedup"]
     assert "SMOKE RUN" in format_gpu(res), "a CPU smoke run must never read as a GPU figure"
+
+
+# ---------------------------------------------------------------------------- the demo's time (issue 20 part 2)
+@pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.AdamW])
+def test_lean_step_is_bit_identical_to_optimizer_step(cls, monkeypatch):
+    """LeanStep calls the fused kernel directly: parameters and optimizer state (hence last.pt) must be
+    exactly those of optimizer.step(), with two groups, weight decay and a per-step schedule."""
+    from mlrkit.engine.optim import LeanStep
+
+    def run(lean: bool):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+        opt = cls([{"params": model[0].parameters(), "weight_decay": 1e-2},
+                   {"params": model[2].parameters(), "lr": 3e-3, "weight_decay": 0.0}], lr=1e-3, fused=True)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+        stepper = LeanStep(opt)
+        x = torch.randn(40, 6)
+        for i in range(8):
+            (stepper.zero_grad if lean else lambda: opt.zero_grad(set_to_none=True))()
+            model(x[i * 5:(i + 1) * 5]).square().mean().backward()
+            stepper.step() if lean else opt.step()
+            sched.step()
+        return model, opt, calls["n"]
+
+    calls = {"n": 0}
+    plain_step = cls.step
+
+    def counted(self, *a, **k):
+        calls["n"] += 1
+        return plain_step(self, *a, **k)
+
+    monkeypatch.setattr(cls, "step", counted)
+    m_ref, o_ref, n_ref = run(False)
+    calls["n"] = 0
+    m_new, o_new, n_new = run(True)
+    assert n_ref == 8 and n_new == 1, "only the first step (state creation) goes through optimizer.step()"
+    for a, b in zip(m_ref.parameters(), m_new.parameters()):
+        assert torch.equal(a, b)
+    s_ref, s_new = o_ref.state_dict(), o_new.state_dict()
+    assert s_ref["param_groups"] == s_new["param_groups"]
+    for k, st in s_ref["state"].items():
+        for name, t in st.items():
+            assert torch.equal(t, s_new["state"][k][name]), (k, name)
+
+
+def test_lean_step_falls_back_to_optimizer_step_when_not_plain():
+    from mlrkit.engine.optim import LeanStep
+
+    p = nn.Parameter(torch.ones(3))
+    assert not LeanStep(torch.optim.Adam([p], amsgrad=True, fused=True)).lean
+    assert not LeanStep(torch.optim.Adam([p], foreach=True)).lean
+    assert not LeanStep(torch.optim.SGD([p], lr=0.1)).lean
+    opt = torch.optim.Adam([p], fused=True)
+    lean = LeanStep(opt)
+    assert lean.lean
+    seen = []
+    opt.register_step_post_hook(lambda *a: seen.append(1))
+    for _ in range(2):
+        p.grad = torch.ones(3)
+        lean.step()
+    assert seen == [1, 1], "a registered hook must still run: the step goes through optimizer.step()"
+
+
+@pytest.mark.parametrize("shard,drop_last", [((0, 1), False), ((1, 2), False), ((0, 3), True)])
+def test_feature_batches_gathered_once_per_epoch_are_the_samplers_batches(shard, drop_last, monkeypatch):
+    from mlrkit.data import load_dataset
+    from mlrkit.engine import loaders
+
+    split = load_dataset("emotions").trainval
+    obs = np.where(split.targets > 0, 1, 0).astype(np.int8)
+    fb = loaders.FeatureBatches(split, obs, 32, shuffle=True, seed=3, drop_last=drop_last, shard=shard)
+    fb.set_epoch(2)
+    expected = list(fb.sampler.shards())
+    for limit in (loaders.GATHER_EPOCH_MAX_BYTES, 0):  # gathered per epoch, and per batch for large splits
+        monkeypatch.setattr(loaders, "GATHER_EPOCH_MAX_BYTES", limit)
+        got = list(fb)
+        assert len(got) == len(expected)
+        for b, (rows, n_global) in zip(got, expected):
+            assert torch.equal(b["index"], rows) and b["n_global"] == n_global
+            assert torch.equal(b["inputs"], fb.x[rows]) and torch.equal(b["observed"], fb.observed[rows])
+            assert torch.equal(b["targets"], fb.targets[rows])
+
+
+PROC_STAT = """cpu  {a} 0 0 {b} 0 0 0 0 0 0
+cpu0 {u0} 0 {s0} {i0} {w0} 0 0 0 0 0
+cpu1 {u1} 0 0 {i1} 0 0 0 0 0 0
+intr 1 2 3
+"""
+
+
+def test_busy_cpus_counts_the_usable_cpus_other_work_keeps_busy(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+    frames = iter([dict(u0=100, s0=0, i0=100, w0=0, u1=50, i1=50),
+                   # cpu0: 90 busy of 100 ticks; cpu1: 10 busy (iowait counts as idle) of 100 ticks
+                   dict(u0=180, s0=10, i0=110, w0=0, u1=60, i1=140)])
+
+    def write_next(*_):
+        stat.write_text(PROC_STAT.format(a=0, b=0, **next(frames)))
+
+    write_next()
+    monkeypatch.setattr("time.sleep", write_next)
+    assert tp.busy_cpus(0.2, stat=stat, cpus={0, 1}) == pytest.approx(0.9 + 0.1)
+    assert tp.busy_cpus(0.2, stat=tmp_path / "missing", cpus={0}) == 0.0
+    monkeypatch.undo()
+    assert 0.0 <= tp.busy_cpus(0.05) <= len(os_affinity())
+
+
+def os_affinity():
+    import os
+
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+
+
+def test_demo_jobs_one_per_usable_cpu_plus_one_per_busy_cpu():
+    from mlrkit.engine.demo import default_jobs
+
+    assert default_jobs(46, usable=2, busy=0.1)[0] == 2
+    jobs, why = default_jobs(46, usable=2, busy=1.0)
+    assert jobs == 3 and "busy" in why
+    assert default_jobs(46, usable=2, busy=7.0)[0] == 4, "at most twice the usable CPUs"
+    assert default_jobs(2, usable=2, busy=1.0)[0] == 2, "never more workers than runs"
+    assert default_jobs(46, usable=1, busy=0.0)[0] == 1
+
+
+def test_burn_cpu_is_pinned_and_killed():
+    from mlrkit.bench.demo_time import burn_cpu, busy_core
+
+    if len(os_affinity()) < 2:
+        pytest.skip("needs two usable CPUs")
+    cpu = busy_core()
+    hog = burn_cpu(cpu)
+    try:
+        import time
+
+        for _ in range(50):  # the child pins itself first thing
+            allowed = Path(f"/proc/{hog.pid}/status").read_text().split("Cpus_allowed_list:")[1].split()[0]
+            if allowed == str(cpu):
+                break
+            time.sleep(0.05)
+        assert allowed == str(cpu) and hog.poll() is None
+    finally:
+        hog.kill()
+        hog.wait()
+    assert hog.returncode is not None
+
+
+@pytest.mark.slow  # a forkserver (imports torch) and a 3-run demo
+def test_demo_in_forkserver_workers_equals_the_runs_in_process(tmp_path):
+    from mlrkit.engine.demo import _demo_run, run_demo, start_method
+
+    rows = run_demo(tmp_path / "pool", datasets=["emotions"], losses=["an", "role"], jobs=2)
+    assert start_method() in ("forkserver", "spawn")
+    for r in rows:
+        here = _demo_run(str(tmp_path / f"here-{r['loss']}"), "emotions", r["labels"], r["loss"], 0)
+        assert here == r["test_map"], r
+    assert (tmp_path / "pool" / "runs" / "emotions-single-positive-role-s0" / "best.pt").is_file()
+
+
+@pytest.mark.slow  # four fresh `mlrkit demo` processes (2-run smoke demo), one of them next to a busy core
+def test_bench_demo_times_idle_and_busy_alternately(tmp_path):
+    from mlrkit.bench.demo_time import bench_demo, format_demo
+
+    if len(os_affinity()) < 2:
+        pytest.skip("needs two usable CPUs")
+    res = bench_demo(repeats=1, busy=True, smoke=True, workdir=tmp_path)
+    assert [(r["condition"], r["repeat"]) for r in res["runs"]] == [("idle", 0), ("busy", 0)]
+    assert all(r["wall_s"] > 0 and r["jobs"] >= 1 for r in res["runs"])
+    assert res["busy_over_idle"] == pytest.approx(res["busy_median_s"] / res["idle_median_s"])
+    text = format_demo(res)
+    assert text.startswith("SMOKE RUN") and "busy median" in text
+    assert not list(tmp_path.iterdir()), "the timed demos' directories are removed"
+
+
+def test_cheap_epoch_seed_gives_the_cpu_generator_torch_manual_seeds_state():
+    from mlrkit.utils import seed_torch_for
+
+    torch.manual_seed(123)
+    want = torch.rand(5)
+    torch.manual_seed(7)  # something else in between
+    seed_torch_for(123, torch.device("cpu"))
+    assert torch.equal(torch.rand(5), want)
+
+
+def test_bench_demo_cli_passes_its_flags_and_writes_the_json(tmp_path, monkeypatch, capsys):
+    from mlrkit.bench import demo_time
+    from mlrkit.cli.main import main
+
+    seen = {}
+
+    def fake(repeats, busy, smoke):
+        seen.update(repeats=repeats, busy=busy, smoke=smoke)
+        runs = [{"condition": c, "repeat": 0, "wall_s": w, "load_1min_before": 0.1, "jobs": j, "jobs_reason": "x"}
+                for c, w, j in (("idle", 10.0, 2), ("busy", 12.0, 3))]
+        return {"smoke": smoke, "runs": runs, "idle_median_s": 10.0, "busy_median_s": 12.0, "busy_over_idle": 1.2,
+                "busy_cpu": 1}
+
+    monkeypatch.setattr(demo_time, "bench_demo", fake)
+    out = tmp_path / "b.json"
+    assert main(["bench", "demo", "--busy", "--smoke", "--repeats", "2", "--json", str(out)]) == 0
+    assert seen == {"repeats": 2, "busy": True, "smoke": True}
+    assert json.loads(out.read_text())["busy_over_idle"] == 1.2
+    text = capsys.readouterr().out
+    assert "SMOKE RUN" in text and "1.20x idle" in text and "| busy | 1 | 12.0 | 3 |" in text

@@ -42,7 +42,6 @@ from mlrkit.errors import DataError, MlrkitError
 POSITIVE = "a photo of a {}."
 NEGATIVE = "a photo without a {}."
 REFERENCE = "a picture of a {}."
-PROTOCOLS = ("single", "templates")
 TEMPLATES_FILE = Path(__file__).resolve().parents[1] / "builtin" / "prompt_templates.json"
 
 
@@ -75,19 +74,24 @@ def prompt_similarity(vl, class_names: Sequence[str], *, positive: str = POSITIV
     }
 
 
+def _table(title: str, rows: list[tuple[str, dict[str, float]]]) -> list[str]:
+    """``title`` and one line per (label, stats): mean ± std, min, max."""
+    w = max(len(r[0]) for r in rows)
+    cells = [f"{s['mean']:.4f} ± {s['std']:.4f}" for _, s in rows]
+    cw = max(len("mean ± std"), *(len(c) for c in cells))
+    lines = [title, f"{'':<{w}}  {'mean ± std':>{cw}}  {'min':>7}  {'max':>7}"]
+    for (label, s), cell in zip(rows, cells):
+        lines.append(f"{label:<{w}}  {cell:>{cw}}  {s['min']:>7.4f}  {s['max']:>7.4f}")
+    return lines
+
+
 def format_report(rep: dict[str, Any]) -> str:
     """The summary table (one row per comparison)."""
     t = rep["templates"]
     rows = [(f"positive vs negative  ({t['positive']!r} vs {t['negative']!r})", rep["pos_vs_neg"]),
             (f"positive vs positive  ({t['positive']!r} vs {t['reference']!r})", rep["pos_vs_pos"])]
-    w = max(len(r[0]) for r in rows)
-    cells = [f"{s['mean']:.4f} ± {s['std']:.4f}" for _, s in rows]
-    cw = max(len("mean ± std"), *(len(c) for c in cells))
-    lines = [f"{rep['vl_model']}, {rep['classes']} classes: cosine similarity of text embeddings",
-             f"{'':<{w}}  {'mean ± std':>{cw}}  {'min':>7}  {'max':>7}"]
-    for (label, s), cell in zip(rows, cells):
-        lines.append(f"{label:<{w}}  {cell:>{cw}}  {s['min']:>7.4f}  {s['max']:>7.4f}")
-    return "\n".join(lines)
+    return "\n".join(_table(f"{rep['vl_model']}, {rep['classes']} classes: cosine similarity of text embeddings",
+                            rows))
 
 
 # ---------------------------------------------------------------------------- many templates per class
@@ -133,6 +137,7 @@ def template_similarity(vl, class_names: Sequence[str], *, pairs: Sequence[tuple
         raise MlrkitError("no class names to analyse")
     if pairs is None:
         name, pairs = load_template_pairs()
+    name = name or "custom"
     pairs = list(pairs)
     k = len(pairs)
     if k < 2:
@@ -163,19 +168,12 @@ def template_similarity(vl, class_names: Sequence[str], *, pairs: Sequence[tuple
 
 def format_template_report(rep: dict[str, Any]) -> str:
     """The summary of :func:`template_similarity` (one row per comparison)."""
-    k = rep["template_pairs"]
-    rows = [(f"positive vs its negation ({rep['classes']} x {k} pairs)", rep["pos_vs_neg"]),
-            (f"positive vs another positive template ({rep['classes']} x {k * (k - 1) // 2} pairs)",
-             rep["pos_vs_pos"]),
-            (f"ensembled positive vs ensembled negative ({rep['classes']} classes)", rep["ensembled_pos_vs_neg"])]
-    w = max(len(r[0]) for r in rows)
-    cells = [f"{s['mean']:.4f} ± {s['std']:.4f}" for _, s in rows]
-    cw = max(len("mean ± std"), *(len(x) for x in cells))
-    lines = [f"{rep['vl_model']}, {rep['classes']} classes x {rep['prompts_per_class']} prompts "
-             f"({k} templates '{rep['template_list']}' and their negations): cosine similarity of text embeddings",
-             f"{'':<{w}}  {'mean ± std':>{cw}}  {'min':>7}  {'max':>7}"]
-    for (label, s), cell in zip(rows, cells):
-        lines.append(f"{label:<{w}}  {cell:>{cw}}  {s['min']:>7.4f}  {s['max']:>7.4f}")
+    k, c = rep["template_pairs"], rep["classes"]
+    rows = [(f"positive vs its negation ({c} x {k} pairs)", rep["pos_vs_neg"]),
+            (f"positive vs another positive template ({c} x {k * (k - 1) // 2} pairs)", rep["pos_vs_pos"]),
+            (f"ensembled positive vs ensembled negative ({c} classes)", rep["ensembled_pos_vs_neg"])]
+    lines = _table(f"{rep['vl_model']}, {c} classes x {rep['prompts_per_class']} prompts ({k} templates "
+                   f"'{rep['template_list']}' and their negations): cosine similarity of text embeddings", rows)
     lines.append(f"negation closer to its positive than the positive's mean paraphrase: "
-                 f"{100 * rep['neg_closer_than_paraphrase']:.1f}% of the {rep['classes'] * k} (class, template) pairs")
+                 f"{100 * rep['neg_closer_than_paraphrase']:.1f}% of the {c * k} (class, template) pairs")
     return "\n".join(lines)

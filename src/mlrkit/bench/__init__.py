@@ -87,6 +87,14 @@ def run_bench(what: str, args: argparse.Namespace) -> list[dict]:
         if getattr(args, "json", None):
             write_json(args.json, res)
         return res["rows"]
+    elif what == "demo":
+        from mlrkit.bench.demo_time import bench_demo, format_demo
+
+        res = bench_demo(repeats=args.repeats or 3, busy=args.busy, smoke=args.smoke)
+        print(format_demo(res))
+        if getattr(args, "json", None):
+            write_json(args.json, res)
+        return res["runs"]
     else:  # argparse restricts the choices
         raise ValueError(what)
     print(format_table(rows))

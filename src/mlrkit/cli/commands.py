@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlrkit.cli.common import add_command, add_device_argument, command_device
+from mlrkit.cli.common import add_command, add_device_argument, add_loop_arguments, command_device, loop_run_dir
 
 
 def register(sub) -> None:
@@ -127,8 +127,8 @@ def register(sub) -> None:
     p.add_argument("--losses", default="", help="comma-separated losses (default: the demo's set)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--jobs", type=int, default=None,
-                   help="worker processes (default: the usable CPUs, at most one per 4 runs; 1 = all runs in "
-                   "this process)")
+                   help="worker processes (default: one per usable CPU, plus one per CPU other work keeps busy "
+                   "at the start; 1 = all runs in this process)")
 
     p = add_command(sub, "pseudo-label",
                     "VLPL pseudo-labels from a VL model's temperature softmax; precision/recall vs ground truth",
@@ -199,6 +199,11 @@ def register(sub) -> None:
                         "training split")
     p.add_argument("--heldout-mosaics", type=int, default=20000, help="number of held-out mosaics (--heldout-source)")
     p.add_argument("--out", default="mosaic_clip_raw.pt", help="raw checkpoint to write")
+    p.add_argument("--log-every", type=int, default=50, help="a metrics.jsonl row every N steps (and at each "
+                   "zero-shot evaluation)")
+    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0 = off); the zero-shot "
+                   "evaluations and the written checkpoint use the averaged weights")
+    add_loop_arguments(p, "mosaic_clip_raw.run", "steps")
 
     p = add_command(vsub, "export", "write a raw `vl pretrain` checkpoint in the shipped format (fp16, sparse "
                     "token table, JSON sidecar)",
@@ -234,10 +239,11 @@ def register(sub) -> None:
                     "mlrkit bench loop   # mlrkit's training loop vs a bare PyTorch loop (demo MLP, small CNN)\n  "
                     "mlrkit bench loader --image-size 448   # decode+resize img/s per worker vs the step rate\n  "
                     "mlrkit bench gpu --json gpu.json   # device machine: every method, AMP off/bf16, data wait\n  "
-                    "mlrkit bench gpu --smoke   # the same code with small models (CPU check, not a figure)",
+                    "mlrkit bench gpu --smoke   # the same code with small models (CPU check, not a figure)\n  "
+                    "mlrkit bench demo --busy   # mlrkit demo's wall time idle vs with a busy core (alternated)",
                     cmd_bench)
     p.add_argument("what", choices=["metrics", "losses", "features", "prompts", "boostlu", "boostlu-ablation",
-                                    "scpnet", "throughput", "classes", "allocator", "loop", "loader", "gpu"],
+                                    "scpnet", "throughput", "classes", "allocator", "loop", "loader", "gpu", "demo"],
                    help="which benchmark (see above)")
     p.add_argument("--json", help="also write the rows as JSON here")
     p.add_argument("--classes", type=int, default=None, help="number of classes (losses: 1000, boostlu: 80)")
@@ -250,14 +256,18 @@ def register(sub) -> None:
                    "allocator (dualcoop): methods; loop: workloads (mlp,cnn)")
     p.add_argument("--repeats", type=int, default=None,
                    help="prompts: alternating epochs per path, fastest kept (2); boostlu: interleaved forwards (10); "
-                   "allocator: alternating rounds (2); loop: alternated runs (3); loader: steps (3); gpu: steps (10)")
+                   "allocator: alternating rounds (2); loop: alternated runs (3); loader: steps (3); gpu: steps (10); "
+                   "demo: timed demos per condition (3)")
     p.add_argument("--out", default="runs/boostlu-ablation", help="boostlu-ablation: root of the run directories")
     p.add_argument("--seeds", default="0", help="boostlu-ablation: comma-separated seeds")
     p.add_argument("--epochs", type=int, default=None,
                    help="boostlu-ablation: epochs (recipe: 5); loop: epochs per run (mlp 30, cnn 2)")
     p.add_argument("--limit", type=int, default=None, help="loop: training mosaics of the cnn workload (1000)")
     p.add_argument("--model", default=None, help="loader: the model whose step rate is compared (resnet50)")
-    p.add_argument("--smoke", action="store_true", help="gpu: small models and few steps (a check, not a figure)")
+    p.add_argument("--smoke", action="store_true", help="gpu: small models and few steps; demo: the 2-run demo on "
+                   "emotions (a check, not a figure)")
+    p.add_argument("--busy", action="store_true", help="demo: also time it with one CPU-burning process pinned to "
+                   "another core, alternating with the idle runs")
     add_device_argument(p)
     p.add_argument("--threads", type=int, default=None, help="boostlu, boostlu-ablation: torch CPU threads")
     p.add_argument("--counts", default=None, help="classes: comma-separated class counts (20,80,312,1000,5000)")
@@ -666,25 +676,49 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_vl_pretrain(args: argparse.Namespace) -> int:
-    from mlrkit.vl.pretraining import load_raw_checkpoint, pretrain_mosaic_clip, save_pretrained
+    from mlrkit.engine.loop import AMP_CHOICES, LoopRun, join_processes
+    from mlrkit.vl.pretraining import (
+        BUILTIN_TRAINED_ON,
+        HELDOUT_TRAINED_ON,
+        load_raw_checkpoint,
+        pretrain_mosaic_clip,
+        save_pretrained,
+    )
 
     init_payload = load_raw_checkpoint(args.init) if args.init else None  # read safely before any training
+    device, env = join_processes(args.device)
+    if device.type == "cpu":
+        command_device(args)  # the thread policy
+    options = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                   eval_every=args.eval_every, init=str(Path(args.init).resolve()) if args.init else None,
+                   subset_prob=args.subset_prob, multi_positive=args.multi_positive,
+                   heldout_source=str(Path(args.heldout_source).resolve()) if args.heldout_source else None,
+                   heldout_mosaics_count=args.heldout_mosaics, amp=AMP_CHOICES[args.amp], ema=args.ema,
+                   log_every=args.log_every)
+    run = LoopRun(loop_run_dir(args), {**options, "out": str(Path(args.out).resolve())}, resume=args.resume,
+                  command="mlrkit vl pretrain", resume_may_change=("time_limit_s",), env=env)
+    done = run.finished_results()
+    if done is not None:
+        print(json.dumps(done))
+        return 0
     model, config, result, history = pretrain_mosaic_clip(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        time_limit_s=None if args.time_limit is None else 60 * args.time_limit,
-        eval_every=args.eval_every, device=str(command_device(args)), init=args.init, subset_prob=args.subset_prob,
-        multi_positive=args.multi_positive, heldout_source=args.heldout_source,
-        heldout_mosaics_count=args.heldout_mosaics)
-    from mlrkit.vl.pretraining import BUILTIN_TRAINED_ON, HELDOUT_TRAINED_ON
-
+        **options, time_limit_s=None if args.time_limit is None else 60 * args.time_limit, device=str(device),
+        run=run, checkpoint_every_s=args.checkpoint_every)
     if args.heldout_source:
         trained_on = HELDOUT_TRAINED_ON.format(n=args.heldout_mosaics, seed=args.seed)
     else:
         trained_on = init_payload.get("trained_on", BUILTIN_TRAINED_ON) if init_payload else BUILTIN_TRAINED_ON
-    save_pretrained(model, config, args.out, result=result, history=history, command=sys.argv, seed=args.seed,
-                    init_payload=init_payload, trained_on=trained_on)
-    print(json.dumps({"out": args.out, "steps": result.steps, "seconds": round(result.seconds, 1),
-                      "zeroshot_test_map": result.zeroshot_map}))
+    summary = {"out": args.out, "steps": result.steps, "seconds": round(result.seconds, 1),
+               "zeroshot_test_map": result.zeroshot_map}
+    try:
+        if env.is_main:
+            save_pretrained(model, config, args.out, result=result, history=history, command=sys.argv,
+                            seed=args.seed, init_payload=init_payload, trained_on=trained_on)
+            print(json.dumps(summary))
+        if result.steps == args.steps:  # stopped by --time-limit: last.pt stays, --resume continues
+            run.finish(summary)
+    finally:
+        run.release()
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -104,6 +105,9 @@ OPTION_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "steps": (1, None, False, False),
     "max_steps": (1, None, False, False),
     "eval_every": (0, None, False, False),
+    "log_every": (1, None, False, False),
+    "checkpoint_every": (0, None, False, False),
+    "ema": (0, 1, False, True),
     "heldout_mosaics": (1, None, False, False),
     "repeats": (1, None, False, False),
     "threads": (1, None, False, False),
@@ -167,3 +171,32 @@ def command_device(args: argparse.Namespace):
     if dev.type == "cpu" and not getattr(args, "threads", None):
         default_threads()
     return dev
+
+
+def add_loop_arguments(parser: argparse.ArgumentParser, run_dir_example: str, unit: str, add=None) -> None:
+    """The options of a command that trains on the shared loop (:mod:`mlrkit.engine.loop`): its run
+    directory, ``--resume``, ``--amp`` and the checkpoint interval. ``add``: the function that declares
+    an option (default ``parser.add_argument``; a recipe-layered command passes its own)."""
+    add = add or parser.add_argument
+    add("--run-dir", default=None,
+        help=f"run directory (config.yaml, metrics.jsonl, last.pt, results.json); default: --out with the suffix "
+        f".run, e.g. {run_dir_example}")
+    add("--resume", action="store_true",
+        help=f"continue the run in --run-dir exactly where it stopped (same options; it fails otherwise), as "
+        f"`mlrkit train --resume`; the {unit} already done are not repeated")
+    add("--amp", choices=["auto", "on", "off"], default="off",
+        help="autocast (mixed precision) as train.amp: auto = bf16 on CUDA devices that support it; off (default) "
+        "= fp32, as the shipped checkpoints were trained")
+    add("--checkpoint-every", type=float, default=60.0,
+        help="write last.pt at most every this many seconds (0 = at every metrics row)")
+
+
+def loop_run_dir(args: argparse.Namespace) -> Path:
+    """``--run-dir``, or ``--out`` with the suffix ``.run``."""
+    from mlrkit.errors import ConfigError
+
+    if args.run_dir:
+        return Path(args.run_dir)
+    if not args.out:
+        raise ConfigError("give --out (and optionally --run-dir)")
+    return Path(args.out).with_suffix(".run")

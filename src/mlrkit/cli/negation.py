@@ -15,7 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlrkit.cli.common import DEVICE_HELP, LayeredFlags, PlainFormatter, add_command, command_device
+from mlrkit.cli.common import (
+    DEVICE_HELP,
+    LayeredFlags,
+    PlainFormatter,
+    add_command,
+    add_loop_arguments,
+    command_device,
+    loop_run_dir,
+)
 from mlrkit.errors import ConfigError, MlrkitError
 
 
@@ -132,6 +140,7 @@ def register_negation(sub: Any) -> None:
     f.add("--quiet", action="store_true", help="no progress bars")
     f.add("--out", help="checkpoint to write (.pt; + .json sidecar + .finetune.json history)")
     f.add("--device", default="auto", help=DEVICE_HELP)
+    add_loop_arguments(p, "negclip.run", "epochs", add=f.add)
 
     p = add_command(
         nsub, "build-benchmark",
@@ -281,9 +290,13 @@ def cmd_captions(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     import torch
 
     from mlrkit.data import load_dataset
+    from mlrkit.data.fashion_mosaic import file_sha256
+    from mlrkit.engine.loop import AMP_CHOICES, LoopRun, join_processes
     from mlrkit.negation.captions import read_jsonl
     from mlrkit.negation.finetune import FinetuneConfig, finetune_negation, save_finetuned
     from mlrkit.utils import write_json
@@ -307,19 +320,38 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                          train_logit_scale=bool(args.train_logit_scale),
                          freeze_ln_final=bool(args.freeze_ln_final), multi_positive=bool(args.multi_positive),
                          rows_per_epoch=str(getattr(args, "rows_per_epoch", "image")), max_steps=args.max_steps,
-                         time_limit_s=None if args.time_limit is None else 60 * float(args.time_limit))
-    model = load(args.vl_model, seed=args.seed, device=command_device(args))
-    result = finetune_negation(model, rows, sp.images, sp.ids, cfg, progress=not args.quiet, targets=sp.targets,
-                               class_names=ds.class_names)
-    path = save_finetuned(model, args.out, result, source_spec=args.vl_model, captions=str(args.captions),
-                          half=not args.fp32, extra={"dataset": ds.name, "split": args.split})
-    hist = Path(args.out).with_name(Path(args.out).stem + ".finetune.json")
-    write_json(hist, {**result.as_dict(with_ids=True), "command": sys.argv, "vl_model": args.vl_model,
-                      "captions": args.captions, "dataset": ds.name})
-    print(json.dumps({"out": path, "spec": f"openclip:custom@{path}", "best_epoch": result.best_epoch,
-                      "best_val_loss": round(result.best_val_loss, 4), "steps": result.steps,
-                      "seconds": result.seconds, "train_images": result.n_train_images,
-                      "val_images": result.n_val_images}))
+                         time_limit_s=None if args.time_limit is None else 60 * float(args.time_limit),
+                         amp=AMP_CHOICES[args.amp])
+    device, env = join_processes(args.device)
+    settings = {**asdict(cfg), "train": list(cfg.train), "time_limit_s": None, "vl_model": args.vl_model,
+                "captions": str(Path(args.captions).resolve()), "captions_sha256": file_sha256(args.captions),
+                "dataset": ds.name, "root": args.root, "split": args.split, "out": str(Path(args.out).resolve())}
+    run = LoopRun(loop_run_dir(args), settings, resume=args.resume, command="mlrkit negation finetune", env=env)
+    done = run.finished_results()
+    if done is not None:
+        print(json.dumps(done))
+        return 0
+    try:
+        model = load(args.vl_model, seed=args.seed, device=command_device(args) if device.type == "cpu" else device)
+        result = finetune_negation(model, rows, sp.images, sp.ids, cfg, progress=not args.quiet, targets=sp.targets,
+                                   class_names=ds.class_names, run=run,
+                                   checkpoint_every_s=float(args.checkpoint_every))
+        summary = {"out": args.out, "spec": f"openclip:custom@{args.out}", "best_epoch": result.best_epoch,
+                   "best_val_loss": round(result.best_val_loss, 4), "steps": result.steps,
+                   "seconds": result.seconds, "train_images": result.n_train_images,
+                   "val_images": result.n_val_images}
+        if env.is_main:
+            path = save_finetuned(model, args.out, result, source_spec=args.vl_model, captions=str(args.captions),
+                                  half=not args.fp32, extra={"dataset": ds.name, "split": args.split})
+            hist = Path(args.out).with_name(Path(args.out).stem + ".finetune.json")
+            write_json(hist, {**result.as_dict(with_ids=True), "command": sys.argv, "vl_model": args.vl_model,
+                              "captions": args.captions, "dataset": ds.name})
+            summary.update(out=path, spec=f"openclip:custom@{path}")
+            print(json.dumps(summary))
+        if result.history[-1]["epoch"] == cfg.epochs or cfg.max_steps is not None:  # a time limit: resumable
+            run.finish(summary)
+    finally:
+        run.release()
     return 0
 
 

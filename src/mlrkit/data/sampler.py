@@ -68,6 +68,16 @@ class GlobalBatchSampler(Sampler[list[int]]):
         order, bs = self.order(), self.batch_size
         return [order[b * bs: (b + 1) * bs] for b in range(len(self))]
 
+    def shard_bounds(self) -> Iterator[tuple[int, int, int]]:
+        """``(start, stop, size of the global batch)`` of this rank's rows of every global batch, as
+        positions in :meth:`order`: ``order()[start:stop]`` are the rows :meth:`shards` yields."""
+        bs = self.batch_size
+        for b in range(len(self)):
+            lo = b * bs
+            size = min(bs, self.n - lo)
+            sl = rank_slice(size, self.rank, self.world)
+            yield lo + sl.start, lo + sl.stop, size
+
     def shards(self) -> Iterator[tuple[torch.Tensor, int]]:
         """``(this rank's rows, size of the global batch)`` for every global batch of the epoch."""
         for batch in self.global_batches():

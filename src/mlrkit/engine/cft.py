@@ -98,22 +98,27 @@ def _ap(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def _bp_epochs(spec: CFTSection, w: Tensor, z: Tensor, y: Tensor, gen: torch.Generator):
+    """Backprop variant: the class's row [w, b] trained with ``spec.loss`` on the shared loop
+    (:class:`mlrkit.engine.loop.TrainLoop`, one process: CFT runs after training, on rank 0's data)."""
+    from mlrkit.engine.distributed import DistEnv
+    from mlrkit.engine.loop import StepResult, TrainLoop
     from mlrkit.losses import build
 
     loss = build(spec.loss)
-    param = nn.Parameter(w.clone())
-    opt = torch.optim.Adam([param], lr=spec.lr)
+    row = nn.Module()
+    row.param = nn.Parameter(w.clone())
+    loop = TrainLoop(row, torch.optim.Adam([row.param], lr=spec.lr), env=DistEnv())
     obs = torch.where(y > 0, 1, -1).to(torch.int8).view(-1, 1)
     zb = torch.cat([z, torch.ones(len(z), 1)], dim=1)
     for _ in range(spec.epochs):
         order = torch.randperm(len(z), generator=gen)
-        for s in range(0, len(z), spec.batch_size):
+
+        def compute(s: int, order=order) -> StepResult:
             rows = order[s : s + spec.batch_size]
-            value = loss(zb[rows] @ param.view(-1, 1), obs[rows], index=rows, epoch=0)
-            opt.zero_grad()
-            value.backward()
-            opt.step()
-        yield param.detach().clone()
+            return StepResult(loss(zb[rows] @ row.param.view(-1, 1), obs[rows], index=rows, epoch=0), n=len(rows))
+
+        loop.run_epoch(range(0, len(z), spec.batch_size), compute, where="in cft")
+        yield row.param.detach().clone()
 
 
 def _ga_epochs(spec: CFTSection, w: Tensor, z: Tensor, y: Tensor, gen: torch.Generator):

@@ -6,9 +6,10 @@ full labels and BCE, and once per loss of the zoo with single-positive labels, t
 test-mAP table and writes ``results.csv``, ``results.md`` and ``demo_map.png``.
 
 The runs are independent and seeded, so they are spread over ``jobs`` worker processes (default:
-the usable CPUs, :func:`mlrkit.engine.threads.usable_cpus`, at most one per 4 runs: a worker costs an
-interpreter start); each run is single-threaded by the thread policy (a tiny MLP), so the table is
-the same whatever the number of jobs (a slow test compares a worker's run with the same run in-process).
+:func:`default_jobs`, one per usable CPU plus one per CPU found busy with other work), forked from a
+forkserver that has imported what a run needs (:func:`preload`); each run is single-threaded by the
+thread policy (a tiny MLP), so the table is the same whatever the number of jobs (tests compare a
+worker's run with the same run in-process). ``mlrkit bench demo [--busy]`` times it.
 """
 
 from __future__ import annotations
@@ -62,40 +63,43 @@ def run_demo(
 ) -> list[dict]:
     """Train the grid, print the table, write CSV/Markdown and the bar plot; returns the rows.
 
-    ``jobs`` worker processes run the grid (None: the usable CPUs, at most one per 4 runs; 1: everything
-    in this process).
+    ``jobs`` worker processes run the grid (None: :func:`default_jobs`; 1: everything in this process).
     """
     datasets = datasets or ["scene", "yeast"]
-    losses = losses or default_losses()
     seeds = seeds or [0]
     if jobs is not None and jobs < 1:
         from mlrkit.errors import ConfigError
 
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    why = "--jobs"
+    if jobs is None:  # first: the CPU sample must see other work only, before this command starts any
+        jobs, why = default_jobs()
     out.mkdir(parents=True, exist_ok=True)
-    grid = [("full", "bce")] + [("single-positive", loss) for loss in losses]
-    cells = [(ds, protocol, loss) for ds in datasets for protocol, loss in grid]
-    tasks = [(str(out / "runs" / f"{ds}-{protocol}-{loss}-s{seed}"), ds, protocol, loss, seed)
-             for ds, protocol, loss in cells for seed in seeds]
-    if jobs is None:  # a worker process costs an interpreter start (torch import): worth it from ~4 runs each
-        from mlrkit.engine.threads import usable_cpus
-
-        jobs = max(1, min(usable_cpus(), len(tasks) // 4))
-    rows = []
     t0 = time.perf_counter()
-    with _Runner(min(jobs, len(tasks))) as submit:
-        futures = [submit(*t) for t in tasks]  # all queued at once; read back in grid order
+    with _Runner(jobs) as runner:
+        # the loss names come from the first worker when there are workers: it imports torch anyway, and
+        # this process then never does (it only waits, prints and plots)
+        names = None if losses else runner.submit(default_losses)
+        if runner.pool is not None:
+            _pyplot()  # imported while the workers start, not after them (about 1 s on the 2-core machine)
+        losses = losses or names.result()
+        grid = [("full", "bce")] + [("single-positive", loss) for loss in losses]
+        cells = [(ds, protocol, loss) for ds in datasets for protocol, loss in grid]
+        tasks = [(str(out / "runs" / f"{ds}-{protocol}-{loss}-s{seed}"), ds, protocol, loss, seed)
+                 for ds, protocol, loss in cells for seed in seeds]
+        futures = [runner.submit(_demo_run, *t) for t in tasks]  # all queued at once; read back in grid order
+        rows = []
         for i, (ds, protocol, loss) in enumerate(cells):
             maps = [f.result() for f in futures[i * len(seeds) : (i + 1) * len(seeds)]]
             rows.append({"dataset": ds, "labels": protocol, "loss": loss, "seeds": len(seeds),
                          "test_map": float(np.mean(maps)), "test_map_std": float(np.std(maps))})
             print(f"  {ds:<8} {protocol:<16} {loss:<8} test mAP {100 * rows[-1]['test_map']:6.2f}", flush=True)
     elapsed = time.perf_counter() - t0
+    jobs = min(jobs, len(tasks))
     table = format_table(rows, datasets, grid)
     print()
     print(table)
-    print(f"\n{len(rows) * len(seeds)} runs in {elapsed:.1f} s ({min(jobs, len(tasks))} job(s)); "
-          f"runs in {out / 'runs'}")
+    print(f"\n{len(rows) * len(seeds)} runs in {elapsed:.1f} s ({jobs} job(s): {why}); runs in {out / 'runs'}")
     _write_csv(out / "results.csv", rows)
     (out / "results.md").write_text(table + "\n")
     plot = plot_results(rows, datasets, grid, out / "demo_map.png")
@@ -103,37 +107,105 @@ def run_demo(
     return rows
 
 
+def default_jobs(n_tasks: int | None = None, usable: int | None = None, busy: float | None = None) -> tuple[int, str]:
+    """Worker processes for single-threaded runs, and why: one per usable CPU
+    (:func:`~mlrkit.engine.threads.usable_cpus`) plus one per usable CPU that other work keeps busy at the
+    start (:func:`~mlrkit.engine.threads.busy_cpus`, sampled for 0.2 s), at most ``n_tasks``.
+
+    Why the extra worker: the scheduler shares a busy CPU between the processes on it, so with one
+    worker per CPU the demo gets half of the busy CPU at best (nothing of it if both workers land on the
+    free CPU); with one more it keeps the free CPU and about half of the busy one in either placement.
+    On an idle machine no extra worker is started.
+    """
+    from mlrkit.engine import threads
+
+    usable = threads.usable_cpus() if usable is None else usable
+    busy = threads.busy_cpus() if busy is None else busy
+    extra = min(usable, int(round(busy)))
+    jobs = usable + extra
+    why = f"{usable} usable CPU(s)" + (f" + {extra} for the CPU(s) other work keeps busy ({busy:.1f})" if extra else "")
+    return max(1, jobs if n_tasks is None else min(jobs, n_tasks)), why
+
+
 class _Done:
     """An already computed result with a future's ``result()``."""
 
-    def __init__(self, value: float) -> None:
+    def __init__(self, value) -> None:
         self.value = value
 
-    def result(self) -> float:
+    def result(self):
         return self.value
 
 
 class _Runner:
-    """``with _Runner(jobs) as submit``: ``submit(*task)`` runs :func:`_demo_run` in this process (one
-    job) or in a pool of ``jobs`` spawned processes (spawn: this process may already hold OpenMP
-    threads, which forked children would inherit in an unusable state)."""
+    """``with _Runner(jobs) as runner``: ``runner.submit(fn, *args)`` runs ``fn`` in this process (one job)
+    or in a pool of ``jobs`` worker processes, and returns a future.
+
+    Where the platform has it (Linux, macOS), the workers are forked from a ``multiprocessing``
+    forkserver that has imported what a run imports (:mod:`mlrkit.engine.demo_preload`: the engine, the
+    losses, ``torch._dynamo`` through ``torch.optim``; about 5 s of imports on the 2-core machine), so
+    they start warm instead of each paying the imports again. The forkserver is a fresh interpreter that
+    never runs a torch operation, so no OpenMP thread pool is inherited in an unusable state, whatever
+    the calling process did before (a plain ``fork`` of a process whose torch has run with two threads
+    hangs the child's first two-threaded operation). Elsewhere the workers are spawned.
+    """
 
     def __init__(self, jobs: int) -> None:
         self.jobs = jobs
         self.pool = None
 
-    def __enter__(self):
-        if self.jobs <= 1:
-            return lambda *task: _Done(_demo_run(*task))
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+    def __enter__(self) -> _Runner:
+        if self.jobs > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
 
-        self.pool = ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn"))
-        return lambda *task: self.pool.submit(_demo_run, *task)
+            ctx = mp.get_context(start_method())
+            if ctx.get_start_method() == "forkserver":
+                ctx.set_forkserver_preload(["mlrkit.engine.demo_preload"])
+            self.pool = ProcessPoolExecutor(self.jobs, mp_context=ctx)
+        return self
+
+    def submit(self, fn, *args):
+        return self.pool.submit(fn, *args) if self.pool is not None else _Done(fn(*args))
 
     def __exit__(self, *exc) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def start_method() -> str:
+    """``forkserver`` where the platform has it (workers forked from a preloaded server), else ``spawn``."""
+    import multiprocessing as mp
+
+    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
+def preload() -> None:
+    """Import what a demo run imports, without running any torch operation (the forkserver's preload).
+
+    ``torch.optim``'s first optimizer imports ``torch._dynamo`` (with sympy and the inductor: the
+    largest single import of a run); building one on a one-element tensor does that and nothing else.
+    """
+    import torch
+
+    import mlrkit.data.datasets  # noqa: F401 - the built-in data sets
+    import mlrkit.engine.calibration  # noqa: F401
+    import mlrkit.engine.tracking  # noqa: F401
+    import mlrkit.engine.trainer  # noqa: F401 - the engine
+    import mlrkit.losses.zoo  # noqa: F401
+    from mlrkit.methods.base import register_all
+
+    register_all()
+    torch.optim.Adam([torch.nn.Parameter(torch.empty(1))])
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def format_table(rows: list[dict], datasets: list[str], grid: list[tuple[str, str]]) -> str:
@@ -163,11 +235,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def plot_results(rows: list[dict], datasets: list[str], grid: list[tuple[str, str]], path: Path) -> Path:
     """Grouped bar plot of test mAP per dataset; the full-label bar is drawn darker."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     by = {(r["dataset"], r["labels"], r["loss"]): r for r in rows}
     fig, axes = plt.subplots(1, len(datasets), figsize=(max(6, 0.45 * len(grid)) * len(datasets), 4.2), squeeze=False)
     for ax, ds in zip(axes[0], datasets):

@@ -16,6 +16,9 @@ from mlrkit.data.sampler import GlobalBatchSampler, rank_slice
 
 Batch = dict[str, Tensor]
 
+#: a feature split up to this size is gathered in the epoch's order once per epoch (one copy of it per epoch)
+GATHER_EPOCH_MAX_BYTES = 64 << 20
+
 
 class FeatureBatches:
     """Batches of (inputs, observed, targets, index) from a split's features."""
@@ -51,15 +54,19 @@ class FeatureBatches:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[Batch]:
-        for rows, n_global in self.sampler.shards():
-            idx = rows.to(self.device)
-            yield {
-                "n_global": n_global,
-                "inputs": self.x[idx],
-                "observed": self.observed[idx],
-                "targets": self.targets[idx],
-                "index": idx,
-            }
+        order = self.sampler.order().to(self.device)
+        if self.x.nbytes > GATHER_EPOCH_MAX_BYTES:  # large splits: one index_select per batch, no epoch copy
+            for start, stop, n_global in self.sampler.shard_bounds():
+                idx = order[start:stop]
+                yield {"n_global": n_global, "inputs": self.x[idx], "observed": self.observed[idx],
+                       "targets": self.targets[idx], "index": idx}
+            return
+        # small splits: the epoch's rows gathered once (three index_selects per epoch, not per step); every
+        # batch is then a contiguous slice: the same rows in the same order as indexing batch by batch
+        x, observed, targets = self.x[order], self.observed[order], self.targets[order]
+        for start, stop, n_global in self.sampler.shard_bounds():
+            yield {"n_global": n_global, "inputs": x[start:stop], "observed": observed[start:stop],
+                   "targets": targets[start:stop], "index": order[start:stop]}
 
 
 def make_loader(method, split: Split, observed: np.ndarray | None, batch_size: int, *, train: bool, seed: int,

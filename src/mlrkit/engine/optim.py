@@ -7,6 +7,7 @@ import math
 
 import torch
 from torch import nn
+from torch.optim import optimizer as _torch_optimizer
 
 from mlrkit.config import TrainConfig
 from mlrkit.errors import ConfigError
@@ -67,6 +68,89 @@ def build_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimiz
 def _fused_ok(params: list[torch.Tensor]) -> bool:
     devices = {p.device.type for p in params}
     return len(devices) == 1 and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
+
+
+class LeanStep:
+    """``optimizer.step()`` and ``zero_grad(set_to_none=True)`` with less Python per step.
+
+    For a fused Adam/AdamW with plain settings (one device and dtype per group, float learning rate, no
+    amsgrad/maximize/capturable/differentiable, no step hooks), :meth:`step` calls the same fused kernel
+    that ``torch.optim.Adam.step`` ends in, on the optimizer's own state tensors: per group,
+    ``step_t += 1`` then ``torch._fused_adam_`` (``_fused_adamw_`` for AdamW), i.e. Kingma & Ba's update
+
+        m_t = b1 m_{t-1} + (1 - b1) g_t,  v_t = b2 v_{t-1} + (1 - b2) g_t^2,
+        w_t = w_{t-1} - lr * (m_t / (1 - b1^t)) / (sqrt(v_t / (1 - b2^t)) + eps)
+
+    (plus L2 or decoupled weight decay). What it skips is ``torch.optim``'s per-step bookkeeping
+    (profiler ranges, hook checks, re-grouping the tensors by device), about 0.3 ms of a 1.5 ms demo
+    MLP step on the 2-core CPU. The parameters and the optimizer's state (hence checkpoints) are
+    bit-identical to ``optimizer.step()`` (tested). Anything else, the first step (torch creates the
+    state), or a hook registered later goes through ``optimizer.step()`` itself.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.opt = optimizer
+        self._scan()
+
+    def _scan(self) -> None:
+        groups = getattr(self.opt, "param_groups", [])
+        self.n_groups = len(groups)
+        self.params = [p for g in groups for p in g.get("params", ())]
+        self.kernels = [_fused_kernel(self.opt, g) for g in groups]
+        self.lean = all(k is not None for k in self.kernels)
+
+    def zero_grad(self) -> None:
+        if len(getattr(self.opt, "param_groups", ())) != self.n_groups:  # a group was added since
+            self._scan()
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        opt = self.opt
+        if len(getattr(opt, "param_groups", ())) != self.n_groups:
+            self._scan()
+        if not self.lean or _has_step_hooks(opt):
+            opt.step()
+            return
+        calls = []
+        for group, kernel in zip(opt.param_groups, self.kernels):
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            states = [opt.state.get(p) for p in params]
+            if not all(states) or not isinstance(group["lr"], float):
+                opt.step()  # torch creates the state on the first step (or a scheduler made lr a tensor)
+                return
+            calls.append((kernel, group, params, states))
+        with torch.no_grad():
+            for kernel, group, params, states in calls:
+                steps = [s["step"] for s in states]
+                torch._foreach_add_(steps, 1)
+                b1, b2 = group["betas"]
+                kernel(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                       [s["exp_avg_sq"] for s in states], [], steps, amsgrad=False, lr=group["lr"], beta1=b1,
+                       beta2=b2, weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+                       grad_scale=None, found_inf=None)
+
+
+def _fused_kernel(opt: torch.optim.Optimizer, group: dict):
+    """The fused kernel :class:`LeanStep` may call for ``group``, or None (then ``opt.step()``)."""
+    if type(opt) not in (torch.optim.Adam, torch.optim.AdamW) or not group.get("fused"):
+        return None
+    if any(group.get(k) for k in ("amsgrad", "maximize", "capturable", "differentiable")):
+        return None
+    if not all(isinstance(b, float) for b in group["betas"]) or not isinstance(group["lr"], float):
+        return None
+    if len({(p.device, p.dtype) for p in group["params"]}) > 1:
+        return None
+    decoupled = group.get("decoupled_weight_decay", type(opt) is torch.optim.AdamW)
+    return getattr(torch, "_fused_adamw_" if decoupled else "_fused_adam_", None)
+
+
+def _has_step_hooks(opt: torch.optim.Optimizer) -> bool:
+    return bool(getattr(opt, "_optimizer_step_pre_hooks", None) or getattr(opt, "_optimizer_step_post_hooks", None)
+                or getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
+                or getattr(_torch_optimizer, "_global_optimizer_post_hooks", None))
 
 
 def build_scheduler(

@@ -130,3 +130,43 @@ def default_threads() -> ThreadChoice:
     the usable CPUs."""
     limits = cpu_limits()
     return apply(choose_threads(math.inf, 0, limits))
+
+
+def _cpu_times(stat: Path) -> dict[int, tuple[int, int]]:
+    """``{cpu: (busy jiffies, total jiffies)}`` from ``/proc/stat`` (idle and iowait count as not busy)."""
+    out = {}
+    for line in stat.read_text().splitlines():
+        if not line.startswith("cpu") or line.startswith("cpu "):
+            continue
+        name, *vals = line.split()
+        ticks = [int(v) for v in vals[:8]]  # user nice system idle iowait irq softirq steal
+        total = sum(ticks)
+        out[int(name[3:])] = (total - ticks[3] - ticks[4], total)
+    return out
+
+
+def busy_cpus(sample_s: float = 0.2, stat: Path = Path("/proc/stat"), cpus: set[int] | None = None) -> float:
+    """How many of the CPUs this process may use (its affinity mask, or ``cpus``) other work keeps busy:
+    the sum of their busy fractions over ``sample_s`` seconds while this process sleeps. 0.0 where
+    ``/proc/stat`` cannot be read (not Linux).
+
+    A CPU-burning process on one of two usable CPUs gives about 1.0; an idle machine about 0.0. Used to
+    size the demo's worker pool (:func:`mlrkit.engine.demo.default_jobs`).
+    """
+    import time
+
+    try:
+        before = _cpu_times(stat)
+        time.sleep(sample_s)
+        after = _cpu_times(stat)
+    except (OSError, ValueError):
+        return 0.0
+    if cpus is None:
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(after)
+    busy = 0.0
+    for c in cpus:
+        if c in before and c in after:
+            d_busy, d_total = after[c][0] - before[c][0], after[c][1] - before[c][1]
+            if d_total > 0:
+                busy += min(1.0, max(0.0, d_busy / d_total))
+    return busy

@@ -16,20 +16,17 @@ run killed at any point and resumed with ``--resume`` ends with the same ``resul
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
 import platform
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 import mlrkit
@@ -46,26 +43,22 @@ from mlrkit.engine.build import (  # noqa: F401 - re-exported: build_run_loss, p
 from mlrkit.engine.checkpoint import load_checkpoint, load_trainable_state, save_checkpoint, trainable_state_dict
 from mlrkit.engine.checks import check_observed, check_training_plan
 from mlrkit.engine.console import ConsoleLog, console_write
-from mlrkit.engine.devices import autocast_dtype, resolve_device, wants_channels_last
+from mlrkit.engine.devices import resolve_device, wants_channels_last
 from mlrkit.engine.loaders import make_loader
-from mlrkit.engine.optim import EMA, build_optimizer, build_scheduler, param_groups
-from mlrkit.engine.progress import progress as progress_bar
+from mlrkit.engine.loop import StepResult, TrainLoop, cpu_copy, join_processes
+from mlrkit.engine.optim import build_optimizer, build_scheduler, param_groups
 from mlrkit.engine.reports import grouped_report
 from mlrkit.engine.run_data import RunData, prepare_run_data, task_info
 from mlrkit.engine.rundir import RUN_FILES, RunLock, check_out_path, config_diff, saved_config
 from mlrkit.errors import MlrkitError
 from mlrkit.methods import build_method
 from mlrkit.metrics import MultiLabelMeter, f1_scores, hamming_loss, jaccard_index, map_report
-from mlrkit.utils import atomic_write, derive_seed, seed_everything, write_json
+from mlrkit.utils import atomic_write, derive_seed, seed_everything, seed_torch_for, write_json
 
 log = logging.getLogger("mlrkit")
 
 
 __all__ = ["BuiltRun", "Trainer", "build_for_task", "build_run_loss", "predict_scores", "resolve_device", "train"]
-
-#: the running loss is checked for NaN/inf every this many steps (a check waits for the device)
-FINITE_CHECK_EVERY = 50
-
 
 class Trainer:
     """Runs one configuration end to end in ``cfg.out``."""
@@ -83,12 +76,9 @@ class Trainer:
         self.lock: RunLock | None = None
         # a bar on a terminal, periodic lines with rate and ETA elsewhere (batch logs): mlrkit.engine.progress
         self.progress = cfg.train.progress and not quiet
-        self.env = ddp.init_distributed(cfg.train.device)
+        self.device, self.env = join_processes(cfg.train.device)
         self.verbose = not quiet and self.env.is_main
         self.progress = self.progress and self.env.is_main
-        self.device = resolve_device(cfg.train.device)
-        if self.env.enabled and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.env.local_rank)
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -142,14 +132,13 @@ class Trainer:
             groups = param_groups(self.model, self.method.classifier_parameters(self.model), tc, extra)
             self.optimizer = build_optimizer(groups, tc)
             self.scheduler = build_scheduler(self.optimizer, tc, len(self.train_loader))
-        self._synced_params = [p for p in self.model.parameters() if p.requires_grad] + \
+        synced = [p for p in self.model.parameters() if p.requires_grad] + \
             [p for p in self.loss.parameters() if p.requires_grad]
-        self.ema = EMA(self.model, tc.ema) if tc.ema > 0 else None
-        self.amp_dtype = autocast_dtype(self.device, tc.amp)
-        amp_dtype = self.amp_dtype
-        self.autocast = (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
-        self.scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and self.device.type == "cuda" \
-            else None
+        # the shared loop (mlrkit.engine.loop): AMP, DDP gradient averaging, clipping, scheduler, EMA
+        self.loop = TrainLoop(self.model, self.optimizer, device=self.device, amp=tc.amp, ema=tc.ema,
+                              grad_clip=tc.grad_clip, scheduler=self.scheduler, synced=synced, env=self.env,
+                              hint="lower train.lr?")
+        self.ema, self.amp_dtype, self.scaler = self.loop.ema, self.loop.amp_dtype, self.loop.scaler
         if tc.compile:  # in place: parameters and state_dict keys stay those of the model
             backend = "inductor" if tc.compile is True else str(tc.compile)
             if not hasattr(self.model, "compile"):
@@ -158,6 +147,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def _checkpoint(self, epoch: int, best_map: float, best_epoch: int) -> dict[str, Any]:
+        if getattr(self, "_ck_run", None) is None:  # the run's constant entries, built once per fit
+            self._ck_run = {"task": self.built.task.as_dict(), "config": self.cfg.to_dict()}
         return {
             "format": "mlrkit-checkpoint-1",
             "epoch": epoch,  # epochs completed
@@ -169,8 +160,8 @@ class Trainer:
             "loss": self.loss.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "task": self.built.task.as_dict(),
-            "config": self.cfg.to_dict(),
+            "task": self._ck_run["task"],
+            "config": self._ck_run["config"],
             "observed_sha256": self.data.observed.sha256,
         }
 
@@ -299,6 +290,7 @@ class Trainer:
 
         self.trackers = Trackers(cfg, self.out, enabled=main)
         self._setup()
+        self._ck_run = None  # built by the first _checkpoint of this fit
         if main:
             self.data.observed.save(self.out / "observed_labels.npz")
         start, best_map, best_epoch = 0, -1.0, 0
@@ -331,7 +323,7 @@ class Trainer:
         try:
             for epoch in range(start, cfg.train.epochs):
                 te = time.perf_counter()
-                torch.manual_seed(derive_seed(cfg.seed, epoch, 1))
+                seed_torch_for(derive_seed(cfg.seed, epoch, 1), self.device)
                 train_loss, terms = self._train_epoch(epoch)
                 val_map = self._validate()
                 epoch_times.append(time.perf_counter() - te)
@@ -344,16 +336,21 @@ class Trainer:
                     row["terms"] = terms
                 if main:
                     # the row first, then last.pt: a kill between them leaves a row ahead of last.pt, which the
-                    # resume drops and recomputes (_truncate_metrics); the other order would lose the row
+                    # resume drops and recomputes (_truncate_metrics); the other order would lose the row. The
+                    # row is synced to disk when last.pt follows; rows between checkpoints are lost with the
+                    # state they describe if the machine goes down (the resume recomputes both)
+                    due = epoch + 1 == cfg.train.epochs or interval <= 0 or time.monotonic() - last_write >= interval
                     with open(self.out / "metrics.jsonl", "a") as fh:
                         fh.write(json.dumps(row) + "\n")
                         fh.flush()
-                        os.fsync(fh.fileno())
+                        if due:
+                            os.fsync(fh.fileno())
                     self.trackers.log_epoch(row)
-                    due = epoch + 1 == cfg.train.epochs or interval <= 0 or time.monotonic() - last_write >= interval
                     ck = self._checkpoint(epoch + 1, best_map, best_epoch)
                     if not due:
-                        ck = _cpu_copy(ck)  # the live optimizer/loss state moves on; keep this epoch's
+                        # the live optimizer/loss state moves on; keep this epoch's (the run's constant
+                        # entries are shared, not copied)
+                        ck = {**cpu_copy({k: v for k, v in ck.items() if k not in self._ck_run}), **self._ck_run}
                     if improved:
                         pending_best = ck
                     pending = ck
@@ -408,19 +405,16 @@ class Trainer:
             save_checkpoint(self.out / "last.pt", {**last_ck, "kind": "last"})
 
     def _train_epoch(self, epoch: int) -> tuple[float, dict[str, float]]:
-        """One epoch; returns the mean training loss and the means of the method's extra terms."""
+        """One epoch on the shared loop; returns the mean training loss and the means of the method's extra terms."""
         self.model.train()
         self.loss.on_epoch_start(epoch)
         loader = self.train_loader
         loader.set_epoch(epoch)
-        total = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device: no sync per step
-        term_sums: dict[str, torch.Tensor] = {}
-        n = 0
-        bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}") if self.progress else loader
-        env = self.env
+        world = self.env.world
         device = self.device
         channels_last = getattr(self.model, "_mlrkit_channels_last", False)
-        for step, batch in enumerate(bar):
+
+        def compute(batch: dict[str, Any]) -> StepResult:
             n_global = int(batch.pop("n_global", len(batch["index"])))
             if device.type != "cpu":
                 batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -429,53 +423,17 @@ class Trainer:
             loss_fn = self.loss
             if self.mixer is not None:  # mix: LogicMix / MixUp-PME
                 batch, loss_fn = self.mixer(batch)
-            with self.autocast():
-                out = self.method.training_step(self.model, batch, loss_fn, epoch)
-            loss = out.loss
-            # the loss contract's input checks ran on the first batch; the loader serves the same tensors
-            self.loss.validate_inputs = False
-            x = batch["inputs"]
-            if step % FINITE_CHECK_EVERY == 0 and not torch.isfinite(loss):
-                raise MlrkitError(f"loss became {loss.item()} at epoch {epoch + 1}; lower train.lr?")
-            self.optimizer.zero_grad(set_to_none=True)
+            out = self.method.training_step(self.model, batch, loss_fn, epoch)
+            if self.loss.validate_inputs:  # checked on the first batch; the loader serves the same tensors
+                self.loss.validate_inputs = False
+            n = len(batch["inputs"])
             # each rank's share of the global mean: averaged gradients then equal one process's
-            objective = loss * (len(x) * env.world / n_global) if env.enabled else loss
-            if self.scaler is not None:
-                self.scaler.scale(objective).backward()
-                self.scaler.unscale_(self.optimizer)
-            else:
-                objective.backward()
-            if env.enabled:
-                ddp.average_gradients(self._synced_params, env)
-            if self.cfg.train.grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            if self.scheduler is not None:
-                self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update(self.model)
-            total += loss.detach() * len(x)
-            for name, value in out.terms.items():
-                term_sums[name] = term_sums.get(name, 0.0) + value.detach().double() * len(x)
-            n += len(x)
-            if self.progress:
-                bar.set_postfix(loss=f"{float(total) / max(n, 1):.4f}", refresh=False)
-        total_f = float(total)
-        if not np.isfinite(total_f):
-            raise MlrkitError(f"loss became {total_f} in epoch {epoch + 1}; lower train.lr?")
+            return StepResult(out.loss, out.terms, n=n, share=n * world / n_global)
+
+        stats = self.loop.run_epoch(loader, compute, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
+                                    progress=self.progress, where=f"in epoch {epoch + 1}")
         self._end_epoch_hooks(epoch)
-        names = sorted(term_sums)
-        sums = [total_f, float(n)] + [float(term_sums[k]) for k in names]
-        if env.enabled:
-            t = torch.tensor(sums, dtype=torch.float64)
-            torch.distributed.all_reduce(t)
-            sums = t.tolist()
-        n = max(int(sums[1]), 1)
-        return sums[0] / n, {k: sums[2 + i] / n for i, k in enumerate(names)}
+        return stats.loss, stats.terms
 
     def _end_epoch_hooks(self, epoch: int) -> None:
         if self.loss.needs_epoch_scores:
@@ -491,9 +449,7 @@ class Trainer:
                            device=self.device, cfg=self.cfg, progress=progress, desc=desc, loaders=self._eval_loaders)
 
     def _eval_model(self):
-        if self.ema is None:
-            return nullcontext()
-        return _EMASwap(self.ema, self.model)
+        return self.loop.ema_weights()
 
     def _validate(self) -> float:
         with self._eval_model():
@@ -642,17 +598,6 @@ class Trainer:
         }
 
 
-def _cpu_copy(obj: Any) -> Any:
-    """A copy of a checkpoint payload whose tensors are detached CPU copies (nested dicts/lists)."""
-    if torch.is_tensor(obj):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _cpu_copy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu_copy(v) for v in obj)
-    return copy.deepcopy(obj)
-
-
 class _NoOptimizer:
     """Stands in for the optimizer of an evaluation-only run (``train.epochs: 0``)."""
 
@@ -663,17 +608,6 @@ class _NoOptimizer:
 
     def load_state_dict(self, d: dict) -> None:
         pass
-
-
-class _EMASwap:
-    def __init__(self, ema: EMA, model: nn.Module) -> None:
-        self.ema, self.model = ema, model
-
-    def __enter__(self):
-        self.backup = self.ema.swap_into(self.model)
-
-    def __exit__(self, *exc):
-        self.model.load_state_dict({**self.model.state_dict(), **self.backup})
 
 
 def train(cfg: RunConfig, *, resume: bool = False, quiet: bool = False, extend: bool = False) -> dict[str, Any]:

@@ -184,7 +184,15 @@ class FinetuneMethod(ImageMethod):
 
 
 def linear_init(model: BackboneClassifier, data, loss, method: FinetuneMethod, *, device) -> None:
-    """Cole et al.'s linear_init: train the classifier alone on frozen features, with the run's loss."""
+    """Cole et al.'s linear_init: train the classifier alone on frozen features, with the run's loss.
+
+    The features are computed once; the classifier's steps run on the shared loop
+    (:class:`mlrkit.engine.loop.TrainLoop`: AMP as ``train.amp``, NaN checks, progress). Every rank
+    takes the same seeded batches of the whole training split, so the phase ends with the same
+    classifier on every process (nothing to average).
+    """
+    from mlrkit.engine.loop import StepResult, TrainLoop
+
     cfg = method.cfg
     model.eval()
     loader = method.make_loader(data.train, None, max(64, cfg.train.batch_size), train=False, seed=cfg.seed)
@@ -195,14 +203,21 @@ def linear_init(model: BackboneClassifier, data, loss, method: FinetuneMethod, *
     x = torch.cat(feats)
     obs = torch.from_numpy(data.observed_train).to(device)
     opt = torch.optim.Adam(model.classifier.parameters(), lr=method.linear_init_lr)
+    loop = TrainLoop(model.classifier, opt, device=device, amp=cfg.train.amp, env=_single_process())
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, 7))
     bs = method.linear_init_batch_size
     for epoch in range(method.linear_init_epochs):
         order = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), bs):
-            idx = order[i : i + bs]
-            l = loss(model.classifier(x[idx.to(device)]), obs[idx.to(device)], index=idx.to(device), epoch=epoch)
-            opt.zero_grad()
-            l.backward()
-            opt.step()
+
+        def compute(i: int, order=order, epoch=epoch) -> StepResult:
+            idx = order[i : i + bs].to(device)
+            return StepResult(loss(model.classifier(x[idx]), obs[idx], index=idx, epoch=epoch), n=len(idx))
+
+        loop.run_epoch(range(0, len(x), bs), compute, where=f"in linear_init epoch {epoch + 1}")
     log.info("linear_init: classifier trained %d epochs on frozen features", method.linear_init_epochs)
+
+
+def _single_process():
+    from mlrkit.engine.distributed import DistEnv
+
+    return DistEnv()  # every rank runs the same full-batch phase: no gradient averaging

@@ -135,25 +135,32 @@ def negate_with_template(caption: str, objects: Sequence[str], template: str) ->
 NEGATION_WORDS = re.compile(r"\b(no|not|without|none|nothing|never|nobody|absent)\b|n't\b", re.IGNORECASE)
 
 
-def llm_rewrite(client: ChatClient, caption: str, objects: Sequence[str]) -> tuple[str | None, str]:
-    """An LLM rewrite of ``caption`` stating that ``objects`` are absent: (caption or None, outcome)."""
-    messages = [
-        {"role": "system", "content": "You edit image captions. Reply with the edited caption only, on one line."},
-        {"role": "user", "content": "Caption: 'two dogs run on a beach'. Edit it to also say that the image "
-                                    "contains no frisbee."},
-        {"role": "assistant", "content": "two dogs run on a beach with no frisbee in sight"},
-        {"role": "user", "content": f"Caption: '{caption.strip()}'. Edit it to also say that the image contains "
-                                    f"no {join_or(objects)}."},
-    ]
-    reply = client.complete(messages)
+def one_shot_line(client: ChatClient, system: str, example: tuple[str, str], prompt: str,
+                  accept: Callable[[str], bool]) -> tuple[str | None, str]:
+    """Ask ``client`` with one worked ``example`` (user, assistant); the reply stripped of quotes if it is one
+    non-empty line that ``accept`` takes: (text, "ok"), else (None, "llm_rejected") / (None, "llm_failed")."""
+    reply = client.complete([{"role": "system", "content": system},
+                             {"role": "user", "content": example[0]}, {"role": "assistant", "content": example[1]},
+                             {"role": "user", "content": prompt}])
     if reply is None:
         return None, "llm_failed"
     text = reply.strip().strip("'\"").strip()
-    if not text or "\n" in text:
-        return None, "llm_rejected"
-    if not all(o.lower() in text.lower() for o in objects) or not NEGATION_WORDS.search(text):
+    if not text or "\n" in text or not accept(text):
         return None, "llm_rejected"
     return text, "ok"
+
+
+_EDIT_CAPTION = "You edit image captions. Reply with the edited caption only, on one line."
+
+
+def llm_rewrite(client: ChatClient, caption: str, objects: Sequence[str]) -> tuple[str | None, str]:
+    """An LLM rewrite of ``caption`` stating that ``objects`` are absent: (caption or None, outcome)."""
+    return one_shot_line(
+        client, _EDIT_CAPTION,
+        ("Caption: 'two dogs run on a beach'. Edit it to also say that the image contains no frisbee.",
+         "two dogs run on a beach with no frisbee in sight"),
+        f"Caption: '{caption.strip()}'. Edit it to also say that the image contains no {join_or(objects)}.",
+        lambda text: all(o.lower() in text.lower() for o in objects) and bool(NEGATION_WORDS.search(text)))
 
 
 # ---------------------------------------------------------------------------- LLM proposals and verification
@@ -553,21 +560,13 @@ def llm_caption_with_answer(client: ChatClient, caption: str, question: str) -> 
     A reply is accepted when it is one line, contains a negation word and keeps at least half of the
     caption's content words (:func:`keeps_caption`); else (None, "llm_rejected").
     """
-    messages = [
-        {"role": "system", "content": "You edit image captions. Reply with the edited caption only, on one line."},
-        {"role": "user", "content": "Caption: 'a woman riding a horse in a field'. The question 'Is she wearing "
-                                    "a hat?' was answered 'no' for this image. Edit the caption to also say this."},
-        {"role": "assistant", "content": "a woman not wearing a hat riding a horse in a field"},
-        {"role": "user", "content": f"Caption: '{caption.strip()}'. The question '{question.strip()}' was answered "
-                                    "'no' for this image. Edit the caption to also say this."},
-    ]
-    reply = client.complete(messages)
-    if reply is None:
-        return None, "llm_failed"
-    text = reply.strip().strip("'\"").strip()
-    if not text or "\n" in text or not NEGATION_WORDS.search(text) or not keeps_caption(caption, text):
-        return None, "llm_rejected"
-    return text, "ok"
+    return one_shot_line(
+        client, _EDIT_CAPTION,
+        ("Caption: 'a woman riding a horse in a field'. The question 'Is she wearing a hat?' was answered 'no' "
+         "for this image. Edit the caption to also say this.", "a woman not wearing a hat riding a horse in a field"),
+        f"Caption: '{caption.strip()}'. The question '{question.strip()}' was answered 'no' for this image. Edit "
+        "the caption to also say this.",
+        lambda text: bool(NEGATION_WORDS.search(text)) and keeps_caption(caption, text))
 
 
 def is_no(answer: Any) -> bool | None:
@@ -601,20 +600,10 @@ def read_vqa(path: str | Path) -> list[dict[str, Any]]:
 
 def llm_statement(client: ChatClient, question: str) -> tuple[str | None, str]:
     """LLM rewrite of a yes/no question answered "no" into a negated statement."""
-    messages = [
-        {"role": "system", "content": "You turn a yes/no question answered 'no' into one short true statement. "
-                                      "Reply with the statement only."},
-        {"role": "user", "content": "Question: 'Is the sky cloudy?' Answer: no."},
-        {"role": "assistant", "content": "the sky is not cloudy."},
-        {"role": "user", "content": f"Question: '{question.strip()}' Answer: no."},
-    ]
-    reply = client.complete(messages)
-    if reply is None:
-        return None, "llm_failed"
-    text = reply.strip().strip("'\"").strip()
-    if not text or "\n" in text or not NEGATION_WORDS.search(text):
-        return None, "llm_rejected"
-    return text, "ok"
+    return one_shot_line(
+        client, "You turn a yes/no question answered 'no' into one short true statement. Reply with the statement "
+        "only.", ("Question: 'Is the sky cloudy?' Answer: no.", "the sky is not cloudy."),
+        f"Question: '{question.strip()}' Answer: no.", lambda text: bool(NEGATION_WORDS.search(text)))
 
 
 def generate_p2(

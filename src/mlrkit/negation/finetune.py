@@ -36,7 +36,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from mlrkit.data.base import ImageSource
 from mlrkit.errors import DataError, MlrkitError
 from mlrkit.negation.images import encode_images, image_batch
 from mlrkit.utils import derive_seed
+
+if TYPE_CHECKING:
+    from mlrkit.engine.loop import LoopRun
 
 log = logging.getLogger("mlrkit")
 
@@ -70,6 +73,7 @@ class FinetuneConfig:
     rows_per_epoch: str = "image"  # image: one row per image per epoch | all: every row (the reference's loader)
     max_steps: int | None = None
     time_limit_s: float | None = None
+    amp: bool | None = False  # autocast as train.amp (None = auto: bf16 on CUDA); off: fp32 as the paper's runs
 
     def validate(self) -> None:
         bad = [t for t in self.train if t not in TOWERS]
@@ -119,6 +123,13 @@ def split_by_image(image_ids: Sequence[str], val_fraction: float, seed: int) -> 
     val = sorted(uniq[i] for i in perm[:n_val])
     train = sorted(uniq[i] for i in perm[n_val:])
     return train, val
+
+
+def _tower(key: str) -> str:
+    """The part of a CLIP state-dict key: ``image``, ``scale`` (logit scale/bias) or ``text``."""
+    if key.startswith("visual."):
+        return "image"
+    return "scale" if key in ("logit_scale", "logit_bias") else "text"
 
 
 def trainable_parameters(model: Any, towers: Sequence[str], train_logit_scale: bool = False,
@@ -206,6 +217,8 @@ def finetune_negation(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     targets: np.ndarray | None = None,
     class_names: Sequence[str] | None = None,
+    run: LoopRun | None = None,
+    checkpoint_every_s: float = 60.0,
 ) -> FinetuneResult:
     """Fine-tune ``model`` (a :class:`mlrkit.vl.VisionLanguageModel`, in place) on negated-caption rows.
 
@@ -214,15 +227,25 @@ def finetune_negation(
         images, image_ids: the images the rows refer to, and their ids (``Split.ids``).
         targets, class_names: the images' labels [N, C] and the class names, for
             ``multi_positive`` (rows then need ``mentioned``; see :func:`match_matrix`).
+        run: the run directory (:class:`~mlrkit.engine.loop.LoopRun`): a ``metrics.jsonl`` row per epoch
+            and ``last.pt`` (trained towers' weights, optimizer, batch generator, best epoch so far) at
+            most every ``checkpoint_every_s`` seconds (0: every epoch), so that ``--resume`` continues
+            exactly after the last saved epoch.
     Returns:
         A :class:`FinetuneResult`; the model holds the weights of the best validation epoch.
-    """
-    from tqdm.auto import tqdm
 
+    The steps run on the shared loop (:class:`mlrkit.engine.loop.TrainLoop`: AMP, DDP, NaN checks);
+    under ``torchrun`` each rank encodes its slice of every batch and the loss is taken over the
+    gathered batch, as in one process.
+    """
+    from mlrkit.data.sampler import rank_slice
+    from mlrkit.engine import distributed as ddp
+    from mlrkit.engine.loop import StepResult, TrainLoop, cpu_copy, gather_batch
     from mlrkit.vl.pretraining import contrastive_loss
 
     cfg = config or FinetuneConfig()
     cfg.validate()
+    ck = run.claim() if run is not None else None  # before any long setup: a refused directory fails fast
     lookup: dict[str, int] | None = None
     num_classes = 0
     if cfg.multi_positive:
@@ -310,70 +333,107 @@ def finetune_negation(
             model.clip.visual.eval()
 
     rng = np.random.default_rng(derive_seed(cfg.seed, 1203))
+    env = ddp.current()
+    loop = TrainLoop(model.clip, opt, device=model.device, amp=cfg.amp, env=env, synced=params)
+
+    def trained_state() -> dict[str, torch.Tensor]:  # the trained towers' weights and buffers (the rest is frozen)
+        return {k: v.detach().clone() for k, v in model.clip.state_dict().items() if _tower(k) in trained}
+
+    trained = set(cfg.train) | ({"scale"} if cfg.train_logit_scale else set())
     history: list[dict[str, Any]] = []
-    v_loss, v_acc = validate()
-    history.append({"epoch": 0, "train_loss": None, "val_loss": v_loss, "val_acc": v_acc, "seconds": 0.0})
     best = (math.inf, 0)
     best_state: dict[str, torch.Tensor] | None = None
+    start, step, elapsed_before = 0, 0, 0.0
+    if ck is not None:  # --resume: the state after ck["epoch"] epochs, exactly
+        model.clip.load_state_dict(ck["model"], strict=False)
+        loop.load_state_dict(ck["loop"])
+        rng.bit_generator.state = ck["rng"]
+        start, step, elapsed_before = int(ck["epoch"]), int(ck["step"]), float(ck["seconds"])
+        history, best, best_state = list(ck["history"]), (float(ck["best"][0]), int(ck["best"][1])), ck["best_state"]
+        log.info("resuming %s after epoch %d", run.dir, start)  # type: ignore[union-attr]
+    else:
+        v_loss, v_acc = validate()
+        history.append({"epoch": 0, "train_loss": None, "val_loss": v_loss, "val_acc": v_acc, "seconds": 0.0})
+    if run is not None:
+        run.truncate_metrics("epoch", start if start else -1)  # from scratch: row 0 is written again below
+        if start == 0:
+            run.log_row(history[0])
     # rows_per_epoch "all": every (image, row) pair of the training images once per epoch, in batches of b
     # rows (an image with several rows can appear twice in a batch, as in the reference's caption loader)
     pairs = [(position[i], r) for i in train_ids for r in by_image[i]]
     steps_per_epoch = (len(pairs) if cfg.rows_per_epoch == "all" else len(train_ids)) // b
     t0 = time.perf_counter()
-    step = 0
     stop = False
-    for epoch in range(1, cfg.epochs + 1):
-        set_train_mode()
-        perm = rng.permutation(train_img)
-        ids_perm = [image_ids[i] for i in perm]
-        pair_perm = rng.permutation(len(pairs)) if cfg.rows_per_epoch == "all" else None
-        total, count = 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"negation fine-tune {epoch}/{cfg.epochs}", disable=not progress,
-                   leave=False)
-        for k in bar:
-            sl = slice(k * b, (k + 1) * b)
-            if pair_perm is not None:
-                chosen = [pairs[j] for j in pair_perm[sl]]
-                idx = np.array([pos for pos, _ in chosen])
-                texts = [_row_text(r, rng, cfg.p_negated, lookup, num_classes) for _, r in chosen]
-            else:
-                idx = perm[sl]
-                texts = [_pick_text(by_image[str(i)], rng, cfg.p_negated, lookup, num_classes) for i in ids_perm[sl]]
-            img = image_embeddings(idx, grad=True)
-            txt = model.encode_text([t.text for t in texts])
-            loss = contrastive_loss(img, txt, model.logit_scale, match_for(idx, texts))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-            count += 1
-            step += 1
-            bar.set_postfix(loss=f"{total / count:.3f}", refresh=False)
-            if (cfg.max_steps is not None and step >= cfg.max_steps) or \
-                    (cfg.time_limit_s is not None and time.perf_counter() - t0 > cfg.time_limit_s):
-                stop = True
+    mine = rank_slice(b, env.rank, env.world)  # this rank's rows of every batch (all batches hold b rows)
+    pending: dict[str, Any] | None = None
+    last_write = time.monotonic()
+    try:
+        for epoch in range(start + 1, cfg.epochs + 1):
+            set_train_mode()
+            perm = rng.permutation(train_img)
+            ids_perm = [image_ids[i] for i in perm]
+            pair_perm = rng.permutation(len(pairs)) if cfg.rows_per_epoch == "all" else None
+
+            def compute(k: int, perm=perm, ids_perm=ids_perm, pair_perm=pair_perm) -> StepResult:
+                sl = slice(k * b, (k + 1) * b)
+                if pair_perm is not None:
+                    chosen = [pairs[j] for j in pair_perm[sl]]
+                    idx = np.array([pos for pos, _ in chosen])
+                    texts = [_row_text(r, rng, cfg.p_negated, lookup, num_classes) for _, r in chosen]
+                else:
+                    idx = perm[sl]
+                    texts = [_pick_text(by_image[str(i)], rng, cfg.p_negated, lookup, num_classes)
+                             for i in ids_perm[sl]]
+                img = gather_batch(image_embeddings(idx[mine], grad=True), env)
+                txt = gather_batch(model.encode_text([t.text for t in texts[mine]]), env)
+                return StepResult(contrastive_loss(img, txt, model.logit_scale, match_for(idx, texts)), share=env.world)
+
+            def limit(k: int, out: StepResult) -> bool:
+                nonlocal step, stop
+                step += 1
+                stop = (cfg.max_steps is not None and step >= cfg.max_steps) or \
+                    (cfg.time_limit_s is not None and time.perf_counter() - t0 > cfg.time_limit_s)
+                return stop
+
+            stats = loop.run_epoch(range(steps_per_epoch), compute, desc=f"negation fine-tune {epoch}/{cfg.epochs}",
+                                   progress=progress and env.is_main, where=f"in epoch {epoch}", after_step=limit)
+            v_loss, v_acc = validate()
+            rec = {"epoch": epoch, "train_loss": stats.loss if stats.steps else 0.0, "val_loss": v_loss,
+                   "val_acc": v_acc, "steps": step, "seconds": round(elapsed_before + time.perf_counter() - t0, 2)}
+            history.append(rec)
+            log.info("epoch %d: train loss %.4f, val loss %.4f, val image->text acc %.4f", epoch, rec["train_loss"],
+                     v_loss, v_acc)
+            if on_epoch is not None:
+                on_epoch(rec)
+            if v_loss < best[0]:
+                best = (v_loss, epoch)
+                best_state = trained_state()
+            if run is not None:
+                run.log_row(rec)
+                state = {"epoch": epoch, "step": step, "seconds": rec["seconds"], "history": history,
+                         "best": list(best), "best_state": best_state, "model": trained_state(),
+                         "loop": loop.state_dict(), "rng": rng.bit_generator.state}
+                if checkpoint_every_s <= 0 or time.monotonic() - last_write >= checkpoint_every_s \
+                        or epoch == cfg.epochs or stop:
+                    run.save_last(state)
+                    pending, last_write = None, time.monotonic()
+                else:
+                    pending = cpu_copy(state)  # the live state moves on; keep this epoch's
+            if stop:
                 break
-        v_loss, v_acc = validate()
-        rec = {"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": v_loss, "val_acc": v_acc,
-               "steps": step, "seconds": round(time.perf_counter() - t0, 2)}
-        history.append(rec)
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val image->text acc %.4f", epoch, rec["train_loss"],
-                 v_loss, v_acc)
-        if on_epoch is not None:
-            on_epoch(rec)
-        if v_loss < best[0]:
-            best = (v_loss, epoch)
-            best_state = {k: v.detach().clone() for k, v in model.clip.state_dict().items()}
-        if stop:
-            break
+    except BaseException:
+        if run is not None and pending is not None:  # interrupted: keep what the finished epochs computed
+            run.save_last(pending)
+        raise
     if best_state is not None:
-        model.clip.load_state_dict(best_state)
+        model.clip.load_state_dict(best_state, strict=False)
     for n, p in model.clip.named_parameters():  # as it came (a loaded model: all True)
         p.requires_grad_(grad_flags[n])
     model.eval()
     return FinetuneResult(
         config={**asdict(cfg), "train": list(cfg.train)}, history=history, best_epoch=best[1], best_val_loss=best[0],
-        steps=step, seconds=round(time.perf_counter() - t0, 2), n_rows=len(rows), n_train_images=len(train_ids),
+        steps=step, seconds=round(elapsed_before + time.perf_counter() - t0, 2), n_rows=len(rows),
+        n_train_images=len(train_ids),
         n_val_images=len(val_ids), trainable_params=sum(p.numel() for p in params), val_image_ids=list(val_ids),
     )
 

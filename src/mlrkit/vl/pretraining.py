@@ -17,15 +17,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from mlrkit.errors import MlrkitError
 from mlrkit.utils import derive_seed
+
+if TYPE_CHECKING:
+    from mlrkit.engine.loop import LoopRun
 
 log = logging.getLogger("mlrkit")
 
@@ -191,8 +194,13 @@ def pretrain_mosaic_clip(
     multi_positive: bool = False,
     heldout_source: str | Path | None = None,
     heldout_mosaics_count: int = 20000,
+    amp: bool | None = False,
+    ema: float = 0.0,
+    run: LoopRun | None = None,
+    log_every: int = 50,
+    checkpoint_every_s: float = 60.0,
 ) -> tuple[nn.Module, dict, PretrainResult, list[dict]]:
-    """Train the mosaic CLIP; returns (model, config, result, history).
+    """Train the mosaic CLIP on the shared loop (:mod:`mlrkit.engine.loop`); returns (model, config, result, history).
 
     Training images: the built-in fashion-mosaic training split, or, with ``heldout_source`` (a
     Fashion-MNIST directory), ``heldout_mosaics_count`` mosaics of photos the built-in data does not
@@ -200,89 +208,153 @@ def pretrain_mosaic_clip(
 
     Token embeddings and norms/biases get no weight decay, so the rows of tokens that never
     occur in a caption keep their seeded initial values (the compact checkpoint relies on it).
+
+    ``run`` (a :class:`~mlrkit.engine.loop.LoopRun`): the run directory; a row in its ``metrics.jsonl``
+    every ``log_every`` steps and at each zero-shot evaluation, ``last.pt`` (weights, optimizer, the
+    caption/batch generator's state) at most every ``checkpoint_every_s`` seconds (0: at every row), so
+    that ``--resume`` continues exactly where the run stopped. ``amp``: autocast as ``train.amp``
+    (False by default: the shipped checkpoints were trained in fp32). ``ema`` > 0: an exponential
+    moving average of the weights (decay ``ema``) is kept; the zero-shot evaluations use it and the
+    returned model holds it (off by default, as for the shipped checkpoints). Under ``torchrun`` each rank
+    encodes its slice of every global batch (:func:`mlrkit.data.sampler.rank_slice`) and the loss is
+    taken over the gathered batch (:func:`mlrkit.engine.loop.gather_batch`).
     """
     import open_clip
 
     from mlrkit.data import load_dataset
+    from mlrkit.data.sampler import rank_slice
+    from mlrkit.engine import distributed as ddp
+    from mlrkit.engine.loop import StepResult, TrainLoop, cpu_copy, gather_batch
+    from mlrkit.engine.progress import progress as progress_bar
 
     previous: dict | None = None
     if init is not None:
         previous = load_raw_checkpoint(init)
         config = previous["config"]
     config = config or MOSAIC_CLIP_CONFIG
-    ds = load_dataset("fashion-mosaic", **({"limit_train": limit_train} if limit_train else {}))
-    if heldout_source is not None:
-        images, targets = heldout_mosaics(heldout_source, heldout_mosaics_count, seed)
-    else:
-        images = ds.trainval.images.array  # type: ignore[union-attr]
-        targets = ds.trainval.targets
-    names = ds.class_names
-    model = build_clip(config, seed).to(device)
-    if previous is not None:  # a further phase with its own warm-up + cosine schedule
-        model.load_state_dict(previous["state_dict"])
-    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=config["text_cfg"]["context_length"])
-    mean = open_clip.OPENAI_DATASET_MEAN
-    std = open_clip.OPENAI_DATASET_STD
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "token_embedding" in n or "positional_embedding" in n
-         or "class_embedding" in n or "logit_scale" in n else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    env = ddp.current()
+    ck = run.claim() if run is not None else None  # before the data and the model: a refused directory fails fast
+    try:
+        ds = load_dataset("fashion-mosaic", **({"limit_train": limit_train} if limit_train else {}))
+        if heldout_source is not None:
+            images, targets = heldout_mosaics(heldout_source, heldout_mosaics_count, seed)
+        else:
+            images = ds.trainval.images.array  # type: ignore[union-attr]
+            targets = ds.trainval.targets
+        names = ds.class_names
+        model = build_clip(config, seed).to(device)
+        if previous is not None:  # a further phase with its own warm-up + cosine schedule
+            model.load_state_dict(previous["state_dict"])
+        tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=config["text_cfg"]["context_length"])
+        mean = open_clip.OPENAI_DATASET_MEAN
+        std = open_clip.OPENAI_DATASET_STD
+        decay, no_decay = [], []
+        for n, p in model.named_parameters():
+            (no_decay if p.ndim < 2 or "token_embedding" in n or "positional_embedding" in n
+             or "class_embedding" in n or "logit_scale" in n else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6)
+        loop = TrainLoop(model, opt, device=device, amp=amp, ema=ema, env=env)
 
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        t = (step - warmup) / max(1, steps - warmup)
-        return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+        def lr_at(step: int) -> float:
+            if step < warmup:
+                return lr * (step + 1) / warmup
+            t = (step - warmup) / max(1, steps - warmup)
+            return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
-    phase = 0 if previous is None else len(previous.get("phases", [previous.get("result", {})]))
-    rng = np.random.default_rng(derive_seed(seed, 5, phase))
-    history: list[dict] = []
-    t0 = time.perf_counter()
-    loss_ema = None
-    bar = tqdm(range(steps), desc="mosaic-clip", disable=not progress)
-    step = 0
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        idx = rng.choice(len(images), size=batch_size, replace=False)
-        x = images_to_tensor(images[idx], mean, std)
-        flip = torch.from_numpy(rng.random(batch_size) < 0.5)
-        x[flip] = x[flip].flip(-1)
-        pairs = [caption_and_classes(targets[i], names, rng, subset_prob=subset_prob) for i in idx]
-        captions = [c for c, _ in pairs]
-        match = None
-        if multi_positive:  # caption j describes image i when every class it names is in image i
-            named = np.zeros((batch_size, targets.shape[1]), dtype=bool)
-            for j, (_, cls) in enumerate(pairs):
-                named[j, cls] = True
-            present = targets[idx].astype(bool)
-            match = torch.from_numpy(~(named[None, :, :] & ~present[:, None, :]).any(-1)).to(device)
-        tok = tokenizer(captions)
-        model.train()
-        img = model.encode_image(x.to(device))
-        txt = model.encode_text(tok.to(device))
-        loss = contrastive_loss(img, txt, model.logit_scale, match)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        lv = float(loss.detach())
-        loss_ema = lv if loss_ema is None else 0.95 * loss_ema + 0.05 * lv
-        bar.set_postfix(loss=f"{loss_ema:.3f}", refresh=False)
-        if eval_every and (step + 1) % eval_every == 0:
-            zs = zeroshot_map(model, tokenizer, mean, std, device=device)
-            history.append({"step": step + 1, "loss": loss_ema, "zeroshot_test_map": zs,
-                            "seconds": time.perf_counter() - t0})
-            log.info("step %d loss %.3f zero-shot test mAP %.4f", step + 1, loss_ema, zs)
-        if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
-            log.info("time limit reached after %d steps", step + 1)
-            break
-    model.eval()
-    zs = zeroshot_map(model, tokenizer, mean, std, device=device)
-    result = PretrainResult(steps=step + 1, seconds=time.perf_counter() - t0, final_loss=float(loss_ema or 0),
-                            zeroshot_map=zs)
-    return model, config, result, history
+        phase = 0 if previous is None else len(previous.get("phases", [previous.get("result", {})]))
+        rng = np.random.default_rng(derive_seed(seed, 5, phase))
+        history: list[dict] = []
+        loss_ema: float | None = None
+        start, elapsed_before = 0, 0.0
+        if ck is not None:  # --resume: the state after ck["step"] steps, exactly
+            model.load_state_dict(ck["model"])
+            loop.load_state_dict(ck["loop"])
+            rng.bit_generator.state = ck["rng"]
+            start, loss_ema, history = int(ck["step"]), ck["loss_ema"], list(ck["history"])
+            elapsed_before = float(ck["seconds"])
+            log.info("resuming %s after step %d", run.dir, start)  # type: ignore[union-attr]
+        if run is not None:
+            run.truncate_metrics("step", start)
+        t0 = time.perf_counter()
+        share = env.world  # the loss is over the gathered global batch: each rank's gradient is its part of it
+
+        def compute(step: int) -> StepResult:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            idx = rng.choice(len(images), size=batch_size, replace=False)
+            x = images_to_tensor(images[idx], mean, std)
+            flip = torch.from_numpy(rng.random(batch_size) < 0.5)
+            x[flip] = x[flip].flip(-1)
+            pairs = [caption_and_classes(targets[i], names, rng, subset_prob=subset_prob) for i in idx]
+            captions = [c for c, _ in pairs]
+            match = None
+            if multi_positive:  # caption j describes image i when every class it names is in image i
+                named = np.zeros((batch_size, targets.shape[1]), dtype=bool)
+                for j, (_, cls) in enumerate(pairs):
+                    named[j, cls] = True
+                present = targets[idx].astype(bool)
+                match = torch.from_numpy(~(named[None, :, :] & ~present[:, None, :]).any(-1)).to(device)
+            tok = tokenizer(captions)
+            mine = rank_slice(batch_size, env.rank, env.world)  # this rank's rows of the global batch
+            model.train()
+            img = gather_batch(model.encode_image(x[mine].to(device)), env)
+            txt = gather_batch(model.encode_text(tok[mine].to(device)), env)
+            return StepResult(contrastive_loss(img, txt, model.logit_scale, match), n=batch_size, share=share)
+
+        pending: dict | None = None
+        last_write = time.monotonic()
+        bar = progress_bar(total=steps, desc="mosaic-clip", enabled=progress and env.is_main)
+        bar.update(start)
+        step = start - 1
+        try:
+            for step in range(start, steps):
+                out = loop.step(lambda s=step: compute(s), where=f"at step {step + 1}")
+                lv = float(out.loss.detach())
+                loss_ema = lv if loss_ema is None else 0.95 * loss_ema + 0.05 * lv
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_ema:.3f}", refresh=False)
+                seconds = elapsed_before + time.perf_counter() - t0
+                row = None
+                if eval_every and (step + 1) % eval_every == 0:
+                    with loop.ema_weights():
+                        zs = zeroshot_map(model, tokenizer, mean, std, device=device)
+                    history.append({"step": step + 1, "loss": loss_ema, "zeroshot_test_map": zs, "seconds": seconds})
+                    log.info("step %d loss %.3f zero-shot test mAP %.4f", step + 1, loss_ema, zs)
+                    row = dict(history[-1])
+                stop = time_limit_s is not None and time.perf_counter() - t0 > time_limit_s
+                if row is None and ((step + 1) % max(1, log_every) == 0 or step + 1 == steps or stop):
+                    row = {"step": step + 1, "loss": loss_ema, "seconds": seconds}
+                if row is not None and run is not None:
+                    run.log_row({**row, "lr": opt.param_groups[0]["lr"]})
+                    state = {"step": step + 1, "loss_ema": loss_ema, "history": history, "seconds": seconds,
+                             "rng": rng.bit_generator.state, "model": model.state_dict(), "loop": loop.state_dict()}
+                    if checkpoint_every_s <= 0 or time.monotonic() - last_write >= checkpoint_every_s \
+                            or step + 1 == steps or stop:
+                        run.save_last(state)
+                        pending, last_write = None, time.monotonic()
+                    else:
+                        pending = cpu_copy(state)  # the live state moves on; keep this row's
+                if stop:
+                    log.info("time limit reached after %d steps", step + 1)
+                    break
+        except BaseException:
+            if run is not None and pending is not None:  # interrupted: keep what the logged steps computed
+                run.save_last(pending)
+            raise
+        finally:
+            bar.close()
+        if loop.ema is not None:  # the averaged weights are the result
+            loop.ema.swap_into(model)
+        model.eval()
+        zs = zeroshot_map(model, tokenizer, mean, std, device=device)
+        result = PretrainResult(steps=step + 1, seconds=elapsed_before + time.perf_counter() - t0,
+                                final_loss=float(loss_ema or 0), zeroshot_map=zs)
+        return model, config, result, history
+    except BaseException:
+        if run is not None:
+            run.release()
+        raise
 
 
 @torch.no_grad()
