@@ -111,7 +111,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
 
     p = add_command(sub, "export", "a run as a self-contained model for serving: preprocessed batch in, calibrated "
-                    "probabilities out; checked against mlrkit's prediction to 1e-5",
+                    "probabilities out; checked against mlrkit's prediction (TorchScript 1e-5, ONNX 1e-4)",
                     "mlrkit export runs/photos --format torchscript\n  "
                     "mlrkit export runs/photos --format onnx --out model.onnx", cmd_export)
     p.add_argument("run", help="run directory")
