@@ -276,6 +276,18 @@ def test_changing_loss_name_drops_old_params(tmp_path):
     assert (cfg.loss.name, cfg.loss.params) == ("focal", {})
 
 
+def test_another_dataset_keeps_the_runs_data_settings_and_drops_the_dataset_ones(tmp_path):
+    """--dataset over a recipe: image_size/limit_train stay (run settings), root/options go (they belonged to
+    the recipe's dataset)."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data:\n  name: voc2007\n  root: /data/voc\n  options: {classes: auto}\n  image_size: 224\n"
+                      "  limit_train: 30\n")
+    cfg = build_config(recipe, {"data": {"name": "fashion-mosaic"}})
+    assert (cfg.data.name, cfg.data.image_size, cfg.data.limit_train) == ("fashion-mosaic", 224, 30)
+    assert cfg.data.root is None and cfg.data.options == {}
+    assert deep_merge({"loss": {"name": "asl", "gamma_neg": 4}}, {"loss": {"name": "an"}}) == {"loss": {"name": "an"}}
+
+
 def test_deep_merge_does_not_mutate_inputs():
     base = {"loss": {"name": "em", "alpha": 0.1}, "train": {"epochs": 1}}
     over = {"loss": {"alpha": 0.2}, "train": {"lr": 0.5}}

@@ -265,3 +265,76 @@ def test_export_of_a_spa_run_applies_its_link_and_matches_predict(tmp_path):
     export_run(tmp_path / "r", "onnx")
     sess = ort.InferenceSession(str(tmp_path / "r" / "model.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sess.run(None, {"inputs": x})[0], want, atol=TOLERANCE["onnx"])
+
+
+@pytest.mark.slow
+def test_zeroshot_export_takes_images_through_its_vl_model(tmp_path, monkeypatch):
+    """A zero-shot run's features are its VL model's: the exported model holds that image tower (it once
+    took the run for a backbone probe and asked for ResNet-50 weights)."""
+    import torch
+
+    from mlrkit.config import build_config
+    from mlrkit.data import load_dataset
+    from mlrkit.engine.export import TOLERANCE, export_run
+    from mlrkit.engine.feature_source import encoder_module, source_of_frozen_run
+    from mlrkit.engine.inference import load_run
+    from mlrkit.engine.trainer import train
+
+    monkeypatch.setenv("MLRKIT_CACHE", str(tmp_path / "cache"))
+    train(build_config(flags={"data": {"name": "fashion-mosaic", "limit_train": 40, "options": {"limit_test": 8}},
+                              "method": {"name": "zeroshot"}, "vl": {"model": "tiny"}, "out": str(tmp_path / "z")}),
+          quiet=True)
+    run = load_run(tmp_path / "z")
+    images = [load_dataset("fashion-mosaic", limit_test=4).test.images.load(i) for i in range(4)]
+    want = run.predict(images).probs
+    meta = export_run(tmp_path / "z", "torchscript")
+    assert meta["input"]["encoder"].startswith("vl tiny") and meta["input"]["shape"] == ["B", 3, 32, 32]
+    _, tf = encoder_module(source_of_frozen_run(run.cfg, "vl"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        ts = torch.jit.load(str(tmp_path / "z" / "model.ts"))
+    with torch.no_grad():
+        batch = torch.stack([tf(im) for im in images])
+        got = ts(batch).numpy()
+    np.testing.assert_allclose(got, want, atol=TOLERANCE["torchscript"])
+    ort = pytest.importorskip("onnxruntime")
+    export_run(tmp_path / "r", "onnx")
+    sess = ort.InferenceSession(str(tmp_path / "r" / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"inputs": batch.numpy()})[0], want, atol=TOLERANCE["onnx"])
+
+
+@pytest.mark.parametrize("method", ["dualcoop", "clip-finetune"])
+def test_export_of_vl_image_methods_matches_predict(tmp_path, monkeypatch, method):
+    """Prompt methods and CLIP fine-tuning: the exported model takes the method's own evaluation transform's
+    output (recorded in model.json) and returns predict's probabilities. clip-finetune's image tower once
+    failed to trace (torch.jit probes every attribute; its text properties raised)."""
+    import torch
+
+    from mlrkit.config import build_config
+    from mlrkit.data import load_dataset
+    from mlrkit.engine.export import TOLERANCE, export_run
+    from mlrkit.engine.inference import load_run
+    from mlrkit.engine.trainer import train
+
+    monkeypatch.setenv("MLRKIT_CACHE", str(tmp_path / "cache"))
+    train(build_config(flags={"data": {"name": "fashion-mosaic", "limit_train": 40, "options": {"limit_test": 8}},
+                              "method": {"name": method}, "vl": {"model": "tiny"}, "train": {"epochs": 1},
+                              "out": str(tmp_path / "r")}), quiet=True)
+    run = load_run(tmp_path / "r")
+    assert run.cfg.data.image_size == 32  # tiny's own input size
+    images = [load_dataset("fashion-mosaic", limit_test=4).test.images.load(i) for i in range(4)]
+    want = run.predict(images).probs
+    meta = export_run(tmp_path / "r", "torchscript")
+    tf = run.built.method.eval_transform()
+    assert meta["input"]["transform"] == repr(tf).replace("\n", " ") and meta["input"]["shape"] == ["B", 3, 32, 32]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        ts = torch.jit.load(str(tmp_path / "r" / "model.ts"))
+    with torch.no_grad():
+        batch = torch.stack([tf(im) for im in images])
+        got = ts(batch).numpy()
+    np.testing.assert_allclose(got, want, atol=TOLERANCE["torchscript"])
+    ort = pytest.importorskip("onnxruntime")
+    export_run(tmp_path / "r", "onnx")
+    sess = ort.InferenceSession(str(tmp_path / "r" / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"inputs": batch.numpy()})[0], want, atol=TOLERANCE["onnx"])

@@ -43,6 +43,9 @@ def test_zeroshot_needs_no_epochs_and_takes_the_vl_input_size():
     assert build_config(flags={"method": {"name": "dualcoop"}, "vl": {"model": "tiny:rn"}}).data.image_size == 64
     assert build_config(flags={"method": {"name": "dualcoop"}, "data": {"image_size": 224}}).data.image_size == 224
     assert build_config(flags={"method": {"name": "finetune"}}).data.image_size == 448  # backbones: Cole et al.
+    # any dataset, not only the default one (another data.name once dropped the method's image size: 448)
+    cfg = build_config(flags={"method": {"name": "zeroshot"}, "data": {"name": "fashion-mosaic"}})
+    assert cfg.data.image_size == 56 and cfg.data.name == "fashion-mosaic"
     from mlrkit.methods.base import build_method
 
     m = build_method(build_config(flags={"method": {"name": "zeroshot"}, "train": {"epochs": 3}}))

@@ -361,13 +361,22 @@ def _to_dict(obj: Any) -> Any:
     return obj
 
 
+#: ``data`` keys that belong to one dataset: another ``data.name`` drops them; the section's other keys
+#: (image_size, val_fraction, limit_train, ...) are the run's settings and stay
+DATASET_KEYS = ("root", "options")
+
+
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; ``over`` wins. A changed ``name`` in an open section drops the old params."""
+    """Recursive dict merge; ``over`` wins. A changed ``name`` in an open section drops the old params; in
+    ``data`` it drops only :data:`DATASET_KEYS` (so e.g. a method's or recipe's ``image_size`` survives
+    ``--dataset``)."""
     out = copy.deepcopy(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             if "name" in v and out[k].get("name") not in (None, v["name"]):
-                out[k] = copy.deepcopy(v)
+                kept = {} if k != "data" else {key: val for key, val in out[k].items()
+                                               if key not in DATASET_KEYS and key != "name"}
+                out[k] = deep_merge(kept, v)
             else:
                 out[k] = deep_merge(out[k], v)
         else:

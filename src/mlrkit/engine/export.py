@@ -90,14 +90,14 @@ def serving_model(run) -> tuple[ProbabilityModel, dict[str, Any]]:
     cal = run.calibration
     link = run_link(cfg)
     if task.input_kind == "images":
-        tf = method.transform(False) if hasattr(method, "transform") else None
+        tf = method.eval_transform()
         return ProbabilityModel(model, cal, link=link), _image_input(cfg, tf, task)
     enc_kind = task.extras.get("feature_encoder")
     source = task.extras.get("feature_source")  # features:FILE made by extract-features: its encoder is known
     if not enc_kind and source is None:
         return ProbabilityModel(model, cal, link=link), {"kind": "features", "shape": ["B", task.feature_dim]}
-    if source is None:
-        source = feature_source.source_of_frozen_run(cfg, enc_kind)
+    if source is None:  # zeroshot runs trained before they recorded "vl" hold "frozen": their method says it
+        source = feature_source.source_of_frozen_run(cfg, "vl" if getattr(method, "uses_vl", False) else enc_kind)
     enc, tf = feature_source.encoder_module(source, run.device)
     info = _image_input(cfg, tf, task)
     info["encoder"] = feature_source.describe_source(source)

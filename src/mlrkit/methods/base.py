@@ -160,6 +160,12 @@ class Method:
         :meth:`build_model`. Methods on fixed features have none."""
         return {"train": "none (fixed features)", "eval": "none (fixed features)"}
 
+    def eval_transform(self):
+        """What an image goes through before the model sees it at evaluation and prediction (PIL image ->
+        normalised tensor); ``mlrkit export`` records it. None for methods on fixed features (their frozen
+        encoder's transform is :mod:`mlrkit.engine.feature_source`'s)."""
+        return None
+
     def init_from_train(self, model: nn.Module, data, loss, *, device, resuming: bool = False) -> None:
         """One-off initialisation from the training data (e.g. standardisation statistics).
 

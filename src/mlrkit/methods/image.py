@@ -147,6 +147,9 @@ class ImageMethod(Method):
 
         return {"train": describe(self.transform(True)), "eval": describe(self.transform(False))}
 
+    def eval_transform(self):
+        return self.transform(False)
+
     def make_loader(self, split, observed, batch_size: int, *, train: bool, seed: int,
                     shard: tuple[int, int] = (0, 1)):
         tc = self.cfg.train

@@ -316,6 +316,10 @@ class RegionMethod(Method):
             self.attach_dense(split, views=views, device=device, progress=progress,
                               desc=f"{self.cfg.vl.model} dense ({name})")
 
+    def eval_transform(self):
+        """View 0: what evaluation and prediction images go through before ``encode_dense``."""
+        return view_transforms(self.vl_model(), self.cfg.data.image_size, feature_options(self.cfg))[0]
+
     def transform_summary(self) -> dict[str, str]:
         """The resolved image transforms: what training and evaluation images go through."""
         from mlrkit.data.transforms import describe

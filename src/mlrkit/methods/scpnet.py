@@ -504,6 +504,9 @@ class SCPNetMethod(Method):
             self._transforms = scpnet_transforms(self.vl_model(), self.cfg.data.image_size, self.options)
         return self._transforms
 
+    def eval_transform(self):
+        return self.transforms()[0]
+
     def transform_summary(self) -> dict[str, str]:
         from mlrkit.data.transforms import describe
 
@@ -617,6 +620,11 @@ class CLIPFinetuneMethod(Method):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.cfg.seed, 5))
             return CLIPLinearClassifier(self.vl_model(), task.num_classes)
+
+    def eval_transform(self):
+        if self._transforms is None:
+            self._transforms = scpnet_transforms(self.vl_model(), self.cfg.data.image_size, self.options)
+        return self._transforms[0]
 
     def make_loader(self, split, observed, batch_size: int, *, train: bool, seed: int,
                     shard: tuple[int, int] = (0, 1)):

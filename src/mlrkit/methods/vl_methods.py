@@ -88,7 +88,7 @@ class ZeroShotMethod(Method):
         with torch.no_grad():
             text = m.class_text_embeddings(task.class_names, templates_of(self.cfg)).cpu()
             scale = float(m.logit_scale.exp())
-        task.extras.setdefault("feature_encoder", "vl")
+        task.extras["feature_encoder"] = "vl"  # the features are the run's VL model's (not a backbone's)
         return ZeroShotHead(text, scale)
 
 

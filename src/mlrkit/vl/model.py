@@ -126,6 +126,12 @@ def _resize_grid(pos: torch.Tensor, old: tuple[int, int], new: tuple[int, int]) 
     return grid.permute(0, 2, 3, 1).reshape(new[0] * new[1], c).to(pos.dtype)
 
 
+class NoTextTower(MlrkitError, AttributeError):
+    """A model without an open_clip text transformer (an image tower alone, a Hugging Face text tower) asked
+    for its text parts. Also an AttributeError, so that ``hasattr``/``getattr`` probes of the text properties
+    (``torch.jit.trace`` scans every attribute of a module) see "no such attribute" rather than a crash."""
+
+
 class VisionLanguageModel(nn.Module):
     """A CLIP-style model behind one interface (see ``docs/vl-backends.md``).
 
@@ -421,7 +427,7 @@ class VisionLanguageModel(nn.Module):
         clip = self.clip
         holder = clip if hasattr(clip, "token_embedding") else getattr(clip, "text", None)
         if holder is None or not hasattr(holder, "token_embedding") or not hasattr(holder, "transformer"):
-            raise MlrkitError(f"{self.spec}: the text tower is not an open_clip text transformer "
+            raise NoTextTower(f"{self.spec}: the text tower is not an open_clip text transformer "
                               "(Hugging Face text towers have no prompt-learning hooks)")
         return {
             "token_embedding": holder.token_embedding,
