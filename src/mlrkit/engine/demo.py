@@ -141,13 +141,14 @@ class _Runner:
     """``with _Runner(jobs) as runner``: ``runner.submit(fn, *args)`` runs ``fn`` in this process (one job)
     or in a pool of ``jobs`` worker processes, and returns a future.
 
-    Where the platform has it (Linux, macOS), the workers are forked from a ``multiprocessing``
+    On Linux the workers are forked from a ``multiprocessing``
     forkserver that has imported what a run imports (:mod:`mlrkit.engine.demo_preload`: the engine, the
     losses, ``torch._dynamo`` through ``torch.optim``; about 5 s of imports on the 2-core machine), so
     they start warm instead of each paying the imports again. The forkserver is a fresh interpreter that
     never runs a torch operation, so no OpenMP thread pool is inherited in an unusable state, whatever
     the calling process did before (a plain ``fork`` of a process whose torch has run with two threads
-    hangs the child's first two-threaded operation). Elsewhere the workers are spawned.
+    hangs the child's first two-threaded operation). Elsewhere the workers are spawned (macOS: forking a
+    process that has loaded system frameworks is unsafe there, hence Python's own default of spawn).
     """
 
     def __init__(self, jobs: int) -> None:
@@ -174,10 +175,12 @@ class _Runner:
 
 
 def start_method() -> str:
-    """``forkserver`` where the platform has it (workers forked from a preloaded server), else ``spawn``."""
+    """``forkserver`` on Linux (workers forked from a preloaded server), else ``spawn``."""
     import multiprocessing as mp
+    import sys
 
-    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    linux = sys.platform.startswith("linux")
+    return "forkserver" if linux and "forkserver" in mp.get_all_start_methods() else "spawn"
 
 
 def preload() -> None:
