@@ -267,40 +267,53 @@ def test_export_of_a_spa_run_applies_its_link_and_matches_predict(tmp_path):
     np.testing.assert_allclose(sess.run(None, {"inputs": x})[0], want, atol=TOLERANCE["onnx"])
 
 
+def exported_matches(run_dir: Path, tf, images: list, want: np.ndarray) -> None:
+    """RUN/model.ts (already exported) and a fresh ONNX export give ``want`` on ``tf`` of ``images``."""
+    import torch
+
+    from mlrkit.engine.export import TOLERANCE, export_run
+
+    batch = torch.stack([tf(im) for im in images])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        ts = torch.jit.load(str(run_dir / "model.ts"))
+    with torch.no_grad():
+        np.testing.assert_allclose(ts(batch).numpy(), want, atol=TOLERANCE["torchscript"])
+    ort = pytest.importorskip("onnxruntime")
+    export_run(run_dir, "onnx")
+    sess = ort.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"inputs": batch.numpy()})[0], want, atol=TOLERANCE["onnx"])
+
+
+def tiny_mosaic_run(out: Path, method: str, epochs: int | None = None):
+    """A ``method`` run with the ``tiny`` CLIP on 40 fashion-mosaic training mosaics; the loaded run, 4 test
+    photos and predict's probabilities on them."""
+    from mlrkit.config import build_config
+    from mlrkit.data import load_dataset
+    from mlrkit.engine.inference import load_run
+    from mlrkit.engine.trainer import train
+
+    train(build_config(flags={"data": {"name": "fashion-mosaic", "limit_train": 40, "options": {"limit_test": 8}},
+                              "method": {"name": method}, "vl": {"model": "tiny"}, "train": {"epochs": epochs},
+                              "out": str(out)}), quiet=True)
+    run = load_run(out)
+    images = [load_dataset("fashion-mosaic", limit_test=4).test.images.load(i) for i in range(4)]
+    return run, images, run.predict(images).probs
+
+
 @pytest.mark.slow
 def test_zeroshot_export_takes_images_through_its_vl_model(tmp_path, monkeypatch):
     """A zero-shot run's features are its VL model's: the exported model holds that image tower (it once
     took the run for a backbone probe and asked for ResNet-50 weights)."""
-    import torch
-
-    from mlrkit.config import build_config
-    from mlrkit.data import load_dataset
-    from mlrkit.engine.export import TOLERANCE, export_run
+    from mlrkit.engine.export import export_run
     from mlrkit.engine.feature_source import encoder_module, source_of_frozen_run
-    from mlrkit.engine.inference import load_run
-    from mlrkit.engine.trainer import train
 
     monkeypatch.setenv("MLRKIT_CACHE", str(tmp_path / "cache"))
-    train(build_config(flags={"data": {"name": "fashion-mosaic", "limit_train": 40, "options": {"limit_test": 8}},
-                              "method": {"name": "zeroshot"}, "vl": {"model": "tiny"}, "out": str(tmp_path / "z")}),
-          quiet=True)
-    run = load_run(tmp_path / "z")
-    images = [load_dataset("fashion-mosaic", limit_test=4).test.images.load(i) for i in range(4)]
-    want = run.predict(images).probs
+    run, images, want = tiny_mosaic_run(tmp_path / "z", "zeroshot")
     meta = export_run(tmp_path / "z", "torchscript")
     assert meta["input"]["encoder"].startswith("vl tiny") and meta["input"]["shape"] == ["B", 3, 32, 32]
     _, tf = encoder_module(source_of_frozen_run(run.cfg, "vl"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        ts = torch.jit.load(str(tmp_path / "z" / "model.ts"))
-    with torch.no_grad():
-        batch = torch.stack([tf(im) for im in images])
-        got = ts(batch).numpy()
-    np.testing.assert_allclose(got, want, atol=TOLERANCE["torchscript"])
-    ort = pytest.importorskip("onnxruntime")
-    export_run(tmp_path / "r", "onnx")
-    sess = ort.InferenceSession(str(tmp_path / "r" / "model.onnx"), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(sess.run(None, {"inputs": batch.numpy()})[0], want, atol=TOLERANCE["onnx"])
+    exported_matches(tmp_path / "z", tf, images, want)
 
 
 @pytest.mark.parametrize("method", ["dualcoop", "clip-finetune"])
@@ -308,33 +321,12 @@ def test_export_of_vl_image_methods_matches_predict(tmp_path, monkeypatch, metho
     """Prompt methods and CLIP fine-tuning: the exported model takes the method's own evaluation transform's
     output (recorded in model.json) and returns predict's probabilities. clip-finetune's image tower once
     failed to trace (torch.jit probes every attribute; its text properties raised)."""
-    import torch
-
-    from mlrkit.config import build_config
-    from mlrkit.data import load_dataset
-    from mlrkit.engine.export import TOLERANCE, export_run
-    from mlrkit.engine.inference import load_run
-    from mlrkit.engine.trainer import train
+    from mlrkit.engine.export import export_run
 
     monkeypatch.setenv("MLRKIT_CACHE", str(tmp_path / "cache"))
-    train(build_config(flags={"data": {"name": "fashion-mosaic", "limit_train": 40, "options": {"limit_test": 8}},
-                              "method": {"name": method}, "vl": {"model": "tiny"}, "train": {"epochs": 1},
-                              "out": str(tmp_path / "r")}), quiet=True)
-    run = load_run(tmp_path / "r")
+    run, images, want = tiny_mosaic_run(tmp_path / "r", method, epochs=1)
     assert run.cfg.data.image_size == 32  # tiny's own input size
-    images = [load_dataset("fashion-mosaic", limit_test=4).test.images.load(i) for i in range(4)]
-    want = run.predict(images).probs
     meta = export_run(tmp_path / "r", "torchscript")
     tf = run.built.method.eval_transform()
     assert meta["input"]["transform"] == repr(tf).replace("\n", " ") and meta["input"]["shape"] == ["B", 3, 32, 32]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        ts = torch.jit.load(str(tmp_path / "r" / "model.ts"))
-    with torch.no_grad():
-        batch = torch.stack([tf(im) for im in images])
-        got = ts(batch).numpy()
-    np.testing.assert_allclose(got, want, atol=TOLERANCE["torchscript"])
-    ort = pytest.importorskip("onnxruntime")
-    export_run(tmp_path / "r", "onnx")
-    sess = ort.InferenceSession(str(tmp_path / "r" / "model.onnx"), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(sess.run(None, {"inputs": batch.numpy()})[0], want, atol=TOLERANCE["onnx"])
+    exported_matches(tmp_path / "r", tf, images, want)
