@@ -377,3 +377,39 @@ def test_train_with_csl_logicmix_and_cft_end_to_end_and_resume(tmp_path):
     assert ev["test"]["map"] == pytest.approx(res2["test_map"], abs=1e-9)
     with pytest.raises(ConfigError, match="independent"):
         train(build_config(flags={**flags, "out": str(tmp_path / "run3")}, sets=["mix.name=mixup"]), quiet=True)
+
+
+def test_losses_that_ignore_unknowns_declare_it():
+    """``ignores_unknowns`` follows each loss's own treatment of unknowns (their loss is 0 exactly then)."""
+    from mlrkit.losses import LOSSES
+
+    assert {n for n in LOSSES.names() if LOSSES.get(n).ignores_unknowns} == {"pbce", "curriculum", "spa"}
+    assert build("spa").ignores_unknowns and not build("spa", unknown="negative").ignores_unknowns
+    assert build("focal", unknown="ignore").ignores_unknowns and not build("focal").ignores_unknowns
+    g = torch.Generator().manual_seed(0)
+    logits, unknown = torch.randn(4, 3, generator=g), torch.zeros(4, 3, dtype=torch.int8)
+    cases = [("pbce", {}), ("spa", {}), ("focal", {"unknown": "ignore"}), ("an", {}), ("spa", {"unknown": "negative"})]
+    for name, params in cases:
+        loss = build(name, **params)
+        matrix, _ = loss.loss_matrix(logits, unknown, index=None, epoch=0)
+        assert bool((matrix == 0).all()) == loss.ignores_unknowns, (name, params)
+
+
+@pytest.mark.parametrize("loss, protocol, warned", [("pbce", "single-positive", True), ("an", "single-positive", False),
+                                                     ("pbce", "partial:0.3", False)])
+def test_train_warns_when_a_loss_that_ignores_unknowns_sees_no_negative(tmp_path, loss, protocol, warned):
+    from mlrkit.engine.trainer import train
+
+    cfg = build_config(flags={"method": {"name": "linear"}, "data": {"name": "scene"}, "out": str(tmp_path / "r"),
+                              "labels": {"protocol": protocol}, "loss": {"name": loss},
+                              "train": {"epochs": 1, "progress": False}})
+    train(cfg, quiet=True)
+    warnings = json.loads((tmp_path / "r" / "run.json").read_text())["warnings"]
+    assert any("no known negative" in w and "unknown=negative" in w for w in warnings) == warned
+
+
+def test_demo_leaves_out_the_losses_that_ignore_unknowns():
+    from mlrkit.engine.demo import default_losses, left_out_losses
+
+    assert set(left_out_losses()) == {"pbce", "curriculum", "spa"}
+    assert not set(default_losses()) & set(left_out_losses()) and {"an", "csl", "focal", "em"} <= set(default_losses())

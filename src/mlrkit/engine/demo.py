@@ -36,10 +36,27 @@ NOT_IN_DEMO = {"bce", "vlpl"}
 
 
 def default_losses() -> list[str]:
+    """The single-positive grid: every loss of the zoo except :data:`NOT_IN_DEMO` and the losses that
+    ignore unknown labels by default (``ignores_unknowns``: with single-positive labels they see no
+    negative at all, so their best epoch is the first and the table would show that epoch's model;
+    :func:`left_out_losses`)."""
     import mlrkit.losses.zoo  # noqa: F401
     from mlrkit.losses import LOSSES
 
-    return ["an"] + [n for n in LOSSES.names() if n not in NOT_IN_DEMO and n != "an"]
+    out = set(left_out_losses())
+    return ["an"] + [n for n in LOSSES.names() if n not in NOT_IN_DEMO and n not in out and n != "an"]
+
+
+def _default_grid() -> tuple[list[str], list[str]]:
+    return default_losses(), left_out_losses()
+
+
+def left_out_losses() -> list[str]:
+    """Losses whose default setting gives unknown labels zero loss (declared by ``ignores_unknowns``)."""
+    import mlrkit.losses.zoo  # noqa: F401
+    from mlrkit.losses import LOSSES
+
+    return [n for n in LOSSES.names() if LOSSES.get(n).ignores_unknowns and n not in NOT_IN_DEMO]
 
 
 def _demo_run(run_dir: str, ds: str, protocol: str, loss: str, seed: int) -> float:
@@ -79,10 +96,14 @@ def run_demo(
     with _Runner(jobs) as runner:
         # the loss names come from the first worker when there are workers: it imports torch anyway, and
         # this process then never does (it only waits, prints and plots)
-        names = None if losses else runner.submit(default_losses)
+        names = None if losses else runner.submit(_default_grid)
         if runner.pool is not None:
             _pyplot()  # imported while the workers start, not after them (about 1 s on the 2-core machine)
-        losses = losses or names.result()
+        if not losses:
+            losses, left_out = names.result()
+            print("left out of the single-positive grid (they give unknown labels zero loss, and single-positive "
+                  f"labels have no known negative): {', '.join(left_out)}; see docs/partial-toolkit.md",
+                  flush=True)
         grid = [("full", "bce")] + [("single-positive", loss) for loss in losses]
         cells = [(ds, protocol, loss) for ds in datasets for protocol, loss in grid]
         tasks = [(str(out / "runs" / f"{ds}-{protocol}-{loss}-s{seed}"), ds, protocol, loss, seed)

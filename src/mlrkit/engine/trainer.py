@@ -108,6 +108,12 @@ class Trainer:
             self.model._mlrkit_channels_last = True
         self.loss = build_run_loss(cfg).to(self.device)
         self.loss.prepare(torch.from_numpy(self.data.observed_train).to(self.device))
+        if self.loss.ignores_unknowns and not (self.data.observed_train == -1).any() and cfg.train.epochs > 0:
+            method.warn(f"loss {cfg.loss.name!r} gives unknown labels zero loss and the training labels have no "
+                        f"known negative (protocol {cfg.labels.protocol!r}): nothing teaches the model what an "
+                        "absent class looks like, so every score rises and the best epoch is usually the first; "
+                        "use a loss that treats unknowns as negatives (an, wan, role, ll_r...) or "
+                        "--set loss.unknown=negative where the loss has it (spa, focal)")
         from mlrkit.engine.cft import classifier_of, parse_cft
         from mlrkit.engine.mixing import build_mixer
         from mlrkit.methods import Method

@@ -72,6 +72,10 @@ class MultiLabelLoss(nn.Module):
     #: whether each entry's loss depends only on that entry's logit and label (no batch-level
     #: selection, no per-row normalisation): MixUp-PME may then mix per-entry losses (mlrkit.engine.mixing)
     entrywise: bool = False
+    #: whether every unknown entry gets zero loss (``pbce``, ``curriculum``, ``spa`` and ``focal`` with
+    #: ``unknown: ignore``): such a loss learns what "absent" looks like from known negatives only, so on
+    #: labels without any (single positive) nothing stops every score from rising; the trainer warns
+    ignores_unknowns: bool = False
 
     def prepare(self, observed: Tensor) -> None:
         """Called once before training with the training split's observed labels [N, C] (int8)."""

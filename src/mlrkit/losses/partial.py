@@ -192,6 +192,8 @@ class StrictlyProperAsymmetricLoss(MultiLabelLoss):
     test_mlcpl_parity.py`` shows that its value equals this loss evaluated at :math:`\hat\eta(x)`.
     """
 
+    ignores_unknowns = True  # the default ``unknown: ignore``; set per instance
+
     entrywise = True
 
     def __init__(self, zeta_pos: float = 1.0, k_pos: float = 1.0, b_pos: float = 0.0, zeta_neg: float = 5.0,
@@ -203,6 +205,7 @@ class StrictlyProperAsymmetricLoss(MultiLabelLoss):
         self.zeta_pos, self.k_pos, self.b_pos = float(zeta_pos), float(k_pos), float(b_pos)
         self.zeta_neg, self.k_neg, self.b_neg = float(zeta_neg), float(k_neg), float(b_neg)
         self.unknown = unknown
+        self.ignores_unknowns = unknown == "ignore"
 
     def loss_matrix(self, logits: Tensor, observed: Tensor, *, index: Tensor | None, epoch: int):
         pos = -log_p(self.k_pos * (logits - self.b_pos)) / self.zeta_pos
@@ -233,6 +236,8 @@ def durand_g(known_fraction: Tensor, gamma: float, g_at_tenth: float) -> Tensor:
 
 
 class _PartialBCE(MultiLabelLoss):
+    ignores_unknowns = True  # the known entries only (curriculum: until its pseudo-labels, from the model itself)
+
     def __init__(self, normalize: bool = True, gamma: float = 1.0, g_at_tenth: float = 5.0) -> None:
         super().__init__()
         _check_positive(type(self).__name__, gamma=gamma, g_at_tenth=g_at_tenth)

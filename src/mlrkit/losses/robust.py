@@ -168,6 +168,7 @@ class FocalLoss(MultiLabelLoss):
         self.gamma = float(gamma)
         self.alpha = None if alpha is None else float(alpha)
         self.unknown = unknown
+        self.ignores_unknowns = unknown == "ignore"
         self.detach_focusing = bool(detach_focusing)
 
     def loss_matrix(self, logits: Tensor, observed: Tensor, *, index: Tensor | None, epoch: int):
