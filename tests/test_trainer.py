@@ -48,7 +48,7 @@ def test_run_directory_contents(tmp_path):
     assert not (out / "last.pt").exists(), "optimizer state is removed when the run finishes (train.keep_last)"
     import torch
 
-    best_ck = torch.load(out / "best.pt", weights_only=False)
+    best_ck = torch.load(out / "best.pt", weights_only=True)
     assert "model" in best_ck and not {"optimizer", "scheduler", "scaler", "loss"} & set(best_ck)
     log = (out / "console.log").read_text()
     assert "epoch 4/4" in log and "test mAP" in log and "calibration on validation" in log
