@@ -92,13 +92,10 @@ def extract(source: Mapping[str, Any], splits: dict, *, device: torch.device | s
             raise MlrkitError(f"the {name} split has no images to encode")
     if source["kind"] == "vl":
         from mlrkit.features import FeatureStore
-        from mlrkit.vl import load_frozen
-        from mlrkit.vl.features import vl_encoder_key, vl_image_features
+        from mlrkit.vl.features import vl_image_features
 
         seed = int(source["seed"])
-        model = load_frozen(source["vl_model"], seed=seed, device=device)
-        tf = model.transform(train=False, image_size=source["image_size"])
-        info = {"encoder_key": vl_encoder_key(model, seed=seed), **transform_identity(tf)}
+        model, _, info = _vl_encoder(source, device=device)
         _check_identity(source, info, check)
         store = FeatureStore(cache_dir)
         for name, split in splits.items():
@@ -115,6 +112,18 @@ def extract(source: Mapping[str, Any], splits: dict, *, device: torch.device | s
         for split in splits.values():
             split.features = l2_normalize(split.features)
     return info
+
+
+def _vl_encoder(source: Mapping[str, Any], device: torch.device | str):
+    """``(model, transform, identity)`` of a ``vl`` source: the frozen VL model (cached per process), its
+    evaluation transform at the recorded size, and its identity."""
+    from mlrkit.vl import load_frozen
+    from mlrkit.vl.features import vl_encoder_key
+
+    seed = int(source["seed"])
+    model = load_frozen(source["vl_model"], seed=seed, device=device)
+    tf = model.transform(train=False, image_size=source["image_size"])
+    return model, tf, {"encoder_key": vl_encoder_key(model, seed=seed), **transform_identity(tf)}
 
 
 def _check_identity(source: Mapping[str, Any], info: Mapping[str, Any], check: bool) -> None:
@@ -164,23 +173,12 @@ def encoder_module(source: Mapping[str, Any], device: torch.device | str = "cpu"
     features [B, D], L2-normalised when recorded) and the evaluation transform that makes its input;
     for ``mlrkit export``. Its identity is checked against the recorded one."""
     if source["kind"] == "vl":
-        from mlrkit.vl import load
-        from mlrkit.vl.features import vl_encoder_key
-
-        v = load(source["vl_model"], seed=int(source["seed"])).freeze().eval()
-        tf = v.transform(train=False, image_size=source["image_size"])
+        v, tf, info = _vl_encoder(source, device="cpu")
         enc: nn.Module = _VLImageEncoder(v)
-        info = {"encoder_key": vl_encoder_key(v, seed=int(source["seed"])), **transform_identity(tf)}
     else:
-        from mlrkit.data.transforms import build_transform
-        from mlrkit.methods.image import backbone_from_config, encoder_key
-        from mlrkit.utils import derive_seed
+        from mlrkit.methods.image import frozen_backbone
 
-        cfg = _backbone_config(source)
-        torch.manual_seed(derive_seed(cfg.seed, 99))  # as frozen_features builds it
-        enc = backbone_from_config(cfg, frozen=True).eval()
-        tf = build_transform(cfg.data.image_size, enc.mean, enc.std, train=False)
-        info = {"encoder_key": encoder_key(cfg), **transform_identity(tf)}
+        enc, tf, info = frozen_backbone(_backbone_config(source))
     if "encoder_key" in source:
         _check_identity(source, info, True)
     if source.get("l2_normalize"):

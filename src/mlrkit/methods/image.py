@@ -72,6 +72,16 @@ def encoder_key(cfg) -> str:
     return f"backbone:{cfg.model.name or 'resnet50'}|{sorted(m.items())}|weights:{wh}|seed:{seed}"
 
 
+def frozen_backbone(cfg, warn=None) -> tuple[Backbone, Any, dict[str, Any]]:
+    """``(backbone, transform, identity)`` of the frozen encoder of ``cfg.model``: the backbone in eval mode
+    (random-init ones seeded from ``cfg.seed``, so they are reproducible), its evaluation transform at
+    ``cfg.data.image_size``, and its identity (``encoder_key``, the transform's text, ``mean``/``std``)."""
+    torch.manual_seed(derive_seed(cfg.seed, 99))
+    bb = backbone_from_config(cfg, warn, frozen=True).eval()
+    tf = build_transform(cfg.data.image_size, bb.mean, bb.std, train=False)
+    return bb, tf, {"encoder_key": encoder_key(cfg), **transform_identity(tf)}
+
+
 def frozen_features(cfg, splits: dict, *, device, progress: bool = True, warn=None,
                     check=None) -> dict[str, Any] | None:
     """Attach frozen-backbone features to every split in ``splits`` (name -> Split; computed once, cached).
@@ -94,12 +104,10 @@ def frozen_features(cfg, splits: dict, *, device, progress: bool = True, warn=No
         attach_vl_features(load(spec, seed=cfg.seed).freeze(), splits, cache_dir=cfg.section("features").cache_dir,
                            device=device, progress=progress, seed=cfg.seed, batch_size=max(64, cfg.train.batch_size))
         return None
-    torch.manual_seed(derive_seed(cfg.seed, 99))  # random-init backbones are reproducible
-    bb = backbone_from_config(cfg, warn, frozen=True).to(device).eval()
-    tf = build_transform(cfg.data.image_size, bb.mean, bb.std, train=False)
+    bb, tf, identity = frozen_backbone(cfg, warn)
+    bb = bb.to(device)
     store = FeatureStore(cfg.section("features").cache_dir)
-    key = encoder_key(cfg)
-    identity = {"encoder_key": key, **transform_identity(tf)}
+    key = identity["encoder_key"]
     if check is not None:
         check(identity)
     for name, split in splits.items():
