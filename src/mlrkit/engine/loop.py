@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from mlrkit.engine import distributed as ddp
 from mlrkit.engine.devices import autocast_dtype
 from mlrkit.engine.optim import EMA, LeanStep
 from mlrkit.engine.progress import progress as progress_bar
+from mlrkit.engine.rundir import append_metrics_row, truncate_metrics
 from mlrkit.errors import MlrkitError
 
 log = logging.getLogger("mlrkit")
@@ -324,30 +324,13 @@ class LoopRun:
 
     def truncate_metrics(self, key: str, done: int) -> None:
         """Keep the ``metrics.jsonl`` rows with ``row[key] <= done`` (rows past ``last.pt`` are recomputed)."""
-        from mlrkit.utils import atomic_write
-
-        path = self.dir / "metrics.jsonl"
-        if not self.env.is_main or not path.exists():
-            return
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:  # a row cut short by a kill
-                continue
-            if isinstance(row, dict) and isinstance(row.get(key), int) and row[key] <= done:
-                keep.append(line)
-        with atomic_write(path) as tmp:
-            tmp.write_text("".join(r + "\n" for r in keep))
+        if self.env.is_main:
+            truncate_metrics(self.dir / "metrics.jsonl", key, done)
 
     def log_row(self, row: dict[str, Any]) -> None:
-        """Append one row to ``metrics.jsonl`` (flushed and fsync'd before any ``last.pt`` that follows it)."""
-        if not self.env.is_main:
-            return
-        with open(self.dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        """Append one row to ``metrics.jsonl`` (fsync'd before any ``last.pt`` that follows it)."""
+        if self.env.is_main:
+            append_metrics_row(self.dir / "metrics.jsonl", row)
 
     def save_last(self, payload: dict[str, Any]) -> None:
         """``last.pt`` (atomic; plain data and tensors only)."""

@@ -81,6 +81,35 @@ class RunLock:
         self.release()
 
 
+def append_metrics_row(path: Path, row: dict[str, Any], sync: bool = True) -> None:
+    """Append one JSON row to ``metrics.jsonl``; ``sync``: fsync'd, as it must be before a ``last.pt`` that
+    follows it (a row ahead of ``last.pt`` is dropped and recomputed on resume; the other order loses it)."""
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+        if sync:
+            os.fsync(fh.fileno())
+
+
+def truncate_metrics(path: Path, key: str, done: int) -> None:
+    """Keep the ``metrics.jsonl`` rows with an int ``row[key] <= done``: rows past ``last.pt``, and a row cut
+    short by a kill, are dropped (the resume recomputes them)."""
+    from mlrkit.utils import atomic_write
+
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a row cut short by a kill
+            continue
+        if isinstance(row, dict) and isinstance(row.get(key), int) and row[key] <= done:
+            keep.append(line)
+    with atomic_write(path) as tmp:
+        tmp.write_text("".join(r + "\n" for r in keep))
+
+
 def _read_holder(fd: int) -> dict[str, Any] | None:
     raw = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
     if not raw:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import sys
 import time
@@ -49,11 +48,19 @@ from mlrkit.engine.loop import StepResult, TrainLoop, cpu_copy, join_processes
 from mlrkit.engine.optim import build_optimizer, build_scheduler, param_groups
 from mlrkit.engine.reports import grouped_report
 from mlrkit.engine.run_data import RunData, prepare_run_data, task_info
-from mlrkit.engine.rundir import RUN_FILES, RunLock, check_out_path, config_diff, saved_config
+from mlrkit.engine.rundir import (
+    RUN_FILES,
+    RunLock,
+    append_metrics_row,
+    check_out_path,
+    config_diff,
+    saved_config,
+    truncate_metrics,
+)
 from mlrkit.errors import MlrkitError
 from mlrkit.methods import build_method
 from mlrkit.metrics import MultiLabelMeter, f1_scores, hamming_loss, jaccard_index, map_report
-from mlrkit.utils import atomic_write, derive_seed, seed_everything, seed_torch_for, write_json
+from mlrkit.utils import derive_seed, seed_everything, seed_torch_for, write_json
 
 log = logging.getLogger("mlrkit")
 
@@ -314,7 +321,7 @@ class Trainer:
         run_info["warnings"] = list(getattr(self.method, "warnings", []))
         run_info.update(self.checks)
         if main:
-            self._truncate_metrics(start)
+            truncate_metrics(self.out / "metrics.jsonl", "epoch", start)  # epochs counted from 1
             write_json(self.out / "run.json", run_info)
         t_train = time.perf_counter()
         epoch_times = []
@@ -342,15 +349,11 @@ class Trainer:
                     row["terms"] = terms
                 if main:
                     # the row first, then last.pt: a kill between them leaves a row ahead of last.pt, which the
-                    # resume drops and recomputes (_truncate_metrics); the other order would lose the row. The
+                    # resume drops and recomputes (truncate_metrics); the other order would lose the row. The
                     # row is synced to disk when last.pt follows; rows between checkpoints are lost with the
                     # state they describe if the machine goes down (the resume recomputes both)
                     due = epoch + 1 == cfg.train.epochs or interval <= 0 or time.monotonic() - last_write >= interval
-                    with open(self.out / "metrics.jsonl", "a") as fh:
-                        fh.write(json.dumps(row) + "\n")
-                        fh.flush()
-                        if due:
-                            os.fsync(fh.fileno())
+                    append_metrics_row(self.out / "metrics.jsonl", row, sync=due)
                     self.trackers.log_epoch(row)
                     ck = self._checkpoint(epoch + 1, best_map, best_epoch)
                     if not due:
@@ -557,21 +560,6 @@ class Trainer:
                   f"(test {100 * cal.ece['test_before']:.2f}% -> {100 * cal.ece['test_after']:.2f}%), "
                   f"thresholds: {cal.policy}")
         return cal
-
-    def _truncate_metrics(self, start: int) -> None:
-        path = self.out / "metrics.jsonl"
-        if not path.exists():
-            return
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:  # a row cut short by a kill: its epoch is recomputed
-                continue
-            if isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] <= start:  # counted from 1
-                keep.append(line)
-        with atomic_write(path) as tmp:
-            tmp.write_text("".join(r + "\n" for r in keep))
 
     def _run_info(self) -> dict[str, Any]:
         d = self.data
