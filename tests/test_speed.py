@@ -525,3 +525,26 @@ def test_bench_demo_cli_passes_its_flags_and_writes_the_json(tmp_path, monkeypat
     assert json.loads(out.read_text())["busy_over_idle"] == 1.2
     text = capsys.readouterr().out
     assert "SMOKE RUN" in text and "1.20x idle" in text and "| busy | 1 | 12.0 | 3 |" in text
+
+
+def test_lean_step_falls_back_when_the_private_kernel_refuses_its_arguments():
+    """Another torch whose ``_fused_adam_`` takes other arguments: the step is torch's own, exactly once."""
+    from mlrkit.engine.optim import LeanStep
+
+    def run(broken: bool):
+        torch.manual_seed(0)
+        p = nn.Parameter(torch.randn(4))
+        opt = torch.optim.Adam([p], lr=1e-2, fused=True)
+        lean = LeanStep(opt)
+        if broken:
+            def refuse(*a, **k):
+                raise TypeError("unexpected keyword argument")
+            lean.kernels = [refuse]
+        for _ in range(3):
+            lean.zero_grad()
+            (p * torch.arange(4.0)).sum().backward()
+            lean.step()
+        return p.detach().clone(), opt.state[p]["step"].item(), lean.lean
+
+    ref, broken = run(False), run(True)
+    assert torch.equal(ref[0], broken[0]) and ref[1] == broken[1] == 3 and ref[2] and not broken[2]

@@ -123,14 +123,25 @@ class LeanStep:
                 return
             calls.append((kernel, group, params, states))
         with torch.no_grad():
-            for kernel, group, params, states in calls:
+            for i, (kernel, group, params, states) in enumerate(calls):
                 steps = [s["step"] for s in states]
                 torch._foreach_add_(steps, 1)
                 b1, b2 = group["betas"]
-                kernel(params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                       [s["exp_avg_sq"] for s in states], [], steps, amsgrad=False, lr=group["lr"], beta1=b1,
-                       beta2=b2, weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
-                       grad_scale=None, found_inf=None)
+                try:
+                    kernel(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                           [s["exp_avg_sq"] for s in states], [], steps, amsgrad=False, lr=group["lr"], beta1=b1,
+                           beta2=b2, weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+                           grad_scale=None, found_inf=None)
+                except (TypeError, RuntimeError):
+                    # a torch whose private kernel takes other arguments: nothing was updated by this call,
+                    # so undo its step count and use torch's own step from now on (only safe before any
+                    # group of this step was updated, which is the case for a signature mismatch)
+                    torch._foreach_sub_(steps, 1)
+                    if i > 0:
+                        raise
+                    self.lean = False
+                    opt.step()
+                    return
 
 
 def _fused_kernel(opt: torch.optim.Optimizer, group: dict):
